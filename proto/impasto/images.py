@@ -1,0 +1,332 @@
+"""numpy / PIL <-> wire ``Image`` conversion, shared by the client and the server.
+
+Raw images are lossless for every supported dtype (uint8, uint16, float32) and channel count
+(1, 3, 4). Encoded images are lossless for 8-bit data and for 16-bit data in PNG/TIFF; float32
+survives encoding only as single-channel TIFF (send it raw otherwise).
+
+Pillow reads 16-bit colour PNGs as 8-bit, so 16-bit colour PNGs are written and read by the
+small codec at the bottom of this module instead.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import struct
+import warnings
+import zlib
+from typing import Any
+
+import numpy as np
+from PIL import Image as PILImage
+
+from impasto.v1 import style_transfer_pb2 as pb
+
+DTYPES: dict[int, np.dtype] = {
+    pb.DATA_TYPE_UINT8: np.dtype("<u1"),
+    pb.DATA_TYPE_UINT16: np.dtype("<u2"),
+    pb.DATA_TYPE_FLOAT32: np.dtype("<f4"),
+}
+_DTYPE_CODES = {np.dtype(v).str: k for k, v in DTYPES.items()}
+CHANNELS = (1, 3, 4)
+FORMATS = ("raw", "png", "jpeg", "tiff")
+_PIL_FORMATS = {"png": "PNG", "jpeg": "JPEG", "tiff": "TIFF"}
+
+
+class ImageError(ValueError):
+    """An image that cannot be converted; ``field`` names the request field it came from."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(f"{field}: {message}")
+        self.field = field
+        self.message = message
+
+
+# ---------------------------------------------------------------- numpy arrays
+
+
+def as_array(image: Any, field: str = "image") -> np.ndarray:
+    """Normalise a numpy array or PIL image to HxW or HxWxC (C in 1, 3, 4) of a wire dtype."""
+    if isinstance(image, PILImage.Image):
+        image = _pil_to_array(image)
+    array = np.asarray(image)
+    if array.dtype == np.bool_:
+        array = array.astype(np.uint8) * 255
+    elif array.dtype == np.float64 or array.dtype == np.float16:
+        array = array.astype(np.float32)
+    elif array.dtype.kind in "iu" and array.dtype not in (np.uint8, np.uint16):
+        # Label-like integer arrays (napari Labels are int32/int64) fit uint16 when small.
+        if array.size and (array.min() < 0 or array.max() > 65535):
+            raise ImageError(field, f"integer values must lie in 0..65535, dtype {array.dtype}")
+        array = array.astype(np.uint16)
+    if array.dtype not in (np.uint8, np.uint16, np.float32):
+        raise ImageError(field, f"unsupported dtype {array.dtype}; use uint8, uint16 or float32")
+    if array.ndim == 3 and array.shape[2] == 1:
+        array = array[:, :, 0]
+    if array.ndim not in (2, 3) or (array.ndim == 3 and array.shape[2] not in CHANNELS):
+        raise ImageError(
+            field, f"shape {array.shape} is not HxW, HxWx1, HxWx3 or HxWx4 (one 2D picture)"
+        )
+    if array.shape[0] < 1 or array.shape[1] < 1:
+        raise ImageError(field, f"empty image of shape {array.shape}")
+    return array
+
+
+def _pil_to_array(image: PILImage.Image) -> np.ndarray:
+    mode = image.mode
+    if mode in ("L", "RGB", "RGBA", "F") or mode.startswith("I;16"):
+        return np.asarray(image)
+    if mode == "1":
+        return np.asarray(image.convert("L"))
+    if mode == "I":
+        return np.asarray(image)  # int32; as_array narrows it to uint16 or refuses
+    if mode in ("LA", "PA", "RGBa", "La") or (mode == "P" and "transparency" in image.info):
+        return np.asarray(image.convert("RGBA"))
+    return np.asarray(image.convert("RGB"))
+
+
+def channels_of(array: np.ndarray) -> int:
+    return 1 if array.ndim == 2 else int(array.shape[2])
+
+
+# ---------------------------------------------------------------- to the wire
+
+
+def to_wire(image: Any, form: str | None = None, *, field: str = "image") -> pb.Image:
+    """Make a wire Image.
+
+    ``image``: numpy array, PIL image, file path, or the bytes of a PNG/JPEG/TIFF file.
+    ``form``: "raw", "png", "jpeg" or "tiff"; None sends arrays raw and files as they are.
+    """
+    if isinstance(image, (bytes, bytearray, memoryview)):
+        if form not in (None, "png", "jpeg", "tiff"):
+            image = decode(bytes(image), field=field)
+        else:
+            return pb.Image(encoded=bytes(image))
+    elif isinstance(image, (str, os.PathLike)):
+        with open(image, "rb") as handle:  # client side only: the server never opens paths
+            data = handle.read()
+        if form is None:
+            return pb.Image(encoded=data)
+        image = decode(data, field=field)
+    array = as_array(image, field)
+    if form is None or form == "raw":
+        return pb.Image(raw=raw_of(array))
+    return pb.Image(encoded=encode(array, form, field=field))
+
+
+def raw_of(array: np.ndarray) -> pb.RawImage:
+    dtype = array.dtype.newbyteorder("<")
+    return pb.RawImage(
+        height=array.shape[0],
+        width=array.shape[1],
+        channels=channels_of(array),
+        dtype=_DTYPE_CODES[dtype.str],
+        data=np.ascontiguousarray(array, dtype=dtype).tobytes(),
+    )
+
+
+def encode(array: np.ndarray, form: str, *, field: str = "image") -> bytes:
+    """Encode an array as PNG, JPEG or TIFF bytes (float data becomes 16-bit, JPEG 8-bit)."""
+    if form not in _PIL_FORMATS:
+        raise ImageError(field, f"unknown image format {form!r}; choose one of {FORMATS}")
+    array = as_array(array, field)
+    channels = channels_of(array)
+    if array.dtype == np.float32:
+        if form == "tiff" and channels == 1:
+            return _pil_save(PILImage.fromarray(array, mode="F"), "TIFF")
+        array = to_uint16(array)
+    if form == "jpeg":
+        if array.dtype == np.uint16:
+            array = (array >> 8).astype(np.uint8)
+        if channels == 4:
+            array = array[:, :, :3]  # JPEG has no alpha
+        return _pil_save(PILImage.fromarray(array), "JPEG", quality=95)
+    if array.dtype == np.uint16:
+        if channels == 1:
+            return _pil_save(PILImage.fromarray(array), _PIL_FORMATS[form])
+        # Pillow cannot write 16-bit colour PNG or TIFF; a 16-bit PNG carries the data losslessly.
+        return _png16_encode(array)
+    return _pil_save(PILImage.fromarray(array), _PIL_FORMATS[form])
+
+
+def _pil_save(image: PILImage.Image, fmt: str, **params: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, fmt, **params)
+    return buffer.getvalue()
+
+
+def to_uint16(array: np.ndarray) -> np.ndarray:
+    """float32 in 0..1 (or rescaled by its own range when outside it) to uint16."""
+    lo, hi = float(np.nanmin(array)), float(np.nanmax(array))
+    if lo < 0.0 or hi > 1.0:
+        array = (array - lo) / (hi - lo) if hi > lo else np.zeros_like(array)
+    return np.round(np.clip(array, 0.0, 1.0) * 65535.0).astype(np.uint16)
+
+
+# ---------------------------------------------------------------- from the wire
+
+
+def from_wire(
+    message: pb.Image, *, field: str = "image", max_pixels: int | None = None
+) -> np.ndarray:
+    """Decode a wire Image to HxW (grayscale) or HxWxC; raise ImageError on anything invalid."""
+    kind = message.WhichOneof("data")
+    if kind is None:
+        raise ImageError(field, "no image data: set `encoded` or `raw`")
+    if kind == "encoded":
+        return decode(message.encoded, field=f"{field}.encoded", max_pixels=max_pixels)
+    return from_raw(message.raw, field=f"{field}.raw", max_pixels=max_pixels)
+
+
+def from_raw(raw: pb.RawImage, *, field: str = "raw", max_pixels: int | None = None) -> np.ndarray:
+    if raw.height < 1 or raw.width < 1:
+        raise ImageError(field, f"height and width must be >= 1, got {raw.height}x{raw.width}")
+    if raw.channels not in CHANNELS:
+        raise ImageError(f"{field}.channels", f"must be 1, 3 or 4, got {raw.channels}")
+    if raw.dtype not in DTYPES:
+        raise ImageError(f"{field}.dtype", "must be DATA_TYPE_UINT8, _UINT16 or _FLOAT32")
+    pixels = raw.height * raw.width
+    if max_pixels is not None and pixels > max_pixels:
+        raise ImageError(
+            field, f"{raw.height}x{raw.width} exceeds the limit of {max_pixels} pixels"
+        )
+    dtype = DTYPES[raw.dtype]
+    expected = pixels * raw.channels * dtype.itemsize
+    if len(raw.data) != expected:
+        raise ImageError(
+            f"{field}.data",
+            f"has {len(raw.data)} bytes; {raw.height}x{raw.width}x{raw.channels} "
+            f"{dtype.name} needs {expected}",
+        )
+    array = np.frombuffer(raw.data, dtype=dtype).reshape(raw.height, raw.width, raw.channels)
+    array = array.astype(dtype.newbyteorder("="), copy=True)  # writable, native order
+    if array.dtype == np.float32 and not np.isfinite(array).all():
+        raise ImageError(f"{field}.data", "float32 pixels must be finite (no NaN or inf)")
+    return array[:, :, 0] if raw.channels == 1 else array
+
+
+def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None) -> np.ndarray:
+    """Decode PNG/JPEG/TIFF bytes, refusing decompression bombs before any pixel is inflated."""
+    if not data:
+        raise ImageError(field, "empty image bytes")
+    if data.startswith(_PNG_SIGNATURE):
+        header = _png_header(data, field)
+        if header is not None and header[2] == 16 and header[3] in (2, 6):
+            _check_pixels(header[0], header[1], field, max_pixels)
+            return _png16_decode(data, field)
+    limit = max_pixels if max_pixels is not None else PILImage.MAX_IMAGE_PIXELS
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error", PILImage.DecompressionBombWarning)
+            image = PILImage.open(io.BytesIO(data))
+            width, height = image.size  # the header only; nothing is decoded yet
+            _check_pixels(height, width, field, limit)
+            image.load()
+    except ImageError:
+        raise
+    except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
+        raise ImageError(field, f"image too large (decompression bomb guard): {exc}") from exc
+    except Exception as exc:  # Pillow raises many types for corrupt data
+        raise ImageError(field, f"cannot decode image bytes (PNG, JPEG or TIFF): {exc}") from exc
+    if getattr(image, "n_frames", 1) > 1:
+        raise ImageError(field, "multi-frame images are not supported; send one 2D picture")
+    return as_array(image, field)
+
+
+def _check_pixels(height: int, width: int, field: str, limit: int | None) -> None:
+    if limit is not None and height * width > limit:
+        raise ImageError(field, f"{height}x{width} exceeds the limit of {limit} pixels")
+
+
+# ---------------------------------------------------------------- 16-bit colour PNG
+
+_PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
+
+
+def _chunk(kind: bytes, body: bytes) -> bytes:
+    crc = zlib.crc32(kind + body) & 0xFFFFFFFF
+    return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
+
+
+def _png16_encode(array: np.ndarray) -> bytes:
+    height, width, channels = array.shape
+    color_type = {3: 2, 4: 6}[channels]
+    rows = np.ascontiguousarray(array, dtype=">u2").view(np.uint8).reshape(height, -1)
+    scan = np.zeros((height, rows.shape[1] + 1), dtype=np.uint8)  # filter byte 0 per row
+    scan[:, 1:] = rows
+    header = struct.pack(">IIBBBBB", width, height, 16, color_type, 0, 0, 0)
+    return (
+        _PNG_SIGNATURE
+        + _chunk(b"IHDR", header)
+        + _chunk(b"IDAT", zlib.compress(scan.tobytes(), 6))
+        + _chunk(b"IEND", b"")
+    )
+
+
+def _png_header(data: bytes, field: str) -> tuple[int, int, int, int, int] | None:
+    if len(data) < 33 or data[12:16] != b"IHDR":
+        return None
+    width, height, depth, color, _c, _f, interlace = struct.unpack(">IIBBBBB", data[16:29])
+    return height, width, depth, color, interlace
+
+
+def _png16_decode(data: bytes, field: str) -> np.ndarray:
+    height, width, _depth, color, interlace = _png_header(data, field) or (0, 0, 0, 0, 0)
+    if interlace:
+        raise ImageError(field, "interlaced 16-bit colour PNG is not supported")
+    channels = 3 if color == 2 else 4
+    idat, offset = bytearray(), 8
+    try:
+        while offset < len(data):
+            (length,) = struct.unpack(">I", data[offset : offset + 4])
+            kind = data[offset + 4 : offset + 8]
+            if kind == b"IDAT":
+                idat += data[offset + 8 : offset + 8 + length]
+            offset += 12 + length
+        stride = width * channels * 2
+        decompressor = zlib.decompressobj()
+        # Bound the inflation to the declared size, so a small file cannot expand without limit.
+        raw = decompressor.decompress(bytes(idat), height * (stride + 1))
+    except (struct.error, zlib.error) as exc:
+        raise ImageError(field, f"corrupt PNG: {exc}") from exc
+    if len(raw) != height * (stride + 1):
+        raise ImageError(field, "corrupt PNG: image data is shorter than its header declares")
+    scan = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
+    out = np.zeros((height, stride), dtype=np.uint8)
+    bpp = channels * 2
+    previous = np.zeros(stride, dtype=np.uint8)
+    for y in range(height):
+        kind, line = scan[y, 0], scan[y, 1:]
+        if kind == 0:
+            row = line.copy()
+        elif kind == 2:
+            row = line + previous
+        elif kind == 1:
+            lanes = line.reshape(width, bpp).astype(np.int64)
+            row = (np.cumsum(lanes, axis=0) % 256).astype(np.uint8).reshape(stride)
+        elif kind in (3, 4):
+            row = _unfilter_slow(int(kind), line, previous, bpp)
+        else:
+            raise ImageError(field, f"corrupt PNG: unknown filter {kind}")
+        out[y] = row
+        previous = row
+    return out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+
+
+def _unfilter_slow(kind: int, line: np.ndarray, prior: np.ndarray, bpp: int) -> np.ndarray:
+    # Average and Paeth depend on the reconstructed left neighbour, so they run byte by byte;
+    # only PNGs written by other tools use them.
+    row = bytearray(len(line))
+    up = prior.tolist()
+    for i, value in enumerate(line.tolist()):
+        left = row[i - bpp] if i >= bpp else 0
+        if kind == 3:
+            row[i] = (value + ((left + up[i]) >> 1)) & 0xFF
+        else:
+            upper_left = up[i - bpp] if i >= bpp else 0
+            p = left + up[i] - upper_left
+            pa, pb_, pc = abs(p - left), abs(p - up[i]), abs(p - upper_left)
+            pred = left if pa <= pb_ and pa <= pc else (up[i] if pb_ <= pc else upper_left)
+            row[i] = (value + pred) & 0xFF
+    return np.frombuffer(bytes(row), dtype=np.uint8)
