@@ -109,7 +109,11 @@ class StyleOptions:
             _non_negative(name, getattr(self, name))
         _layers("content_layers", self.content_layers, allow_empty=False)
         _layers("style_layers", self.style_layers, allow_empty=False)
-        if not STYLE_SCALE_RANGE[0] <= _finite("style_scale", self.style_scale) <= STYLE_SCALE_RANGE[1]:
+        if (
+            not STYLE_SCALE_RANGE[0]
+            <= _finite("style_scale", self.style_scale)
+            <= STYLE_SCALE_RANGE[1]
+        ):
             raise EngineError("style_scale", f"must lie in {STYLE_SCALE_RANGE}")
         _choice("init", self.init, INITS)
         _choice("optimizer", self.optimizer, OPTIMIZERS)
@@ -170,7 +174,7 @@ def _layers(name: str, layers: Mapping[str, float], *, allow_empty: bool) -> Non
 PRESETS: dict[str, StyleOptions] = {
     # Tuned defaults: start from the content, max pooling (as VGG19 was trained),
     # coarse-to-fine; the weights are justified by benchmarks/presets.py.
-    "default": StyleOptions(preset="default", num_scales=3),
+    "default": StyleOptions(preset="default", style_weight=200.0, num_scales=3),
     # "A Neural Algorithm of Artistic Style": white-noise start, average pooling,
     # L-BFGS, conv4_2 content, conv1_1..conv5_1 style with equal weights, alpha/beta = 1e-3.
     "paper": StyleOptions(

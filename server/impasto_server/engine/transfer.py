@@ -1,0 +1,481 @@
+"""The optimisation: one Engine holds the warm network; each ``run`` is one style transfer."""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import math
+import os
+import secrets
+import time
+from collections.abc import Callable, Iterator, Mapping, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from . import imaging
+from .cache import GramCache
+from .events import Progress, Result
+from .losses import content_layer_loss, gram, style_layer_loss, tv_loss
+from .options import Cancelled, EngineError, StyleOptions
+from .vgg import load_feature_net
+
+Targets = dict[str, torch.Tensor]
+
+
+@dataclass
+class _Region:
+    """Part of the content with one style target per layer; mask None means the whole image."""
+
+    mask: torch.Tensor | None  # (1, 1, h, w) at the stage's size, 0..1
+    targets: Targets
+    area: float  # fraction of the image
+
+
+@dataclass
+class _Inputs:
+    content: torch.Tensor  # (1, 3, H, W) 0..255 on the CPU
+    alpha: torch.Tensor | None
+    source: imaging.Source
+    styles: list[torch.Tensor]
+    style_keys: list[str]
+    blend: list[float]
+    labels: np.ndarray | None
+    region_styles: dict[int, int]
+    init: torch.Tensor | None
+    content_key: str
+
+
+def _digest(array: np.ndarray) -> str:
+    h = hashlib.blake2b(digest_size=16)
+    h.update(str((array.shape, array.dtype.str)).encode())
+    h.update(np.ascontiguousarray(array).data)
+    return h.hexdigest()
+
+
+class Engine:
+    """A warm VGG19 on one device. Runs are independent and may go on in several threads."""
+
+    def __init__(
+        self,
+        *,
+        device: str | None = None,
+        weights: str = "original",
+        preprocessing: str | None = None,
+        max_pixels: int = 4096 * 4096,
+        cache_bytes: int = 256 << 20,
+    ) -> None:
+        if device is None:
+            device = "cuda" if torch.cuda.is_available() else "cpu"
+        try:
+            self._device = torch.device(device)
+        except RuntimeError as exc:
+            raise EngineError("device", str(exc)) from exc
+        if self._device.type == "cuda" and not torch.cuda.is_available():
+            raise EngineError("device", f"{device} asked for, but CUDA is not available")
+        net = load_feature_net(weights, preprocessing)
+        self._cuda = self._device.type == "cuda"
+        if self._cuda:
+            torch.backends.cudnn.benchmark = True
+            net = net.to(self._device, memory_format=torch.channels_last)
+        self.net = net
+        self.weights_name = (
+            weights
+            if weights in ("original", "torchvision")
+            else ("file:" + os.path.basename(weights))
+        )
+        self.device = str(self._device)
+        if self._cuda:
+            self.supported_precisions: tuple[str, ...] = ("float32", "bfloat16", "float16")
+            self.default_precision = "bfloat16" if torch.cuda.is_bf16_supported() else "float32"
+        else:
+            self.supported_precisions = ("float32",)
+            self.default_precision = "float32"
+        self.max_pixels = max_pixels
+        self._cache = GramCache(cache_bytes)
+
+    # ------------------------------------------------------------------ checks
+
+    def cache_stats(self) -> dict[str, int]:
+        return self._cache.stats()
+
+    def output_shape(self, content: np.ndarray, options: StyleOptions) -> tuple[int, int]:
+        image = imaging.check_image("content", content)
+        return imaging.fit_long_side(image.shape[0], image.shape[1], options.size)
+
+    def stage_shapes(self, content: np.ndarray, options: StyleOptions) -> list[tuple[int, int]]:
+        """(h, w) of each coarse-to-fine stage; stages too small for VGG19 are left out."""
+        height, width = imaging.check_image("content", content).shape[:2]
+        shapes = [imaging.fit_long_side(height, width, s) for s in options.schedule()]
+        final = shapes[-1]
+        return [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
+
+    def validate(
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        options: StyleOptions,
+        *,
+        style_weights: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        region_styles: Mapping[int, int] | None = None,
+        init_image: np.ndarray | None = None,
+    ) -> None:
+        """Raise EngineError for anything run() would refuse; does no network work."""
+        if not isinstance(options, StyleOptions):
+            raise EngineError("options", "must be a StyleOptions")
+        options.validate()
+        if options.precision not in self.supported_precisions:
+            raise EngineError(
+                "precision",
+                f"{options.precision} is not supported on {self.device}; "
+                f"choose one of {self.supported_precisions}",
+            )
+        image = imaging.check_image("content", content)
+        height, width = self.output_shape(image, options)
+        if min(height, width) < imaging.MIN_SIDE:
+            raise EngineError(
+                "size",
+                f"the result would be {height}x{width}; its short side must be at least "
+                f"{imaging.MIN_SIDE} px (raise size or use a less elongated image)",
+            )
+        if height * width > self.max_pixels:
+            raise EngineError(
+                "size",
+                f"the result would be {height}x{width} = {height * width} pixels, above this "
+                f"server's limit of {self.max_pixels}",
+            )
+        if isinstance(styles, np.ndarray) or not isinstance(styles, Sequence) or not styles:
+            raise EngineError("styles", "at least one style image is needed")
+        for index, style in enumerate(styles):
+            check = imaging.check_image(f"styles[{index}]", style)
+            style_h, style_w = imaging.fit_long_side(
+                *check.shape[:2], round(max(height, width) * options.style_scale)
+            )
+            if min(style_h, style_w) < imaging.MIN_SIDE:
+                raise EngineError(f"styles[{index}]", "too small or too elongated at this size")
+        if style_weights is not None:
+            if len(style_weights) != len(styles):
+                raise EngineError(
+                    "style_weights", f"{len(style_weights)} weights for {len(styles)} styles"
+                )
+            for index, w in enumerate(style_weights):
+                if isinstance(w, bool) or not isinstance(w, (int, float)) or not math.isfinite(w):
+                    raise EngineError(f"style_weights[{index}]", f"must be finite, got {w!r}")
+                if w < 0:
+                    raise EngineError(f"style_weights[{index}]", f"must be >= 0, got {w}")
+            if sum(style_weights) <= 0:
+                raise EngineError("style_weights", "at least one weight must be > 0")
+        self._check_mask(image, styles, mask, region_styles)
+        if options.init == "image":
+            if init_image is None:
+                raise EngineError("init_image", "init 'image' needs an init image")
+            imaging.check_image("init_image", init_image)
+
+    @staticmethod
+    def _check_mask(
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        mask: np.ndarray | None,
+        region_styles: Mapping[int, int] | None,
+    ) -> None:
+        if mask is None:
+            if region_styles:
+                raise EngineError("region_styles", "given without a mask")
+            return
+        if not isinstance(mask, np.ndarray):
+            raise EngineError("mask", f"must be a numpy array, got {type(mask).__name__}")
+        if mask.ndim == 3 and mask.shape[2] == 1:
+            mask = mask[:, :, 0]
+        if mask.dtype.kind not in "iub":
+            raise EngineError("mask", f"must hold integer labels, got dtype {mask.dtype}")
+        if mask.shape != content.shape[:2]:
+            raise EngineError(
+                "mask", f"shape {mask.shape} does not match the content's {content.shape[:2]}"
+            )
+        if not region_styles:
+            raise EngineError("region_styles", "a mask needs at least one label -> style entry")
+        present = set(np.unique(mask).tolist())
+        for label, index in region_styles.items():
+            if not isinstance(index, (int, np.integer)) or not 0 <= index < len(styles):
+                raise EngineError(
+                    "region_styles", f"label {label} names style {index}; there are {len(styles)}"
+                )
+            if label not in present:
+                raise EngineError("region_styles", f"label {label} does not occur in the mask")
+
+    # ------------------------------------------------------------------ the run
+
+    def run(
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        options: StyleOptions,
+        *,
+        style_weights: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        region_styles: Mapping[int, int] | None = None,
+        init_image: np.ndarray | None = None,
+        preview_every: int = 0,
+        preview_size: int = 0,
+        should_stop: Callable[[], bool] | None = None,
+    ) -> Iterator[Progress | Result]:
+        """Optimise; yield a Progress per iteration and finally the Result. Raises Cancelled
+        (between iterations) once ``should_stop()`` is true."""
+        self.validate(
+            content, styles, options, style_weights=style_weights, mask=mask,
+            region_styles=region_styles, init_image=init_image,
+        )  # fmt: skip
+        if options.seed is None:
+            options = options.replace(seed=secrets.randbelow(2**63))
+        return self._run(
+            self._inputs(content, styles, options, style_weights, mask, region_styles, init_image),
+            options,
+            self.stage_shapes(content, options),
+            max(0, preview_every),
+            max(0, preview_size),
+            should_stop or (lambda: False),
+        )
+
+    def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
+        rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
+        style_tensors, keys = [], []
+        for style in styles:
+            style = imaging.check_image("style", style)
+            style_tensors.append(imaging.to_pixels(style)[0])
+            keys.append(_digest(style))
+        blend = list(style_weights) if style_weights is not None else [1.0] * len(styles)
+        total = float(sum(blend))
+        labels = None
+        if mask is not None:
+            labels = mask[:, :, 0] if mask.ndim == 3 else mask
+        init = None
+        if options.init == "image":
+            init = imaging.to_pixels(imaging.check_image("init_image", init_image))[0]
+        return _Inputs(
+            content=rgb, alpha=alpha, source=source, styles=style_tensors, style_keys=keys,
+            blend=[w / total for w in blend], labels=labels,
+            region_styles={int(k): int(v) for k, v in (region_styles or {}).items()},
+            init=init, content_key=_digest(content),
+        )  # fmt: skip
+
+    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
+        if not self._cuda or precision == "float32":
+            return contextlib.nullcontext()
+        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
+        return torch.autocast(device_type="cuda", dtype=dtype)
+
+    def _to_device(self, x: torch.Tensor) -> torch.Tensor:
+        x = x.to(self._device)
+        return x.contiguous(memory_format=torch.channels_last) if self._cuda else x
+
+    def _style_grams(
+        self, inputs: _Inputs, index: int, content_px: torch.Tensor, long_side: int,
+        options: StyleOptions,
+    ) -> Targets:  # fmt: skip
+        """Whole-image Grams of one style at one size, from the cache when seen before."""
+        style = inputs.styles[index]
+        size = imaging.fit_long_side(style.shape[2], style.shape[3], long_side)
+        mode = options.color_preservation
+        key = (
+            self.weights_name, inputs.style_keys[index], size, options.pooling,
+            tuple(sorted(options.style_layers)), mode, options.precision,
+            # Colour handling makes the style depend on the content too.
+            inputs.content_key if mode != "none" else None,
+            tuple(content_px.shape) if mode != "none" else None,
+        )  # fmt: skip
+
+        def compute() -> Targets:
+            px = imaging.resize(style, size)
+            if mode == "luminance":
+                px = imaging.match_luminance(px, content_px.cpu())
+            elif mode == "color_statistics":
+                px = imaging.match_color_statistics(px, content_px.cpu())
+            with torch.no_grad(), self._autocast(options.precision):
+                feats = self.net(self._to_device(px), tuple(options.style_layers), options.pooling)
+            return {name: gram(f) for name, f in feats.items()}
+
+        return self._cache.get_or_compute(key, compute)
+
+    def _regions(
+        self, inputs: _Inputs, content_px: torch.Tensor, options: StyleOptions
+    ) -> list[_Region]:
+        h, w = content_px.shape[-2:]
+        long_side = round(max(h, w) * options.style_scale)
+        per_style = {
+            i: self._style_grams(inputs, i, content_px, long_side, options)
+            for i, weight in enumerate(inputs.blend)
+            if weight > 0 or i in inputs.region_styles.values()
+        }
+        blended = {
+            layer: sum(inputs.blend[i] * grams[layer] for i, grams in per_style.items())
+            for layer in options.style_layers
+        }
+        if inputs.labels is None:
+            return [_Region(None, blended, 1.0)]
+        labels = torch.from_numpy(inputs.labels.astype(np.int64))[None, None].float()
+        labels = F.interpolate(labels, size=(h, w), mode="nearest")[0, 0].long()
+        regions = []
+        assigned = torch.zeros_like(labels, dtype=torch.bool)
+        for label, index in sorted(inputs.region_styles.items()):
+            region = labels == label
+            assigned |= region
+            regions.append((region, per_style[index]))
+        regions.append((~assigned, blended))
+        out = []
+        for region, targets in regions:
+            area = region.float().mean().item()
+            if area > 0:
+                mask = self._to_device(region.float()[None, None])
+                out.append(_Region(mask, targets, area))
+        return out
+
+    def _initial(self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int],
+                 content_px: torch.Tensor) -> torch.Tensor:  # fmt: skip
+        if options.init == "content":
+            return content_px.clone()
+        if options.init == "image":
+            assert inputs.init is not None
+            start = imaging.resize(inputs.init, shape)
+            if options.color_preservation == "luminance":
+                start = imaging.luminance_rgb(start)
+            return start
+        generator = torch.Generator().manual_seed(int(options.seed or 0))
+        noise = torch.randn((1, 3, *shape), generator=generator) * 32.0 + 127.5
+        return noise
+
+    def _finish(self, x: torch.Tensor, inputs: _Inputs, options: StyleOptions,
+                long_side: int = 0) -> np.ndarray:  # fmt: skip
+        """The optimised pixels in the content's own form (dtype, channels, colours)."""
+        x = x.detach().float().cpu()
+        if options.color_preservation == "luminance":
+            x = imaging.with_chroma_of(x, imaging.resize(inputs.content, x.shape[-2:]))
+        if long_side:
+            x = imaging.resize(x, imaging.fit_long_side(*x.shape[-2:], long_side))
+        return imaging.from_pixels(x, inputs.alpha, inputs.source)
+
+    def _run(self, inputs, options, shapes, preview_every, preview_size, should_stop):
+        started = time.perf_counter()
+        stages = len(shapes)
+        per_stage = [options.iterations // stages] * stages
+        per_stage[-1] += options.iterations - sum(per_stage)
+        total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
+        done_cost = 0
+        iteration = 0
+        content_layers = tuple(options.content_layers)
+        all_layers = tuple(dict.fromkeys((*content_layers, *options.style_layers)))
+        x: torch.Tensor | None = None
+        losses: dict[str, float] = {}
+        for stage, (shape, stage_iterations) in enumerate(zip(shapes, per_stage)):
+            if should_stop():
+                raise Cancelled()
+            content_px = imaging.resize(inputs.content, shape)
+            if options.color_preservation == "luminance":
+                content_px = imaging.luminance_rgb(content_px)
+            with torch.no_grad(), self._autocast(options.precision):
+                content_feats = self.net(
+                    self._to_device(content_px), content_layers, options.pooling
+                )
+            content_targets = {k: v.float() for k, v in content_feats.items()}
+            del content_feats
+            regions = self._regions(inputs, content_px, options)
+            layer_masks = {}  # each region's mask at each style layer's resolution
+            start = (
+                self._initial(inputs, options, shape, content_px)
+                if x is None
+                else (imaging.resize(x.detach().cpu(), shape))
+            )
+            x = self._to_device(start).requires_grad_(True)
+            if options.optimizer == "lbfgs":
+                optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+                    [x], lr=1.0, max_iter=1, history_size=100,
+                    tolerance_grad=-1.0, tolerance_change=-1.0,
+                )  # fmt: skip
+            else:
+                optimizer = torch.optim.Adam([x], lr=options.learning_rate)
+
+            scale: list[float] = []
+
+            def closure() -> torch.Tensor:
+                optimizer.zero_grad(set_to_none=True)
+                with self._autocast(options.precision):
+                    feats = self.net(x, all_layers, options.pooling)
+                content_loss = x.new_zeros((), dtype=torch.float32)
+                for layer, weight in options.content_layers.items():
+                    if weight:
+                        content_loss = content_loss + weight * content_layer_loss(
+                            feats[layer], content_targets[layer]
+                        )
+                style_loss = x.new_zeros((), dtype=torch.float32)
+                for r, region in enumerate(regions):
+                    for layer, weight in options.style_layers.items():
+                        if not weight:
+                            continue
+                        f = feats[layer]
+                        mask = None
+                        if region.mask is not None:
+                            key = (r, layer)
+                            if key not in layer_masks:
+                                layer_masks[key] = F.interpolate(
+                                    region.mask, size=f.shape[-2:], mode="area"
+                                )
+                            mask = layer_masks[key]
+                        style_loss = style_loss + weight * region.area * style_layer_loss(
+                            gram(f, mask), region.targets[layer]
+                        )
+                terms = {
+                    "content": options.content_weight * content_loss,
+                    "style": options.style_weight * style_loss,
+                    "tv": options.tv_weight * tv_loss(x) if options.tv_weight else None,
+                }
+                total = sum(t for t in terms.values() if t is not None)
+                losses.clear()
+                losses.update({k: (v.item() if v is not None else 0.0) for k, v in terms.items()})
+                losses["total"] = total.item()
+                # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search
+                # is not scale-free: its first step and its curvature check use absolute sizes,
+                # and at that scale it either explodes or never moves. So the optimiser sees
+                # the objective divided by the stage's first mean absolute gradient, which puts
+                # gradients near 1 per pixel whatever the weights, sizes and layers.
+                if not scale:
+                    total.backward()
+                    assert x.grad is not None
+                    scale.append(max(x.grad.abs().mean().item(), 1e-20))
+                    x.grad.div_(scale[0])
+                    return total.detach() / scale[0]
+                scaled = total / scale[0]
+                scaled.backward()
+                return scaled
+
+            h, w = shape
+            for _ in range(stage_iterations):
+                if should_stop():
+                    raise Cancelled()
+                if options.optimizer == "lbfgs":
+                    optimizer.step(closure)
+                else:
+                    closure()
+                    optimizer.step()
+                if not all(math.isfinite(v) for v in losses.values()):
+                    raise EngineError("options", "the optimisation diverged (loss is not finite); "
+                                      "lower learning_rate or the loss weights")  # fmt: skip
+                iteration += 1
+                done_cost += h * w
+                elapsed = time.perf_counter() - started
+                preview = None
+                if preview_every and iteration % preview_every == 0:
+                    preview = self._finish(x, inputs, options, preview_size)
+                yield Progress(
+                    iteration=iteration, total=options.iterations, losses=dict(losses),
+                    elapsed=elapsed, eta=elapsed / done_cost * (total_cost - done_cost),
+                    scale_index=stage, scale_count=stages, height=h, width=w, preview=preview,
+                )  # fmt: skip
+            del optimizer, regions, content_targets, layer_masks
+        assert x is not None
+        image = self._finish(x, inputs, options)
+        yield Result(
+            image=image, settings=options, losses=dict(losses),
+            elapsed=time.perf_counter() - started, iterations=iteration,
+        )  # fmt: skip
