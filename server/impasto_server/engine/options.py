@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import dataclasses
 import math
+from collections.abc import Mapping
 from dataclasses import dataclass, field
-from typing import Any, Mapping
+from typing import Any
 
 #: VGG19's convolution layers in order; features are taken after each layer's ReLU.
 LAYER_NAMES: tuple[str, ...] = (
@@ -76,7 +77,7 @@ class StyleOptions:
         known = {f.name for f in dataclasses.fields(cls)}
         unknown = set(overrides) - known
         if unknown:
-            raise EngineError(sorted(unknown)[0], "unknown option")
+            raise EngineError(min(unknown), "unknown option")
         given = {k: v for k, v in overrides.items() if v is not None}
         return dataclasses.replace(PRESETS[preset], **given)
 

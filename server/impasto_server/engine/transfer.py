@@ -364,118 +364,138 @@ class Engine:
         total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         done_cost = 0
         iteration = 0
-        content_layers = tuple(options.content_layers)
-        all_layers = tuple(dict.fromkeys((*content_layers, *options.style_layers)))
         x: torch.Tensor | None = None
         losses: dict[str, float] = {}
-        for stage, (shape, stage_iterations) in enumerate(zip(shapes, per_stage)):
+        for index, (shape, stage_iterations) in enumerate(zip(shapes, per_stage)):
             if should_stop():
                 raise Cancelled()
             content_px = imaging.resize(inputs.content, shape)
             if options.color_preservation == "luminance":
                 content_px = imaging.luminance_rgb(content_px)
-            with torch.no_grad(), self._autocast(options.precision):
-                content_feats = self.net(
-                    self._to_device(content_px), content_layers, options.pooling
-                )
-            content_targets = {k: v.float() for k, v in content_feats.items()}
-            del content_feats
-            regions = self._regions(inputs, content_px, options)
-            layer_masks = {}  # each region's mask at each style layer's resolution
-            start = (
-                self._initial(inputs, options, shape, content_px)
-                if x is None
-                else (imaging.resize(x.detach().cpu(), shape))
-            )
-            x = self._to_device(start).requires_grad_(True)
-            if options.optimizer == "lbfgs":
-                optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-                    [x], lr=1.0, max_iter=1, history_size=100,
-                    tolerance_grad=-1.0, tolerance_change=-1.0,
-                )  # fmt: skip
+            if x is None:
+                start = self._initial(inputs, options, shape, content_px)
             else:
-                optimizer = torch.optim.Adam([x], lr=options.learning_rate)
-
-            scale: list[float] = []
-
-            def closure() -> torch.Tensor:
-                optimizer.zero_grad(set_to_none=True)
-                with self._autocast(options.precision):
-                    feats = self.net(x, all_layers, options.pooling)
-                content_loss = x.new_zeros((), dtype=torch.float32)
-                for layer, weight in options.content_layers.items():
-                    if weight:
-                        content_loss = content_loss + weight * content_layer_loss(
-                            feats[layer], content_targets[layer]
-                        )
-                style_loss = x.new_zeros((), dtype=torch.float32)
-                for r, region in enumerate(regions):
-                    for layer, weight in options.style_layers.items():
-                        if not weight:
-                            continue
-                        f = feats[layer]
-                        mask = None
-                        if region.mask is not None:
-                            key = (r, layer)
-                            if key not in layer_masks:
-                                layer_masks[key] = F.interpolate(
-                                    region.mask, size=f.shape[-2:], mode="area"
-                                )
-                            mask = layer_masks[key]
-                        style_loss = style_loss + weight * region.area * style_layer_loss(
-                            gram(f, mask), region.targets[layer]
-                        )
-                terms = {
-                    "content": options.content_weight * content_loss,
-                    "style": options.style_weight * style_loss,
-                    "tv": options.tv_weight * tv_loss(x) if options.tv_weight else None,
-                }
-                total = sum(t for t in terms.values() if t is not None)
-                losses.clear()
-                losses.update({k: (v.item() if v is not None else 0.0) for k, v in terms.items()})
-                losses["total"] = total.item()
-                # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search
-                # is not scale-free: its first step and its curvature check use absolute sizes,
-                # and at that scale it either explodes or never moves. So the optimiser sees
-                # the objective divided by the stage's first mean absolute gradient, which puts
-                # gradients near 1 per pixel whatever the weights, sizes and layers.
-                if not scale:
-                    total.backward()
-                    assert x.grad is not None
-                    scale.append(max(x.grad.abs().mean().item(), 1e-20))
-                    x.grad.div_(scale[0])
-                    return total.detach() / scale[0]
-                scaled = total / scale[0]
-                scaled.backward()
-                return scaled
-
-            h, w = shape
+                start = imaging.resize(x.detach().cpu(), shape)
+            stage = _Stage(
+                self, options, start, content_px, self._regions(inputs, content_px, options)
+            )
             for _ in range(stage_iterations):
                 if should_stop():
                     raise Cancelled()
-                if options.optimizer == "lbfgs":
-                    optimizer.step(closure)
-                else:
-                    closure()
-                    optimizer.step()
-                if not all(math.isfinite(v) for v in losses.values()):
-                    raise EngineError("options", "the optimisation diverged (loss is not finite); "
-                                      "lower learning_rate or the loss weights")  # fmt: skip
+                losses = stage.step()
                 iteration += 1
-                done_cost += h * w
+                done_cost += shape[0] * shape[1]
                 elapsed = time.perf_counter() - started
                 preview = None
                 if preview_every and iteration % preview_every == 0:
-                    preview = self._finish(x, inputs, options, preview_size)
+                    preview = self._finish(stage.x, inputs, options, preview_size)
                 yield Progress(
-                    iteration=iteration, total=options.iterations, losses=dict(losses),
+                    iteration=iteration, total=options.iterations, losses=losses,
                     elapsed=elapsed, eta=elapsed / done_cost * (total_cost - done_cost),
-                    scale_index=stage, scale_count=stages, height=h, width=w, preview=preview,
+                    scale_index=index, scale_count=stages, height=shape[0], width=shape[1],
+                    preview=preview,
                 )  # fmt: skip
-            del optimizer, regions, content_targets, layer_masks
+            x = stage.x.detach()
+            del stage  # free this stage's graph, targets and optimiser state before the next
         assert x is not None
         image = self._finish(x, inputs, options)
         yield Result(
-            image=image, settings=options, losses=dict(losses),
+            image=image, settings=options, losses=losses,
             elapsed=time.perf_counter() - started, iterations=iteration,
         )  # fmt: skip
+
+
+class _Stage:
+    """One size of the coarse-to-fine schedule: the image being optimised, its targets, its
+    optimiser. ``step`` runs one iteration (one forward and backward pass)."""
+
+    def __init__(
+        self, engine: Engine, options: StyleOptions, start: torch.Tensor,
+        content_px: torch.Tensor, regions: list[_Region],
+    ) -> None:  # fmt: skip
+        self.engine = engine
+        self.options = options
+        self.regions = regions
+        self.content_layers = tuple(options.content_layers)
+        self.layers = tuple(dict.fromkeys((*self.content_layers, *options.style_layers)))
+        with torch.no_grad(), engine._autocast(options.precision):
+            feats = engine.net(engine._to_device(content_px), self.content_layers, options.pooling)
+        self.content_targets = {k: v.float() for k, v in feats.items()}
+        self.layer_masks: dict[tuple[int, str], torch.Tensor] = {}
+        self.x = engine._to_device(start).requires_grad_(True)
+        self.scale = 0.0
+        self.losses: dict[str, float] = {}
+        if options.optimizer == "lbfgs":
+            self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+                [self.x], lr=1.0, max_iter=1, history_size=100,
+                tolerance_grad=-1.0, tolerance_change=-1.0,
+            )  # fmt: skip
+        else:
+            self.optimizer = torch.optim.Adam([self.x], lr=options.learning_rate)
+
+    def step(self) -> dict[str, float]:
+        if self.options.optimizer == "lbfgs":
+            self.optimizer.step(self._closure)
+        else:
+            self._closure()
+            self.optimizer.step()
+        if not all(math.isfinite(v) for v in self.losses.values()):
+            raise EngineError(
+                "options",
+                "the optimisation diverged (a loss is not finite); lower learning_rate or the "
+                "loss weights",
+            )
+        return dict(self.losses)
+
+    def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
+        mask = self.regions[region].mask
+        if mask is None:
+            return None
+        key = (region, layer)
+        if key not in self.layer_masks:
+            self.layer_masks[key] = F.interpolate(mask, size=features.shape[-2:], mode="area")
+        return self.layer_masks[key]
+
+    def _closure(self) -> torch.Tensor:
+        options, x = self.options, self.x
+        self.optimizer.zero_grad(set_to_none=True)
+        with self.engine._autocast(options.precision):
+            feats = self.engine.net(x, self.layers, options.pooling)
+        content = x.new_zeros((), dtype=torch.float32)
+        for layer, weight in options.content_layers.items():
+            if weight:
+                content = content + weight * content_layer_loss(
+                    feats[layer], self.content_targets[layer]
+                )
+        style = x.new_zeros((), dtype=torch.float32)
+        for r, region in enumerate(self.regions):
+            for layer, weight in options.style_layers.items():
+                if weight:
+                    g = gram(feats[layer], self._mask(r, layer, feats[layer]))
+                    style = style + weight * region.area * style_layer_loss(
+                        g, region.targets[layer]
+                    )
+        terms = {
+            "content": options.content_weight * content,
+            "style": options.style_weight * style,
+        }
+        if options.tv_weight:
+            terms["tv"] = options.tv_weight * tv_loss(x)
+        total = sum(terms.values())
+        self.losses = {k: v.item() for k, v in terms.items()}
+        self.losses.setdefault("tv", 0.0)
+        self.losses["total"] = total.item()
+        # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
+        # scale-free: its first step and its curvature check use absolute sizes, and at that
+        # scale it either explodes or never moves. So the optimiser sees the objective divided
+        # by the stage's first mean absolute gradient, which puts gradients near 1 per pixel
+        # whatever the weights, sizes and layers. Adam is unaffected (it is scale-free).
+        if not self.scale:
+            total.backward()
+            assert x.grad is not None
+            self.scale = max(x.grad.abs().mean().item(), 1e-20)
+            x.grad.div_(self.scale)
+            return total.detach() / self.scale
+        scaled = total / self.scale
+        scaled.backward()
+        return scaled
