@@ -49,7 +49,9 @@ class ImpastoError(Exception):
 
     def __str__(self) -> str:
         text = f"{self.code.name}: {self.message}"
-        if self.field_violations:
+        if self.field_violations and not all(
+            f"{f}: {d}" in self.message for f, d in self.field_violations
+        ):
             text += " (" + "; ".join(f"{f}: {d}" for f, d in self.field_violations) + ")"
         if self.retry_after is not None:
             text += f" [retry after {self.retry_after:g} s]"

@@ -1,0 +1,308 @@
+"""The server process: gRPC server, TLS, tokens, health, reflection, metrics, shutdown."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from concurrent import futures
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import grpc
+from grpc_health.v1 import health, health_pb2, health_pb2_grpc
+from grpc_reflection.v1alpha import reflection
+from impasto.v1 import style_transfer_pb2 as pb
+from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
+
+from impasto_server import __version__
+from impasto_server.auth import TokenAuthInterceptor, read_tokens
+from impasto_server.convert import Limits
+from impasto_server.metrics import Metrics
+from impasto_server.scheduler import Scheduler
+from impasto_server.service import ServiceConfig, StyleTransferService
+
+log = logging.getLogger("impasto_server")
+SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
+#: 256 MiB: a 4096x4096 RGB float32 image is 192 MiB raw, plus the rest of the request.
+DEFAULT_MAX_MESSAGE_MB = 256
+
+
+@dataclass
+class ServerConfig:
+    host: str = "127.0.0.1"
+    port: int = 50051
+    port_file: str | None = None
+    device: str | None = None
+    weights: str = "original"
+    max_pixels: int = 4096 * 4096
+    queue_size: int = 32
+    max_running: int = 1
+    max_jobs_per_client: int = 8
+    max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
+    max_styles: int = 16
+    cache_mb: int = 256
+    tls_cert: str | None = None
+    tls_key: str | None = None
+    tls_client_ca: str | None = None
+    token_file: str | None = None
+    metrics_port: int | None = None
+    grace_seconds: float = 30.0
+    log_level: str = "INFO"
+
+
+def default_engine(config: ServerConfig) -> Any:
+    from impasto_server.engine import Engine
+
+    return Engine(
+        device=config.device,
+        weights=config.weights,
+        max_pixels=config.max_pixels,
+        cache_bytes=config.cache_mb << 20,
+    )
+
+
+class Server:
+    """One impasto server: ``start()`` listens (health NOT_SERVING), ``load()`` brings the
+    model up (health SERVING), ``shutdown()`` drains it."""
+
+    def __init__(
+        self,
+        config: ServerConfig,
+        *,
+        engine: Any = None,
+        engine_factory: Callable[[ServerConfig], Any] | None = None,
+    ) -> None:
+        self.config = config
+        self._engine = engine
+        self._engine_factory = engine_factory or default_engine
+        self.metrics = Metrics()
+        self.scheduler = Scheduler(
+            queue_capacity=config.queue_size,
+            max_running=config.max_running,
+            max_per_client=config.max_jobs_per_client,
+            on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
+        )
+        tokens = read_tokens(config.token_file) if config.token_file else []
+        self.service = StyleTransferService(
+            ServiceConfig(
+                limits=Limits(
+                    max_pixels=config.max_pixels,
+                    max_input_pixels=max(config.max_pixels, 8192 * 8192),
+                    max_styles=config.max_styles,
+                ),
+                queue_capacity=config.queue_size,
+                max_running=config.max_running,
+                max_per_client=config.max_jobs_per_client,
+                max_message_bytes=config.max_message_mb << 20,
+                auth_required=bool(tokens),
+            ),
+            self.scheduler,
+            self.metrics,
+        )
+        self.health = health.HealthServicer()
+        self._tokens = tokens
+        self._grpc: grpc.Server | None = None
+        self.port: int | None = None
+        self.metrics_port: int | None = None
+        self._stopped = threading.Event()
+
+    @property
+    def address(self) -> str:
+        return f"{self.config.host}:{self.port}"
+
+    def _set_health(self, status: int) -> None:
+        for name in ("", SERVICE_NAME):
+            self.health.set(name, status)
+
+    def start(self) -> int:
+        """Listen on the port (health NOT_SERVING until ``load``); return the port."""
+        config = self.config
+        message_bytes = config.max_message_mb << 20
+        # Every waiting or running stream holds a thread; leave room for info and health calls.
+        workers = config.queue_size + config.max_running + 16
+        interceptors = [TokenAuthInterceptor(self._tokens)] if self._tokens else []
+        server = grpc.server(
+            futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="impasto-rpc"),
+            interceptors=interceptors,
+            options=[
+                ("grpc.max_send_message_length", message_bytes),
+                ("grpc.max_receive_message_length", message_bytes),
+                ("grpc.so_reuseport", 0),
+            ],
+            maximum_concurrent_rpcs=workers,
+        )
+        pb_grpc.add_StyleTransferServiceServicer_to_server(self.service, server)
+        health_pb2_grpc.add_HealthServicer_to_server(self.health, server)
+        reflection.enable_server_reflection(
+            (SERVICE_NAME, health_pb2.DESCRIPTOR.services_by_name["Health"].full_name,
+             reflection.SERVICE_NAME),
+            server,
+        )  # fmt: skip
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        bind = f"{config.host}:{config.port}"
+        if config.host and ":" in config.host and not config.host.startswith("["):
+            bind = f"[{config.host}]:{config.port}"
+        if config.tls_cert or config.tls_key:
+            if not (config.tls_cert and config.tls_key):
+                raise ValueError("--tls-cert and --tls-key go together")
+            client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
+            credentials = grpc.ssl_server_credentials(
+                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+                root_certificates=client_ca,
+                require_client_auth=client_ca is not None,
+            )
+            self.port = server.add_secure_port(bind, credentials)
+        else:
+            self.port = server.add_insecure_port(bind)
+        if not self.port:
+            raise OSError(f"cannot listen on {bind}")
+        server.start()
+        self._grpc = server
+        if config.metrics_port is not None:
+            self.metrics_port = self.metrics.serve(config.metrics_port, config.host)
+        if config.port_file:
+            # Written only after binding, so whoever reads it can connect at once.
+            tmp = Path(config.port_file).with_suffix(".tmp")
+            tmp.write_text(str(self.port))
+            tmp.replace(config.port_file)
+        log.info(
+            "listening on %s (tls=%s, tokens=%s)", bind, bool(config.tls_cert), bool(self._tokens)
+        )
+        return self.port
+
+    def load(self) -> None:
+        """Load the weights (or take the given engine), then report SERVING."""
+        engine = self._engine if self._engine is not None else self._engine_factory(self.config)
+        self._engine = engine
+        self.metrics.watch(_device_memory(engine), lambda: engine.cache_stats().get("bytes", 0))
+        self.service.engine = engine
+        self._set_health(health_pb2.HealthCheckResponse.SERVING)
+        log.info(
+            "ready: impasto %s, device=%s, weights=%s, precision=%s",
+            __version__,
+            engine.device,
+            engine.weights_name,
+            engine.default_precision,
+        )
+
+    def shutdown(self, grace: float | None = None) -> None:
+        """NOT_SERVING, refuse new jobs, let running jobs finish for ``grace`` seconds, then stop
+        them (their clients get UNAVAILABLE) and close the port."""
+        if self._stopped.is_set():
+            return
+        grace = self.config.grace_seconds if grace is None else grace
+        log.info("shutting down: waiting up to %.0fs for running jobs", grace)
+        self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        self.service.accepting = False
+        running = self.scheduler.close()
+        if running and not self.scheduler.wait_idle(grace):
+            for job in self.scheduler.running_jobs():
+                job.request_stop("shutdown")
+            self.scheduler.wait_idle(10.0)
+        if self._grpc is not None:
+            # A moment for the streams to deliver their last message or status.
+            self._grpc.stop(2.0).wait()
+        self._stopped.set()
+        log.info("stopped")
+
+    def wait(self, timeout: float | None = None) -> bool:
+        return self._stopped.wait(timeout)
+
+
+def _device_memory(engine: Any) -> Callable[[], float]:
+    def read() -> float:
+        if str(engine.device).startswith("cuda"):
+            import torch
+
+            return float(torch.cuda.memory_allocated(engine.device))
+        return 0.0
+
+    return read
+
+
+# ---------------------------------------------------------------- the command
+
+
+def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
+    d = ServerConfig()
+    p = argparse.ArgumentParser(
+        prog="impasto-server",
+        description="Serve Gatys neural style transfer over gRPC with one warm VGG19.",
+    )
+    p.add_argument("--host", default=d.host, help="address to listen on (0.0.0.0 for all)")
+    p.add_argument("--port", type=int, default=d.port, help="port (0 picks a free one)")
+    p.add_argument("--port-file", help="write the port here once listening")
+    p.add_argument("--device", help="cpu, cuda or cuda:N (default: cuda when present)")
+    p.add_argument("--weights", default=d.weights, help="original, torchvision or a .pt path")
+    p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest result, pixels")
+    p.add_argument("--queue-size", type=int, default=d.queue_size, help="jobs that may wait")
+    p.add_argument("--max-running", type=int, default=d.max_running, help="jobs run at once")
+    p.add_argument(
+        "--max-jobs-per-client", type=int, default=d.max_jobs_per_client,
+        help="jobs one client may have queued or running",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-message-mb", type=int, default=d.max_message_mb,
+        help="largest gRPC message in MiB (default fits a 4096x4096 RGB float32 image)",
+    )  # fmt: skip
+    p.add_argument("--max-styles", type=int, default=d.max_styles, help="style images per job")
+    p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="style-target cache budget")
+    p.add_argument("--tls-cert", help="PEM certificate chain; enables TLS with --tls-key")
+    p.add_argument("--tls-key", help="PEM private key")
+    p.add_argument("--tls-client-ca", help="PEM CA bundle; clients must present a certificate")
+    p.add_argument("--token-file", help="file of accepted bearer tokens, one per line")
+    p.add_argument("--metrics-port", type=int, help="serve Prometheus metrics on this port")
+    p.add_argument(
+        "--grace-seconds", type=float, default=d.grace_seconds,
+        help="on SIGTERM, how long running jobs may finish before they are stopped",
+    )  # fmt: skip
+    p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR")
+    args = p.parse_args(argv)
+    config = ServerConfig(**{k: v for k, v in vars(args).items()})
+    for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
+                 "max_styles", "max_pixels"):  # fmt: skip
+        if getattr(config, name) < 1:
+            p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if bool(config.tls_cert) != bool(config.tls_key):
+        p.error("--tls-cert and --tls-key go together")
+    return config
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    config = parse_args(argv)
+    logging.basicConfig(
+        level=getattr(logging, config.log_level.upper(), logging.INFO),
+        format="%(asctime)s %(levelname)s %(name)s %(message)s",
+    )
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("received %s", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server = Server(config)
+        server.start()
+    except (OSError, ValueError, RuntimeError) as exc:
+        log.error("cannot start: %s", exc)
+        return 2
+    try:
+        server.load()
+    except Exception as exc:  # noqa: BLE001 - report any load failure as a clear message
+        log.error("cannot load the model: %s", exc)
+        server.shutdown(0)
+        return 2
+    stop.wait()
+    server.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

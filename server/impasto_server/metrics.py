@@ -1,0 +1,55 @@
+"""Prometheus metrics, in a registry of their own so several servers can live in one process."""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
+
+
+class Metrics:
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.queue_depth = Gauge("impasto_queue_depth", "Jobs waiting in the queue", registry=r)
+        self.running = Gauge("impasto_running_jobs", "Jobs running on the device", registry=r)
+        self.jobs = Counter("impasto_jobs", "Finished jobs by outcome", ["outcome"], registry=r)
+        self.rejections = Counter(
+            "impasto_rejected_requests", "Requests refused before queueing", ["reason"], registry=r
+        )
+        self.duration = Histogram(
+            "impasto_job_duration_seconds",
+            "Time a job ran on the device",
+            buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
+            registry=r,
+        )
+        self.iterations_per_second = Gauge(
+            "impasto_iterations_per_second", "Iterations per second of the last job", registry=r
+        )
+        self.device_memory = Gauge(
+            "impasto_device_memory_bytes", "Memory allocated on the device", registry=r
+        )
+        self.cache_bytes = Gauge(
+            "impasto_style_cache_bytes", "Bytes held by the style-target cache", registry=r
+        )
+
+    def watch(self, device_memory: Callable[[], float], cache_bytes: Callable[[], float]) -> None:
+        self.device_memory.set_function(device_memory)
+        self.cache_bytes.set_function(cache_bytes)
+
+    def queue_changed(self, queued: int, running: int) -> None:
+        self.queue_depth.set(queued)
+        self.running.set(running)
+
+    def job_done(self, outcome: str, seconds: float, iterations: int) -> None:
+        self.jobs.labels(outcome=outcome).inc()
+        self.duration.observe(seconds)
+        if seconds > 0 and iterations > 0:
+            self.iterations_per_second.set(iterations / seconds)
+
+    def rejected(self, reason: str) -> None:
+        self.rejections.labels(reason=reason).inc()
+
+    def serve(self, port: int, host: str) -> int:
+        server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        return server.server_address[1]

@@ -1,0 +1,332 @@
+"""Jobs shared by all clients: a bounded queue, a cap on running jobs, fair admission.
+
+Fairness is round-robin over clients: each client has its own FIFO, and a freed slot goes to
+the next client in turn, so a client with twenty queued jobs delays another client's single job
+by at most one of its own. Queue positions are the order this rotation would start the jobs in.
+"""
+
+from __future__ import annotations
+
+import itertools
+import logging
+import threading
+import time
+import uuid
+from collections import Counter, OrderedDict, deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+log = logging.getLogger("impasto_server.scheduler")
+
+
+class SchedulerError(Exception):
+    """A job not admitted; ``code`` is the gRPC status name, ``retry_after`` a hint in seconds."""
+
+    def __init__(self, code: str, message: str, retry_after: float | None = None) -> None:
+        super().__init__(message)
+        self.code = code
+        self.message = message
+        self.retry_after = retry_after
+
+
+# ---------------------------------------------------------------- the per-job stream
+
+
+@dataclass(frozen=True)
+class Failure:
+    """A job's non-OK end: a gRPC status name and a message for the client."""
+
+    code: str
+    message: str
+
+
+class Outbox:
+    """A job's events on their way to the client, bounded so a slow reader costs no memory.
+
+    Progress and queue updates are droppable: when the box is full the oldest droppable event
+    makes room (the client sees fewer progress events, never a blocked optimisation). Started,
+    the result and failures are never dropped.
+    """
+
+    def __init__(self, capacity: int = 8) -> None:
+        self.capacity = capacity
+        self._items: deque[tuple[Any, bool]] = deque()
+        self._cond = threading.Condition()
+        self.dropped = 0
+        self.closed = False
+
+    def put(self, item: Any, droppable: bool = False) -> None:
+        with self._cond:
+            if self.closed:
+                return
+            if len(self._items) >= self.capacity:
+                for index, (_old, old_droppable) in enumerate(self._items):
+                    if old_droppable:
+                        del self._items[index]
+                        self.dropped += 1
+                        break
+                else:
+                    if droppable:
+                        self.dropped += 1
+                        return
+            self._items.append((item, droppable))
+            self._cond.notify_all()
+
+    def finish(self, item: Any) -> None:
+        """Put the last item (a result or a Failure); nothing is accepted after it."""
+        with self._cond:
+            if self.closed:
+                return
+            self._items.append((item, False))
+            self.closed = True
+            self._cond.notify_all()
+
+    def get(self, timeout: float | None = None) -> Any | None:
+        """The next item, or None after ``timeout`` seconds without one."""
+        with self._cond:
+            if not self._items:
+                self._cond.wait(timeout)
+            if not self._items:
+                return None
+            return self._items.popleft()[0]
+
+
+# ---------------------------------------------------------------- jobs
+
+
+@dataclass(frozen=True)
+class QueuedUpdate:
+    position: int
+    queue_length: int
+
+
+@dataclass(eq=False)
+class Job:
+    """One request's work. ``work(job)`` runs in a worker thread and feeds ``outbox``."""
+
+    client: str
+    work: Callable[[Job], None]
+    deadline: float | None = None  # time.monotonic() seconds
+    description: dict[str, Any] = field(default_factory=dict)
+    id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
+    outbox: Outbox = field(default_factory=Outbox)
+    created: float = field(default_factory=time.monotonic)
+    started: float | None = None
+    finished: float | None = None
+    state: str = "new"  # new -> queued -> running -> done
+    position: int = 0
+    stop_reason: str | None = None  # why should_stop turned true: cancelled|deadline|shutdown
+    _stop: threading.Event = field(default_factory=threading.Event)
+
+    def request_stop(self, reason: str) -> None:
+        if self.stop_reason is None:
+            self.stop_reason = reason
+        self._stop.set()
+
+    def should_stop(self) -> bool:
+        if self.deadline is not None and time.monotonic() > self.deadline:
+            self.request_stop("deadline")
+        return self._stop.is_set()
+
+    @property
+    def queued_seconds(self) -> float:
+        return (self.started or time.monotonic()) - self.created
+
+
+class Scheduler:
+    """Admits jobs into a bounded queue and runs at most ``max_running`` of them at once."""
+
+    def __init__(
+        self,
+        *,
+        queue_capacity: int = 32,
+        max_running: int = 1,
+        max_per_client: int = 8,
+        on_change: Callable[[Scheduler], None] | None = None,
+    ) -> None:
+        if queue_capacity < 1 or max_running < 1 or max_per_client < 1:
+            raise ValueError("queue_capacity, max_running and max_per_client must be >= 1")
+        self.queue_capacity = queue_capacity
+        self.max_running = max_running
+        self.max_per_client = max_per_client
+        self._on_change = on_change
+        self._cond = threading.Condition()
+        # client -> its waiting jobs; the dict's order is the round-robin rotation.
+        self._waiting: OrderedDict[str, deque[Job]] = OrderedDict()
+        self._running: set[Job] = set()
+        self._per_client: Counter[str] = Counter()
+        self._closed = False
+        self._durations: deque[float] = deque(maxlen=20)
+        self._workers = [
+            threading.Thread(target=self._worker, name=f"impasto-job-{i}", daemon=True)
+            for i in range(max_running)
+        ]
+        for worker in self._workers:
+            worker.start()
+
+    # -- state
+    @property
+    def queued(self) -> int:
+        with self._cond:
+            return sum(len(q) for q in self._waiting.values())
+
+    @property
+    def running(self) -> int:
+        with self._cond:
+            return len(self._running)
+
+    def running_jobs(self) -> list[Job]:
+        with self._cond:
+            return list(self._running)
+
+    def _retry_hint(self) -> float:
+        # About one job's duration per slot ahead of the caller; at least one second.
+        typical = sum(self._durations) / len(self._durations) if self._durations else 5.0
+        return max(1.0, round(typical, 1))
+
+    # -- admission
+    def submit(self, job: Job) -> None:
+        """Queue ``job``; raise SchedulerError when the server cannot take it."""
+        with self._cond:
+            if self._closed:
+                raise SchedulerError("UNAVAILABLE", "the server is shutting down; retry elsewhere")
+            if self._per_client[job.client] >= self.max_per_client:
+                raise SchedulerError(
+                    "RESOURCE_EXHAUSTED",
+                    f"this client already has {self.max_per_client} jobs queued or running "
+                    "(the per-client limit); wait for one to finish",
+                    self._retry_hint(),
+                )
+            waiting = sum(len(q) for q in self._waiting.values())
+            if waiting >= self.queue_capacity:
+                raise SchedulerError(
+                    "RESOURCE_EXHAUSTED",
+                    f"the queue is full ({self.queue_capacity} jobs waiting); retry later",
+                    self._retry_hint(),
+                )
+            self._waiting.setdefault(job.client, deque()).append(job)
+            self._per_client[job.client] += 1
+            job.state = "queued"
+            self._publish_positions()
+            self._cond.notify_all()
+        self._changed()
+
+    def cancel(self, job: Job, reason: str = "cancelled") -> None:
+        """Stop a job: a queued one leaves the queue now, a running one within one iteration."""
+        removed = False
+        with self._cond:
+            if job.state == "queued":
+                queue = self._waiting.get(job.client)
+                if queue is not None and job in queue:
+                    queue.remove(job)
+                    if not queue:
+                        del self._waiting[job.client]
+                    self._per_client[job.client] -= 1
+                    job.state = "done"
+                    job.finished = time.monotonic()
+                    removed = True
+                    self._publish_positions()
+            job.request_stop(reason)
+        if removed:
+            job.outbox.finish(Failure(*_STOPPED[reason]))
+            log.info("job=%s client=%s outcome=%s while queued", job.id, job.client, reason)
+            self._changed()
+
+    def close(self) -> list[Job]:
+        """Refuse new jobs and end the queued ones; return the jobs still running."""
+        with self._cond:
+            self._closed = True
+            queued = [job for q in self._waiting.values() for job in q]
+        for job in queued:
+            self.cancel(job, "shutdown")
+        with self._cond:
+            self._cond.notify_all()
+            return list(self._running)
+
+    def wait_idle(self, timeout: float) -> bool:
+        """Wait until nothing runs or waits; False on timeout."""
+        end = time.monotonic() + timeout
+        with self._cond:
+            while self._running or self._waiting:
+                left = end - time.monotonic()
+                if left <= 0:
+                    return False
+                self._cond.wait(left)
+            return True
+
+    # -- the rotation
+    def _order(self) -> list[Job]:
+        """Waiting jobs in the order the rotation will start them."""
+        queues = list(self._waiting.values())
+        order: list[Job] = []
+        for row in itertools.zip_longest(*queues):
+            order += [job for job in row if job is not None]
+        return order
+
+    def _publish_positions(self) -> None:
+        order = self._order()
+        for position, job in enumerate(order, start=1):
+            if job.position != position:
+                job.position = position
+                job.outbox.put(QueuedUpdate(position, len(order)), droppable=True)
+
+    def _take(self) -> Job | None:
+        if self._closed or len(self._running) >= self.max_running or not self._waiting:
+            return None
+        client, queue = next(iter(self._waiting.items()))
+        job = queue.popleft()
+        del self._waiting[client]
+        if queue:
+            self._waiting[client] = queue  # to the back of the rotation
+        return job
+
+    def _worker(self) -> None:
+        while True:
+            with self._cond:
+                job = self._take()
+                while job is None:
+                    if self._closed and not self._waiting:
+                        return
+                    self._cond.wait(0.5)
+                    job = self._take()
+                job.state = "running"
+                job.started = time.monotonic()
+                self._running.add(job)
+                self._publish_positions()
+            self._changed()
+            try:
+                job.work(job)
+            except Exception:
+                log.exception("job=%s crashed", job.id)
+                job.outbox.finish(Failure("INTERNAL", "the job failed on the server"))
+            finally:
+                with self._cond:
+                    job.state = "done"
+                    job.finished = time.monotonic()
+                    self._durations.append(job.finished - job.started)
+                    self._running.discard(job)
+                    self._per_client[job.client] -= 1
+                    if self._per_client[job.client] <= 0:
+                        del self._per_client[job.client]
+                    self._cond.notify_all()
+                self._changed()
+
+    def _changed(self) -> None:
+        if self._on_change is not None:
+            self._on_change(self)
+
+
+#: Why a job stopped -> (gRPC status name, message).
+_STOPPED: dict[str, tuple[str, str]] = {
+    "cancelled": ("CANCELLED", "the job was cancelled by the client"),
+    "deadline": ("DEADLINE_EXCEEDED", "the job's deadline passed before it finished"),
+    "shutdown": (
+        "UNAVAILABLE",
+        "the server is shutting down and stopped this job before it finished; retry elsewhere",
+    ),
+}
+
+
+def stopped_failure(reason: str | None) -> Failure:
+    return Failure(*_STOPPED.get(reason or "cancelled", _STOPPED["cancelled"]))
