@@ -171,7 +171,11 @@ class Server:
             tmp.write_text(str(self.port))
             tmp.replace(config.port_file)
         log.info(
-            "listening on %s (tls=%s, tokens=%s)", bind, bool(config.tls_cert), bool(self._tokens)
+            "listening on %s:%d (tls=%s, tokens=%s)",
+            config.host,
+            self.port,
+            bool(config.tls_cert),
+            bool(self._tokens),
         )
         return self.port
 
