@@ -1,0 +1,339 @@
+"""The ``impasto`` command: ``impasto stylize`` and ``impasto info``.
+
+With ``--server ADDRESS`` it talks to a running server; without, it starts a local server for
+the run (a child process, so this command never imports torch).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import sys
+from collections.abc import Iterator, Sequence
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from impasto import images, wire
+from impasto.client import Client, ImpastoError, Progress, Queued, Result, Started
+
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
+
+
+class UsageError(Exception):
+    """A command-line mistake: printed as one line, exit code 2."""
+
+
+# ---------------------------------------------------------------- parsing helpers
+
+
+def _layer_weights(text: str) -> dict[str, float]:
+    """``conv1_1,conv2_1:0.5`` -> {"conv1_1": 1.0, "conv2_1": 0.5}."""
+    layers: dict[str, float] = {}
+    for part in filter(None, (p.strip() for p in text.split(","))):
+        name, _, weight = part.partition(":")
+        try:
+            layers[name] = float(weight) if weight else 1.0
+        except ValueError as exc:
+            raise argparse.ArgumentTypeError(f"bad layer weight in {part!r}") from exc
+    return layers
+
+
+def _floats(text: str) -> list[float]:
+    try:
+        return [float(p) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers: {text!r}") from exc
+
+
+def _ints(text: str) -> list[int]:
+    try:
+        return [int(p) for p in text.split(",") if p.strip()]
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from exc
+
+
+def _region(text: str) -> tuple[int, int]:
+    label, sep, index = text.partition("=")
+    if not sep:
+        raise argparse.ArgumentTypeError(f"expected LABEL=STYLE_INDEX, got {text!r}")
+    try:
+        return int(label), int(index)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected integers in {text!r}") from exc
+
+
+def _connection_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--server",
+        help="server address host:port (several comma-separated for round-robin, or "
+        "dns:///name:port); without it a local server runs for this command",
+    )
+    p.add_argument("--token", help="bearer token (or set IMPASTO_TOKEN)")
+    p.add_argument("--token-file", help="file holding the bearer token")
+    p.add_argument("--tls", action="store_true", help="connect with TLS")
+    p.add_argument("--ca", help="PEM root certificates for TLS (default: the system's)")
+    p.add_argument("--cert", help="PEM client certificate chain for mutual TLS")
+    p.add_argument("--key", help="PEM client private key for mutual TLS")
+    p.add_argument("--device", help="device of the local server (cpu, cuda, cuda:N)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="impasto", description="Neural style transfer through an impasto gRPC server."
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    s = sub.add_parser("stylize", help="stylize an image", description="Stylize CONTENT.")
+    s.add_argument("content", nargs="?", help="content image (PNG/JPEG/TIFF or .npy)")
+    s.add_argument("styles", nargs="*", metavar="style", help="one or more style images")
+    s.add_argument("--sample", action="store_true", help="use the bundled sample images")
+    s.add_argument(
+        "-o", "--output", default="stylized.png", help="result file (.png/.tif/.jpg/.npy)"
+    )
+    s.add_argument("--preset", choices=list(wire.PRESETS))
+    s.add_argument("--size", type=int, help="long side of the result in pixels")
+    s.add_argument("--iterations", type=int, help="iterations over all scales")
+    s.add_argument("--content-weight", type=float, help="alpha")
+    s.add_argument("--style-weight", type=float, help="beta")
+    s.add_argument("--tv-weight", type=float, help="total-variation weight")
+    s.add_argument("--content-layers", type=_layer_weights, help="e.g. conv4_2 or conv4_2:1")
+    s.add_argument("--style-layers", type=_layer_weights, help="e.g. conv1_1,conv2_1:0.5")
+    s.add_argument("--style-weights", type=_floats, help="blend weight per style, e.g. 0.7,0.3")
+    s.add_argument("--style-scale", type=float, help="style size relative to the content")
+    s.add_argument("--init", choices=list(wire.INITS))
+    s.add_argument("--init-image", help="start image for --init image")
+    s.add_argument("--optimizer", choices=list(wire.OPTIMIZERS))
+    s.add_argument("--learning-rate", type=float, help="Adam step size")
+    s.add_argument("--pooling", choices=list(wire.POOLINGS))
+    s.add_argument("--seed", type=int)
+    s.add_argument("--color-preservation", choices=list(wire.COLOR_PRESERVATIONS))
+    s.add_argument("--num-scales", type=int, help="coarse-to-fine stages")
+    s.add_argument("--scales", type=_ints, help="explicit stage sizes, e.g. 128,256")
+    s.add_argument("--precision", choices=list(wire.PRECISIONS))
+    s.add_argument("--mask", help="label image (8/16-bit PNG/TIFF or .npy) for regions")
+    s.add_argument(
+        "--region", type=_region, action="append", default=[], metavar="LABEL=STYLE_INDEX",
+        help="give mask label LABEL the style number STYLE_INDEX (0-based); repeatable",
+    )  # fmt: skip
+    s.add_argument("--save-previews", metavar="DIR", help="write preview images into DIR")
+    s.add_argument(
+        "--preview-interval", type=int, default=0,
+        help="iterations between previews (default 10 with --save-previews)",
+    )  # fmt: skip
+    s.add_argument("--timeout", type=float, help="deadline for the whole job in seconds")
+    s.add_argument("--quiet", action="store_true", help="no progress bar")
+    _connection_args(s)
+
+    i = sub.add_parser("info", help="describe the server")
+    _connection_args(i)
+    return parser
+
+
+# ---------------------------------------------------------------- files
+
+
+def read_image(path: str, field: str) -> Any:
+    """A .npy array, or the file's bytes (the server decodes PNG/JPEG/TIFF)."""
+    file = Path(path)
+    if not file.is_file():
+        raise UsageError(f"{field}: no such file: {path}")
+    if file.suffix.lower() == ".npy":
+        return np.load(file, allow_pickle=False)
+    data = file.read_bytes()
+    images.decode(data, field=field)  # fail here, with the file's name, not on the server
+    return data
+
+
+def read_mask(path: str) -> np.ndarray:
+    data = read_image(path, "mask")
+    return data if isinstance(data, np.ndarray) else images.decode(data, field="mask")
+
+
+def save_image(array: np.ndarray, path: str | Path) -> None:
+    path = Path(path)
+    suffix = path.suffix.lower()
+    if suffix == ".npy":
+        np.save(path, array)
+        return
+    form = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(
+        suffix
+    )
+    if form is None:
+        raise UsageError(f"cannot write {path.name}: use .png, .tif, .jpg or .npy")
+    path.write_bytes(images.encode(array, form))
+
+
+# ---------------------------------------------------------------- connection
+
+
+@contextlib.contextmanager
+def connect(args: argparse.Namespace) -> Iterator[Client]:
+    token = args.token or os.environ.get("IMPASTO_TOKEN")
+    if args.token_file:
+        token = Path(args.token_file).read_text().strip()
+    tls_files = {
+        name: Path(value).read_bytes() if value else None
+        for name, value in (("ca", args.ca), ("cert", args.cert), ("key", args.key))
+    }
+    kwargs: dict[str, Any] = {
+        "token": token,
+        "tls": args.tls,
+        "root_certificates": tls_files["ca"],
+        "certificate_chain": tls_files["cert"],
+        "private_key": tls_files["key"],
+    }
+    if args.server:
+        target: str | list[str] = args.server
+        if "," in args.server and not args.server.startswith(("ipv4:", "ipv6:")):
+            target = [a.strip() for a in args.server.split(",") if a.strip()]
+        with Client(target, **kwargs) as client:
+            yield client
+        return
+    from impasto.local import LocalServer
+
+    print("starting a local impasto server ...", file=sys.stderr)
+    with LocalServer(device=args.device) as server, Client(server.address) as client:
+        yield client
+
+
+# ---------------------------------------------------------------- commands
+
+
+def stylize(args: argparse.Namespace) -> int:
+    if args.sample or args.content is None:
+        if args.content is not None:
+            raise UsageError("give CONTENT and STYLE files, or --sample, not both")
+        from impasto import samples
+
+        content: Any = samples.content()
+        styles: list[Any] = [samples.style()]
+    else:
+        if not args.styles:
+            raise UsageError("give at least one STYLE image after CONTENT")
+        content = read_image(args.content, "content")
+        styles = [read_image(path, f"style {path}") for path in args.styles]
+    output = Path(args.output)
+    if output.suffix.lower() not in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy"):
+        raise UsageError(f"cannot write {output.name}: use .png, .tif, .jpg or .npy")
+    previews = Path(args.save_previews) if args.save_previews else None
+    if previews is not None:
+        previews.mkdir(parents=True, exist_ok=True)
+    options = {
+        name: getattr(args, name)
+        for name in wire.OPTION_NAMES
+        if getattr(args, name, None) is not None
+    }
+    mask = read_mask(args.mask) if args.mask else None
+    if args.region and mask is None:
+        raise UsageError("--region needs --mask")
+    init_image = read_image(args.init_image, "init image") if args.init_image else None
+    interval = args.preview_interval or (10 if previews is not None else 0)
+
+    with connect(args) as client:
+        job = client.stylize(
+            content,
+            styles,
+            style_weights=args.style_weights,
+            mask=mask,
+            region_styles=dict(args.region) if args.region else None,
+            init_image=init_image,
+            preview_interval=interval if previews is not None else 0,
+            timeout=args.timeout,
+            **options,
+        )
+        result = _follow(job, previews, quiet=args.quiet)
+    save_image(result.image, output)
+    h, w = result.image.shape[:2]
+    print(
+        f"wrote {output} ({w}x{h}, {result.iterations} iterations in "
+        f"{result.elapsed_seconds:.1f} s, seed {result.settings.get('seed')})",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+def _follow(job: Any, previews: Path | None, *, quiet: bool) -> Result:
+    from tqdm import tqdm
+
+    bar = None
+    try:
+        for event in job:
+            if isinstance(event, Queued):
+                if not quiet:
+                    print(
+                        f"queued: position {event.position} of {event.queue_length}",
+                        file=sys.stderr,
+                    )
+            elif isinstance(event, Started):
+                bar = tqdm(
+                    total=event.total_iterations,
+                    unit="it",
+                    desc=f"{event.width}x{event.height} on {event.device}",
+                    disable=quiet,
+                    file=sys.stderr,
+                )
+            elif isinstance(event, Progress):
+                if bar is not None:
+                    bar.update(event.iteration - bar.n)
+                    bar.set_postfix(
+                        loss=f"{event.losses.get('total', 0):.3g}",
+                        style=f"{event.losses.get('style', 0):.3g}",
+                        content=f"{event.losses.get('content', 0):.3g}",
+                        eta=f"{event.eta_seconds:.0f}s",
+                        refresh=False,
+                    )
+                if previews is not None and event.preview is not None:
+                    save_image(event.preview, previews / f"preview_{event.iteration:05d}.png")
+            elif isinstance(event, Result) and bar is not None:
+                bar.update(bar.total - bar.n)
+        return job.result()
+    except KeyboardInterrupt:
+        job.cancel()  # the server stops the job within one iteration
+        raise
+    finally:
+        if bar is not None:
+            bar.close()
+
+
+def info(args: argparse.Namespace) -> int:
+    with connect(args) as client:
+        details = client.server_info()
+        health = client.health()
+    print(f"impasto server {details.version} ({health})")
+    print(f"  device     {details.device} ({details.precision}), weights {details.weights}")
+    print(f"  load       {details.running_jobs} running, {details.queued_jobs} queued")
+    print(f"  auth       {'bearer token required' if details.auth_required else 'open'}")
+    for name, value in details.limits.items():
+        print(f"  limit      {name} = {value}")
+    for name, value in details.defaults.items():
+        print(f"  default    {name} = {value}")
+    for name, value in details.allowed.items():
+        print(f"  allowed    {name}: {value}")
+    return EXIT_OK
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    command = {"stylize": stylize, "info": info}[args.command]
+    try:
+        return command(args)
+    except KeyboardInterrupt:
+        print("\ncancelled", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except ImpastoError as exc:
+        print(f"impasto: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+    except (UsageError, images.ImageError, wire.OptionError, ValueError, OSError) as exc:
+        print(f"impasto: error: {exc}", file=sys.stderr)
+        return EXIT_USAGE
+    except RuntimeError as exc:  # the local server did not start
+        print(f"impasto: error: {exc}", file=sys.stderr)
+        return EXIT_FAILED
+
+
+if __name__ == "__main__":
+    sys.exit(main())
