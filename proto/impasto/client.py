@@ -333,6 +333,9 @@ class Client:
             ("grpc.max_send_message_length", max_message_bytes),
             ("grpc.max_receive_message_length", max_message_bytes),
             ("grpc.enable_retries", 1),
+            # Each Client gets its own connections (not gRPC's process-wide pool), so a server
+            # without tokens can tell two clients of one process apart for fair scheduling.
+            ("grpc.use_local_subchannel_pool", 1),
             ("grpc.service_config", _service_config(several)),
         ]
         tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
