@@ -1,0 +1,175 @@
+"""Which server the widget talks to: an embedded local one, or a remote address.
+
+Local mode shares one ``LocalServer`` child process per napari process: it starts on first use
+(from a worker thread, since loading the weights takes seconds) and stops when the last widget
+using it goes away, or at interpreter exit at the latest.
+"""
+
+from __future__ import annotations
+
+import atexit
+import threading
+from dataclasses import dataclass
+from pathlib import Path
+
+import grpc
+from impasto.client import Client, ImpastoError
+from impasto.local import LocalServer, LocalServerError
+
+
+@dataclass(frozen=True)
+class ServerChoice:
+    """What the user picked in the server section."""
+
+    mode: str = "local"  # "local" | "remote"
+    address: str = "127.0.0.1:50051"
+    tls: bool = False
+    root_certificates: str = ""  # PEM path
+    token: str = ""
+    local_args: tuple[str, ...] = ()  # extra impasto-server flags for the local server
+
+    @property
+    def label(self) -> str:
+        return "the local server" if self.mode == "local" else self.address
+
+
+class _LocalServers:
+    """The one local server of this process, shared by reference count."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._server: LocalServer | None = None
+        self._args: tuple[str, ...] = ()
+        self._users: set[int] = set()
+        atexit.register(self.stop)
+
+    def acquire(self, user: int, args: tuple[str, ...]) -> str:
+        """The running server's address; starts it (blocking) when none runs."""
+        with self._lock:
+            self._users.add(user)
+            server = self._server
+            if server is not None and (server.process is None or server.process.poll() is not None):
+                server.stop()  # it died: start a fresh one
+                server = self._server = None
+            if server is not None and args != self._args:
+                server.stop()
+                server = self._server = None
+            if server is None:
+                server = LocalServer(extra_args=args)
+                server.start()  # raises LocalServerError with the log's tail
+                self._server, self._args = server, args
+            assert server.address is not None
+            return server.address
+
+    def release(self, user: int) -> None:
+        with self._lock:
+            self._users.discard(user)
+            if self._users:
+                return
+            server, self._server = self._server, None
+        if server is not None:
+            server.stop()
+
+    def stop(self) -> None:
+        with self._lock:
+            server, self._server = self._server, None
+            self._users.clear()
+        if server is not None:
+            server.stop()
+
+    @property
+    def server(self) -> LocalServer | None:
+        return self._server
+
+
+LOCAL_SERVERS = _LocalServers()
+
+
+class Connection:
+    """A client for the chosen server, made once per choice and reused between runs."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._client: Client | None = None
+        self._key: tuple[object, ...] | None = None
+        self.address: str = ""
+        self._uses_local = False
+
+    def client(self, choice: ServerChoice) -> Client:
+        """Connect (starting the local server when needed); call from a worker thread."""
+        if choice.mode == "local":
+            address = LOCAL_SERVERS.acquire(id(self), choice.local_args)
+            self._uses_local = True
+            key: tuple[object, ...] = ("local", address)
+        else:
+            address = choice.address.strip()
+            if not address:
+                raise ValueError("enter the server's address, e.g. gpu-host:50051")
+            key = ("remote", address, choice.tls, choice.root_certificates, choice.token)
+        with self._lock:
+            if self._client is not None and self._key == key:
+                return self._client
+            if self._client is not None:
+                self._client.close()
+            roots = None
+            if choice.mode == "remote" and choice.tls and choice.root_certificates:
+                try:
+                    roots = Path(choice.root_certificates).expanduser().read_bytes()
+                except OSError as exc:
+                    raise ValueError(
+                        f"cannot read the CA certificate {choice.root_certificates}: {exc}"
+                    ) from exc
+            remote = choice.mode == "remote"
+            self._client = Client(
+                address,
+                token=(choice.token or None) if remote else None,
+                tls=remote and choice.tls,
+                root_certificates=roots,
+            )
+            self._key = key
+            self.address = address
+            return self._client
+
+    def close(self) -> None:
+        """Drop the client and this widget's claim on the local server."""
+        with self._lock:
+            client, self._client, self._key = self._client, None, None
+        if client is not None:
+            client.close()
+        if self._uses_local:
+            self._uses_local = False
+            LOCAL_SERVERS.release(id(self))
+
+
+def describe_error(error: BaseException, where: str) -> str:
+    """A message for a napari notification: what went wrong, where, and what to do."""
+    if isinstance(error, ImpastoError):
+        code, message = error.code, error.message
+        if code == grpc.StatusCode.UNAVAILABLE:
+            return (
+                f"impasto: cannot reach the server at {where} ({message}). Check that it runs, "
+                "the address and port, and the TLS setting."
+            )
+        if code == grpc.StatusCode.UNAUTHENTICATED:
+            return f"impasto: the server at {where} refused the token (unauthenticated): {message}"
+        if code == grpc.StatusCode.PERMISSION_DENIED:
+            return f"impasto: the server at {where} denied the request: {message}"
+        if code == grpc.StatusCode.RESOURCE_EXHAUSTED:
+            hint = f" Try again in {error.retry_after:g} s." if error.retry_after else ""
+            if "queue" in message.lower() or "jobs" in message.lower():
+                return f"impasto: the server's queue is full: {message}.{hint}"
+            return (
+                f"impasto: the image is too large for the server: {message}. Lower the size.{hint}"
+            )
+        if code == grpc.StatusCode.INVALID_ARGUMENT:
+            details = "; ".join(f"{f}: {d}" for f, d in error.field_violations) or message
+            return f"impasto: the server rejected the request: {details}"
+        if code == grpc.StatusCode.DEADLINE_EXCEEDED:
+            return f"impasto: the server at {where} did not answer in time: {message}"
+        return f"impasto: the server at {where} failed the job ({code.name}): {message}"
+    if isinstance(error, LocalServerError):
+        lines = [line for line in str(error).splitlines() if line.strip()]
+        return "impasto: the local server did not start: " + " / ".join(lines[-4:])
+    if isinstance(error, (ValueError, OSError)):
+        return f"impasto: {error}"
+    return f"impasto: unexpected error ({type(error).__name__}): {error}"

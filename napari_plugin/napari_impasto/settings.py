@@ -1,0 +1,74 @@
+"""The widget's settings, kept between napari sessions as a small JSON file.
+
+The file lives in the user's config folder (``platformdirs.user_config_dir("impasto")``), or
+wherever ``IMPASTO_NAPARI_SETTINGS`` points (tests use a temporary folder). The token is never
+written: secrets stay out of plain-text files; ``IMPASTO_TOKEN`` can supply it instead.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+ENV_PATH = "IMPASTO_NAPARI_SETTINGS"
+ENV_TOKEN = "IMPASTO_TOKEN"
+
+
+@dataclass
+class PluginSettings:
+    mode: str = "local"  # "local" or "remote"
+    address: str = "127.0.0.1:50051"
+    tls: bool = False
+    root_certificates: str = ""  # path to a PEM file; empty: the system's roots
+    # The user's last choices, by option name (size, iterations, ...); server defaults otherwise.
+    options: dict[str, Any] = field(default_factory=dict)
+    preview_interval: int = 10
+    stack_mode: str = "slice"  # "slice" or "stack"
+    apply_colormap: bool = False
+
+
+def settings_path() -> Path:
+    override = os.environ.get(ENV_PATH)
+    if override:
+        return Path(override)
+    import platformdirs
+
+    return Path(platformdirs.user_config_dir("impasto")) / "napari.json"
+
+
+def load() -> PluginSettings:
+    """The saved settings; defaults where the file is missing, unreadable or outdated."""
+    try:
+        raw = json.loads(settings_path().read_text())
+    except (OSError, ValueError):
+        return PluginSettings()
+    if not isinstance(raw, dict):
+        return PluginSettings()
+    known = {f.name: f for f in dataclasses.fields(PluginSettings)}
+    values: dict[str, Any] = {}
+    defaults = PluginSettings()
+    for name, value in raw.items():
+        # A value of the wrong type (a hand-edited file) falls back to the default.
+        if name in known and isinstance(value, type(getattr(defaults, name))):
+            values[name] = value
+    return PluginSettings(**values)
+
+
+def save(settings: PluginSettings) -> None:
+    """Write the settings; a read-only config folder only costs the persistence."""
+    path = settings_path()
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        temporary = path.with_suffix(".tmp")
+        temporary.write_text(json.dumps(dataclasses.asdict(settings), indent=2, sort_keys=True))
+        temporary.replace(path)  # atomic, so a crash never leaves half a file
+    except OSError:
+        pass
+
+
+def token_from_environment() -> str:
+    return os.environ.get(ENV_TOKEN, "")

@@ -1,0 +1,895 @@
+"""The dock widget: pick layers, choose options, run on a server, keep the result as a layer.
+
+The GUI thread only reads layers, builds a ``RunPlan`` and shows what the worker yields; all
+network work (starting the local server, connecting, streaming the job) runs in a
+``thread_worker``, so the viewer never freezes.
+"""
+
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import TYPE_CHECKING, Any
+
+import numpy as np
+from impasto.client import Progress, Queued, Result, ServerInfo, Started
+from napari.layers import Image, Labels
+from napari.qt.threading import create_worker
+from napari.utils.notifications import show_error, show_info, show_warning
+from qtpy.QtCore import Qt
+from qtpy.QtWidgets import (
+    QApplication,
+    QCheckBox,
+    QComboBox,
+    QDoubleSpinBox,
+    QFormLayout,
+    QGroupBox,
+    QHBoxLayout,
+    QLabel,
+    QLineEdit,
+    QProgressBar,
+    QPushButton,
+    QSpinBox,
+    QTableWidget,
+    QVBoxLayout,
+    QWidget,
+)
+
+from napari_impasto import layers as layer_tools
+from napari_impasto import settings as settings_store
+from napari_impasto.connection import Connection, ServerChoice
+from napari_impasto.worker import (
+    Connected,
+    JobEvent,
+    Outcome,
+    PlaneDone,
+    PlaneTask,
+    RunControl,
+    RunPlan,
+    check_server,
+    run_plan,
+)
+
+if TYPE_CHECKING:
+    import napari
+
+PREVIEW_LAYER = "impasto preview"
+BLEND = "blend of all styles"
+
+#: Used until a server answers GetServerInfo (the engine's defaults, without importing it).
+FALLBACK_DEFAULTS: dict[str, Any] = {
+    "preset": "default",
+    "size": 512,
+    "iterations": 300,
+    "content_weight": 1.0,
+    "style_weight": 1e3,
+    "tv_weight": 0.0,
+    "init": "content",
+    "color_preservation": "none",
+    "num_scales": 3,
+    "seed": None,
+}
+FALLBACK_ALLOWED: dict[str, Any] = {
+    "presets": ["default", "paper"],
+    "inits": ["content", "noise", "image"],
+    "color_preservations": ["none", "luminance", "color_statistics"],
+    "size": (16, 8192),
+    "iterations": (1, 100_000),
+    "num_scales": (1, 8),
+}
+
+
+@dataclass
+class _ActiveRun:
+    """What the GUI remembers about the run in progress."""
+
+    control: RunControl
+    content: Image
+    rendering: layer_tools.Rendering
+    style_names: list[str]
+    mask_name: str | None
+    region_styles: dict[int, int]
+    stack: bool
+    indices: list[tuple[int, ...]]
+    worker: Any = None
+    address: str = ""
+    result_layer: Image | None = None
+    result_layers: int = 0
+    previews: int = 0
+
+
+class _StyleRow(QWidget):
+    """One style: a layer and its blend weight."""
+
+    def __init__(self, on_remove: Any) -> None:
+        super().__init__()
+        layout = QHBoxLayout(self)
+        layout.setContentsMargins(0, 0, 0, 0)
+        self.layer = QComboBox()
+        self.layer.setToolTip("an Image layer whose look the result takes on")
+        self.weight = QDoubleSpinBox()
+        self.weight.setRange(0.0, 1000.0)
+        self.weight.setDecimals(2)
+        self.weight.setSingleStep(0.1)
+        self.weight.setValue(1.0)
+        self.weight.setToolTip("blend weight of this style (relative to the others)")
+        self.remove = QPushButton("−")
+        self.remove.setFixedWidth(28)
+        self.remove.setToolTip("remove this style")
+        self.remove.clicked.connect(lambda: on_remove(self))
+        layout.addWidget(self.layer, 1)
+        layout.addWidget(self.weight)
+        layout.addWidget(self.remove)
+
+
+def _float_edit(tooltip: str) -> QLineEdit:
+    # A line edit rather than a spin box: weights span many decades (1e-6 .. 1e6).
+    edit = QLineEdit()
+    edit.setToolTip(tooltip)
+    return edit
+
+
+class ImpastoWidget(QWidget):
+    """Stylize a content layer with one or more style layers on an impasto server."""
+
+    def __init__(self, napari_viewer: napari.viewer.Viewer) -> None:
+        super().__init__()
+        self.viewer = napari_viewer
+        self.settings = settings_store.load()
+        self.connection = Connection()
+        self.server_info: ServerInfo | None = None
+        self.run_state: _ActiveRun | None = None
+        self.last_outcome: Outcome | None = None
+        self._check_worker: Any = None
+        self._build()
+        self._apply_allowed(FALLBACK_ALLOWED)
+        self._apply_defaults({**FALLBACK_DEFAULTS, **self.settings.options})
+        self._load_server_settings()
+        self._refresh_layer_choices()
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layers_changed)
+        events.removed.connect(self._on_layers_changed)
+        events.moved.connect(self._on_layers_changed)
+        # The cleanup must not need this Python object, which may be half gone by then.
+        self.destroyed.connect(functools.partial(_release, self.connection, self._controls()))
+        app = QApplication.instance()
+        if app is not None:
+            app.aboutToQuit.connect(self.connection.close)
+
+    # ------------------------------------------------------------------ layout
+
+    def _build(self) -> None:
+        root = QVBoxLayout(self)
+
+        server = QGroupBox("Server")
+        form = QFormLayout(server)
+        self.mode = QComboBox()
+        self.mode.addItem("Local (on this machine)", "local")
+        self.mode.addItem("Remote", "remote")
+        self.mode.currentIndexChanged.connect(self._on_mode_changed)
+        self.address = QLineEdit()
+        self.address.setPlaceholderText("host:port")
+        self.tls = QCheckBox("TLS")
+        self.root_certificates = QLineEdit()
+        self.root_certificates.setPlaceholderText("CA certificate (PEM); empty: system roots")
+        self.token = QLineEdit()
+        self.token.setEchoMode(QLineEdit.EchoMode.Password)
+        self.token.setPlaceholderText("bearer token (not saved; or set IMPASTO_TOKEN)")
+        self.check_button = QPushButton("Check server")
+        self.check_button.clicked.connect(self.check_server)
+        self.server_status = QLabel("not connected")
+        self.server_status.setWordWrap(True)
+        form.addRow("Mode", self.mode)
+        form.addRow("Address", self.address)
+        form.addRow("", self.tls)
+        form.addRow("CA file", self.root_certificates)
+        form.addRow("Token", self.token)
+        form.addRow(self.check_button, self.server_status)
+        self.server_box = server
+        root.addWidget(server)
+
+        inputs = QGroupBox("Layers")
+        form = QFormLayout(inputs)
+        self.content = QComboBox()
+        self.content.setToolTip("the Image layer to stylize")
+        self.content.currentIndexChanged.connect(self._on_content_changed)
+        self.style_rows_box = QVBoxLayout()
+        self.style_rows: list[_StyleRow] = []
+        self.add_style_button = QPushButton("+ style")
+        self.add_style_button.clicked.connect(lambda: self.add_style_row())
+        styles = QWidget()
+        styles_layout = QVBoxLayout(styles)
+        styles_layout.setContentsMargins(0, 0, 0, 0)
+        styles_layout.addLayout(self.style_rows_box)
+        styles_layout.addWidget(self.add_style_button)
+        self.mask = QComboBox()
+        self.mask.setToolTip("optional Labels layer: each label can take its own style")
+        self.mask.currentIndexChanged.connect(self._refresh_regions)
+        self.regions = QTableWidget(0, 2)
+        self.regions.setHorizontalHeaderLabels(["label", "style"])
+        self.regions.verticalHeader().setVisible(False)
+        self.regions.horizontalHeader().setStretchLastSection(True)
+        self.regions.setMaximumHeight(120)
+        self.stack_mode = QComboBox()
+        self.stack_mode.addItem("current slice", "slice")
+        self.stack_mode.addItem("whole stack, slice by slice", "stack")
+        self.apply_colormap = QCheckBox("grayscale through its colormap (result in colour)")
+        form.addRow("Content", self.content)
+        form.addRow("Styles", styles)
+        form.addRow("Mask", self.mask)
+        form.addRow("Regions", self.regions)
+        form.addRow("nD", self.stack_mode)
+        form.addRow("", self.apply_colormap)
+        self.inputs_box = inputs
+        root.addWidget(inputs)
+
+        options = QGroupBox("Options")
+        form = QFormLayout(options)
+        self.preset = QComboBox()
+        self.preset.currentIndexChanged.connect(self._on_preset_changed)
+        self.size = QSpinBox()
+        self.size.setToolTip("long side of the result in pixels")
+        self.iterations = QSpinBox()
+        self.content_weight = _float_edit("weight of the content loss (alpha)")
+        self.style_weight = _float_edit("weight of the style loss (beta)")
+        self.tv_weight = _float_edit("weight of the total-variation smoothing")
+        self.init = QComboBox()
+        self.init.currentIndexChanged.connect(self._on_init_changed)
+        self.init_layer = QComboBox()
+        self.init_layer.setToolTip("the Image layer the optimisation starts from")
+        self.seed = QLineEdit()
+        self.seed.setPlaceholderText("random")
+        self.color_preservation = QComboBox()
+        self.num_scales = QSpinBox()
+        self.num_scales.setToolTip("coarse-to-fine stages (sqrt(2) apart)")
+        self.preview_interval = QSpinBox()
+        self.preview_interval.setRange(0, 10_000)
+        self.preview_interval.setSpecialValueText("off")
+        self.preview_interval.setToolTip("show a preview every N iterations")
+        form.addRow("Preset", self.preset)
+        form.addRow("Size", self.size)
+        form.addRow("Iterations", self.iterations)
+        form.addRow("Content weight", self.content_weight)
+        form.addRow("Style weight", self.style_weight)
+        form.addRow("TV weight", self.tv_weight)
+        form.addRow("Init", self.init)
+        form.addRow("Init layer", self.init_layer)
+        form.addRow("Seed", self.seed)
+        form.addRow("Colour", self.color_preservation)
+        form.addRow("Scales", self.num_scales)
+        form.addRow("Preview every", self.preview_interval)
+        self.options_box = options
+        root.addWidget(options)
+
+        buttons = QHBoxLayout()
+        self.run_button = QPushButton("Run")
+        self.run_button.clicked.connect(self.run)
+        self.cancel_button = QPushButton("Cancel")
+        self.cancel_button.setEnabled(False)
+        self.cancel_button.clicked.connect(self.cancel)
+        buttons.addWidget(self.run_button)
+        buttons.addWidget(self.cancel_button)
+        root.addLayout(buttons)
+        self.progress = QProgressBar()
+        self.progress.setRange(0, 1000)
+        self.progress.setValue(0)
+        self.status = QLabel("ready")
+        self.status.setWordWrap(True)
+        self.status.setTextInteractionFlags(Qt.TextInteractionFlag.TextSelectableByMouse)
+        root.addWidget(self.progress)
+        root.addWidget(self.status)
+        root.addStretch(1)
+        self.add_style_row()
+
+    def _controls(self) -> list[Any]:
+        # A list the destroyed-callback can reach without this object: it is filled with the
+        # active run's control while one runs.
+        self._control_box: list[Any] = []
+        return self._control_box
+
+    # ------------------------------------------------------------------ layers
+
+    def _image_layers(self) -> list[Image]:
+        return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
+
+    def _on_layers_changed(self, event: Any = None) -> None:
+        self._refresh_layer_choices()
+
+    def _refresh_layer_choices(self) -> None:
+        names = [layer.name for layer in self._image_layers() if layer.name != PREVIEW_LAYER]
+        labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
+        _fill(self.content, names)
+        for position, row in enumerate(self.style_rows):
+            # A new style row proposes a layer other than the content.
+            fallback = next((n for n in names if n != self.content.currentText()), None)
+            _fill(row.layer, names, default=fallback if position == 0 else None)
+        _fill(self.init_layer, names)
+        _fill(self.mask, ["(none)", *labels])
+        self._refresh_regions()
+
+    def _on_content_changed(self) -> None:
+        content = self.content.currentText()
+        for row in self.style_rows:
+            if row.layer.currentText() == content:
+                other = next(
+                    (row.layer.itemText(i) for i in range(row.layer.count())
+                     if row.layer.itemText(i) != content),
+                    None,
+                )  # fmt: skip
+                if other is not None:
+                    row.layer.setCurrentText(other)
+
+    def add_style_row(self, layer: str | None = None, weight: float = 1.0) -> _StyleRow:
+        row = _StyleRow(self._remove_style_row)
+        names = [layer.name for layer in self._image_layers() if layer.name != PREVIEW_LAYER]
+        _fill(row.layer, names)
+        if layer is not None:
+            row.layer.setCurrentText(layer)
+        row.weight.setValue(weight)
+        row.layer.currentIndexChanged.connect(self._refresh_regions)
+        self.style_rows.append(row)
+        self.style_rows_box.addWidget(row)
+        self._refresh_regions()
+        return row
+
+    def _remove_style_row(self, row: _StyleRow) -> None:
+        if len(self.style_rows) <= 1:
+            return  # a run needs at least one style
+        self.style_rows.remove(row)
+        row.setParent(None)
+        row.deleteLater()
+        self._refresh_regions()
+
+    def _refresh_regions(self) -> None:
+        mask = self._layer(self.mask.currentText(), Labels)
+        previous = self.region_styles()
+        self.regions.setRowCount(0)
+        if mask is None:
+            return
+        try:
+            labels = [int(v) for v in np.unique(np.asarray(layer_tools.plane(mask, ())))
+                      if v != 0] if mask.ndim == 2 else self._stack_labels(mask)  # fmt: skip
+        except Exception:  # noqa: BLE001 - an odd Labels layer just gets no regions
+            labels = []
+        styles = [row.layer.currentText() for row in self.style_rows]
+        for position, label in enumerate(labels[:64]):
+            self.regions.insertRow(position)
+            self.regions.setCellWidget(position, 0, QLabel(str(label)))
+            choice = QComboBox()
+            choice.addItem(BLEND, -1)
+            for index, name in enumerate(styles):
+                choice.addItem(f"{index + 1}: {name}", index)
+            default = previous.get(label, (label - 1) % max(1, len(styles)))
+            choice.setCurrentIndex(default + 1 if 0 <= default < len(styles) else 0)
+            self.regions.setCellWidget(position, 1, choice)
+
+    def _stack_labels(self, mask: Labels) -> list[int]:
+        values = np.unique(np.asarray(mask.data))
+        return [int(v) for v in values if v != 0]
+
+    def region_styles(self) -> dict[int, int]:
+        """label -> style index, for the labels not left to the blend."""
+        regions: dict[int, int] = {}
+        for row in range(self.regions.rowCount()):
+            label_widget = self.regions.cellWidget(row, 0)
+            choice = self.regions.cellWidget(row, 1)
+            if label_widget is None or choice is None:
+                continue
+            index = choice.currentData()
+            if index is not None and index >= 0:
+                regions[int(label_widget.text())] = int(index)
+        return regions
+
+    def _layer(self, name: str, kind: type) -> Any:
+        if name and name in self.viewer.layers:
+            layer = self.viewer.layers[name]
+            if isinstance(layer, kind):
+                return layer
+        return None
+
+    # ------------------------------------------------------------------ server
+
+    def _load_server_settings(self) -> None:
+        s = self.settings
+        self.mode.setCurrentIndex(max(0, self.mode.findData(s.mode)))
+        self.address.setText(s.address)
+        self.tls.setChecked(s.tls)
+        self.root_certificates.setText(s.root_certificates)
+        self.token.setText(settings_store.token_from_environment())
+        self.preview_interval.setValue(s.preview_interval)
+        self.stack_mode.setCurrentIndex(max(0, self.stack_mode.findData(s.stack_mode)))
+        self.apply_colormap.setChecked(s.apply_colormap)
+        self._on_mode_changed()
+
+    def _on_mode_changed(self) -> None:
+        remote = self.mode.currentData() == "remote"
+        for widget in (self.address, self.tls, self.root_certificates, self.token):
+            widget.setEnabled(remote)
+        self.server_info = None
+        self.server_status.setText(
+            "not checked" if remote else "starts on this machine at the first run"
+        )
+
+    def server_choice(self) -> ServerChoice:
+        return ServerChoice(
+            mode=self.mode.currentData() or "local",
+            address=self.address.text().strip(),
+            tls=self.tls.isChecked(),
+            root_certificates=self.root_certificates.text().strip(),
+            token=self.token.text().strip(),
+            local_args=tuple(getattr(self, "local_server_args", ())),
+        )
+
+    def check_server(self) -> None:
+        """Ask the server for its health, device and queue (in the background)."""
+        if self._check_worker is not None:
+            return
+        self.server_status.setText("checking…")
+        worker = create_worker(
+            check_server, self.connection, self.server_choice(), _start_thread=False
+        )
+        worker.returned.connect(self._on_checked)
+        worker.finished.connect(self._on_check_finished)
+        self._check_worker = worker
+        worker.start()
+
+    def _on_check_finished(self) -> None:
+        self._check_worker = None
+
+    def _on_checked(self, answer: tuple[str, str, ServerInfo | None]) -> None:
+        health, address, info = answer
+        if health == "ERROR":
+            self.server_status.setText("unreachable")
+            show_error(address)
+            return
+        if info is None:
+            self.server_status.setText(f"{address}: {health}")
+            return
+        self._on_server_info(address, info, health)
+
+    def _on_server_info(self, address: str, info: ServerInfo, health: str = "SERVING") -> None:
+        first = self.server_info is None
+        self.server_info = info
+        self.server_status.setText(
+            f"{health} at {address} · {info.device} · weights {info.weights} · "
+            f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}"
+        )
+        if first:
+            self._apply_allowed(info.allowed)
+            self._apply_defaults({**FALLBACK_DEFAULTS, **info.defaults, **self.settings.options})
+
+    # ------------------------------------------------------------------ options
+
+    def _apply_allowed(self, allowed: dict[str, Any]) -> None:
+        for combo, key in (
+            (self.preset, "presets"),
+            (self.init, "inits"),
+            (self.color_preservation, "color_preservations"),
+        ):
+            values = [v for v in allowed.get(key) or FALLBACK_ALLOWED[key] if v]
+            current = combo.currentText()
+            combo.blockSignals(True)
+            combo.clear()
+            combo.addItems(values)
+            if current in values:
+                combo.setCurrentText(current)
+            combo.blockSignals(False)
+        for spin, key in (
+            (self.size, "size"),
+            (self.iterations, "iterations"),
+            (self.num_scales, "num_scales"),
+        ):
+            low, high = allowed.get(key) or FALLBACK_ALLOWED[key]
+            spin.setRange(int(low), int(min(high, 2**31 - 1)))
+        self._on_init_changed()
+
+    def _apply_defaults(self, values: dict[str, Any]) -> None:
+        self.preset.blockSignals(True)
+        self.preset.setCurrentText(str(values.get("preset", "default")))
+        self.preset.blockSignals(False)
+        self._set_options(values)
+
+    def _set_options(self, values: dict[str, Any]) -> None:
+        if "size" in values:
+            self.size.setValue(int(values["size"]))
+        if "iterations" in values:
+            self.iterations.setValue(int(values["iterations"]))
+        for edit, name in (
+            (self.content_weight, "content_weight"),
+            (self.style_weight, "style_weight"),
+            (self.tv_weight, "tv_weight"),
+        ):
+            if name in values:
+                edit.setText(f"{float(values[name]):g}")
+        if "init" in values:
+            self.init.setCurrentText(str(values["init"]))
+        if "color_preservation" in values:
+            self.color_preservation.setCurrentText(str(values["color_preservation"]))
+        if "num_scales" in values:
+            self.num_scales.setValue(int(values["num_scales"]))
+        if "seed" in values:
+            self.seed.setText("" if values["seed"] is None else str(values["seed"]))
+
+    def _on_preset_changed(self) -> None:
+        presets = self.server_info.presets if self.server_info else {}
+        values = presets.get(self.preset.currentText())
+        if values:
+            self._set_options(values)
+
+    def _on_init_changed(self) -> None:
+        self.init_layer.setEnabled(self.init.currentText() == "image")
+
+    def set_options(self, **values: Any) -> None:
+        """Set option controls by option name (size=64, iterations=5, ...)."""
+        if "preset" in values:
+            self.preset.setCurrentText(str(values["preset"]))
+        self._set_options(values)
+
+    def options(self) -> dict[str, Any]:
+        """The options for the server, read from the controls (ValueError names a bad one)."""
+        values: dict[str, Any] = {
+            "preset": self.preset.currentText() or None,
+            "size": self.size.value(),
+            "iterations": self.iterations.value(),
+            "init": self.init.currentText() or None,
+            "color_preservation": self.color_preservation.currentText() or None,
+            "num_scales": self.num_scales.value(),
+        }
+        for edit, name in (
+            (self.content_weight, "content_weight"),
+            (self.style_weight, "style_weight"),
+            (self.tv_weight, "tv_weight"),
+        ):
+            text = edit.text().strip()
+            try:
+                number = float(text)
+            except ValueError:
+                raise ValueError(
+                    f"{name.replace('_', ' ')} must be a number, not {text!r}"
+                ) from None
+            if not np.isfinite(number) or number < 0:
+                raise ValueError(f"{name.replace('_', ' ')} must be a number >= 0")
+            values[name] = number
+        seed = self.seed.text().strip()
+        if seed:
+            if not seed.isdigit():
+                raise ValueError(f"seed must be a whole number >= 0 or empty, not {seed!r}")
+            values["seed"] = int(seed)
+        return values
+
+    # ------------------------------------------------------------------ running
+
+    def _set_running(self, running: bool) -> None:
+        for box in (self.server_box, self.inputs_box, self.options_box):
+            box.setEnabled(not running)
+        self.run_button.setEnabled(not running)
+        self.cancel_button.setEnabled(running)
+
+    def _save_settings(self, options: dict[str, Any]) -> None:
+        s = self.settings
+        s.mode = self.mode.currentData() or "local"
+        s.address = self.address.text().strip()
+        s.tls = self.tls.isChecked()
+        s.root_certificates = self.root_certificates.text().strip()
+        s.options = {k: v for k, v in options.items() if v is not None}
+        s.preview_interval = self.preview_interval.value()
+        s.stack_mode = self.stack_mode.currentData() or "slice"
+        s.apply_colormap = self.apply_colormap.isChecked()
+        settings_store.save(s)
+
+    def run(self) -> None:
+        """Start a run from the current choices; problems become notifications."""
+        if self.run_state is not None:
+            return
+        try:
+            plan, state = self._plan()
+        except (ValueError, layer_tools.LayerError) as error:
+            show_error(f"impasto: {error}")
+            return
+        self._save_settings(plan.options)
+        worker = create_worker(
+            run_plan, plan, self.connection, self.server_choice(), state.control,
+            _start_thread=False,
+        )  # fmt: skip
+        worker.yielded.connect(self._on_event)
+        worker.returned.connect(self._on_outcome)
+        worker.finished.connect(self._on_finished)
+        state.worker = worker
+        self.run_state = state
+        self._control_box[:] = [state.control]
+        self.last_outcome = None
+        self._set_running(True)
+        self.progress.setValue(0)
+        self.status.setText(
+            "starting the local server…" if self.mode.currentData() == "local" else "connecting…"
+        )
+        worker.start()
+
+    def _plan(self) -> tuple[RunPlan, _ActiveRun]:
+        content = self._layer(self.content.currentText(), Image)
+        if content is None:
+            raise ValueError("choose a content layer (an Image layer)")
+        styles = []
+        names = []
+        weights = []
+        for row in self.style_rows:
+            layer = self._layer(row.layer.currentText(), Image)
+            if layer is None:
+                raise ValueError("choose a style layer for every style row")
+            names.append(layer.name)
+            rendering = layer_tools.rendering_of(layer, colormap=True)
+            index = layer_tools.current_index(layer, self.viewer.dims.point)
+            styles.append(layer_tools.picture_of(layer, index, rendering))
+            weights.append(row.weight.value())
+        if sum(weights) <= 0:
+            raise ValueError("at least one style weight must be above 0")
+        options = self.options()
+        init_image = None
+        if options.get("init") == "image":
+            init = self._layer(self.init_layer.currentText(), Image)
+            if init is None:
+                raise ValueError("init 'image' needs an init layer")
+            init_rendering = layer_tools.rendering_of(
+                init, colormap=self.apply_colormap.isChecked()
+            )
+            init_index = layer_tools.current_index(init, self.viewer.dims.point)
+            init_image = layer_tools.picture_of(init, init_index, init_rendering)
+        rendering = layer_tools.rendering_of(content, colormap=self.apply_colormap.isChecked())
+        stack = self.stack_mode.currentData() == "stack" and bool(
+            layer_tools.leading_shape(content)
+        )
+        if stack:
+            indices = list(layer_tools.all_indices(content))
+        else:
+            indices = [layer_tools.current_index(content, self.viewer.dims.point)]
+        mask = self._layer(self.mask.currentText(), Labels)
+        regions = self.region_styles() if mask is not None else {}
+        if not regions:
+            mask = None
+        shape = layer_tools.plane_shape(content)
+        tasks = [
+            PlaneTask(
+                index,
+                functools.partial(layer_tools.picture_of, content, index, rendering),
+                functools.partial(layer_tools.label_plane, mask, index, shape)
+                if mask is not None
+                else None,
+            )
+            for index in indices
+        ]
+        if mask is not None:
+            tasks[0].mask()  # type: ignore[misc]  # a wrong-sized mask fails now, not mid-run
+        interval = self.preview_interval.value()
+        plan = RunPlan(
+            tasks=tasks,
+            styles=styles,
+            style_weights=weights if len(set(weights)) > 1 else None,
+            region_styles=regions,
+            options=options,
+            init_image=init_image,
+            preview_interval=interval,
+            preview_size=0,
+            chain_init=True,
+        )
+        state = _ActiveRun(
+            control=RunControl(),
+            content=content,
+            rendering=rendering,
+            style_names=names,
+            mask_name=mask.name if mask is not None else None,
+            region_styles=regions,
+            stack=stack,
+            indices=indices,
+        )
+        return plan, state
+
+    def cancel(self) -> None:
+        """Stop the run: cancels the gRPC call, so the server frees its slot at once."""
+        if self.run_state is not None:
+            self.status.setText("cancelling…")
+            self.run_state.control.cancel()
+
+    # ------------------------------------------------------------------ events (GUI thread)
+
+    def _on_event(self, item: Any) -> None:
+        state = self.run_state
+        if state is None:
+            return
+        if isinstance(item, Connected):
+            state.address = item.address
+            self._on_server_info(item.address, item.info)
+        elif isinstance(item, JobEvent):
+            self._on_job_event(state, item)
+        elif isinstance(item, PlaneDone):
+            self._on_plane_done(state, item)
+
+    def _on_job_event(self, state: _ActiveRun, item: JobEvent) -> None:
+        event = item.event
+        prefix = f"slice {item.plane + 1}/{item.planes} · " if item.planes > 1 else ""
+        if isinstance(event, Queued):
+            self.status.setText(
+                f"{prefix}queued: position {event.position} of {event.queue_length}"
+            )
+        elif isinstance(event, Started):
+            self.status.setText(
+                f"{prefix}running on {event.device} at {event.width}x{event.height}"
+            )
+        elif isinstance(event, Progress):
+            total = max(1, event.total_iterations)
+            fraction = (item.plane + event.iteration / total) / item.planes
+            self.progress.setValue(round(1000 * fraction))
+            losses = " ".join(f"{name} {value:.3g}" for name, value in sorted(event.losses.items()))
+            scale = (
+                f" · scale {event.scale_index + 1}/{event.scale_count}"
+                if event.scale_count > 1
+                else ""
+            )
+            self.status.setText(
+                f"{prefix}iteration {event.iteration}/{event.total_iterations}{scale} · "
+                f"{losses} · ETA {_duration(event.eta_seconds)}"
+            )
+            if event.preview is not None:
+                self._show_preview(state, item, event.preview)
+
+    def _show_preview(self, state: _ActiveRun, item: JobEvent, preview: np.ndarray) -> None:
+        data = state.rendering.from_wire(preview)
+        index = state.indices[item.plane]
+        placement = layer_tools.placement_of(state.content, index, data.shape[:2])
+        data = data.reshape((1,) * len(index) + data.shape)
+        layer = self._layer(PREVIEW_LAYER, Image)
+        if layer is not None and (
+            layer.data.shape != data.shape or layer.rgb != _is_rgb(data, state)
+        ):
+            self.viewer.layers.remove(layer)
+            layer = None
+        if layer is None:
+            layer = self.viewer.add_image(
+                data, name=PREVIEW_LAYER, **_image_kwargs(state, data, placement)
+            )
+        else:
+            layer.data = data
+            layer.scale, layer.translate = placement.scale, placement.translate
+            layer.visible = True
+        state.previews += 1
+
+    def _on_plane_done(self, state: _ActiveRun, item: PlaneDone) -> None:
+        result = item.result
+        image = state.rendering.from_wire(result.image)
+        metadata = self._metadata(state, result, item)
+        if not state.stack:
+            placement = layer_tools.placement_of(state.content, item.index, image.shape[:2])
+            data = image.reshape((1,) * len(item.index) + image.shape)
+            state.result_layer = self.viewer.add_image(
+                data,
+                name=layer_tools.result_name(state.content.name, state.style_names),
+                metadata={"impasto": metadata},
+                **_image_kwargs(state, data, placement),
+            )
+            state.result_layers += 1
+        else:
+            lead = layer_tools.leading_shape(state.content)
+            if state.result_layer is None or state.result_layer not in self.viewer.layers:
+                # The whole stack's result appears at the first slice, then fills in.
+                placement = layer_tools.placement_of(state.content, None, image.shape[:2])
+                data = np.zeros(lead + image.shape, dtype=image.dtype)
+                data[item.index] = image
+                state.result_layer = self.viewer.add_image(
+                    data,
+                    name=layer_tools.result_name(state.content.name, state.style_names),
+                    metadata={"impasto": metadata},
+                    **_image_kwargs(state, data, placement),
+                )
+                state.result_layers += 1
+            else:
+                layer = state.result_layer
+                layer.data[item.index] = image
+                layer.metadata["impasto"] = metadata
+                layer.refresh()
+        self.progress.setValue(round(1000 * (item.plane + 1) / item.planes))
+
+    def _metadata(self, state: _ActiveRun, result: Result, item: PlaneDone) -> dict[str, Any]:
+        return {
+            "content": state.content.name,
+            "styles": list(state.style_names),
+            "style_weights": [row.weight.value() for row in self.style_rows],
+            "mask": state.mask_name,
+            "region_styles": dict(state.region_styles),
+            "settings": dict(result.settings),
+            "losses": dict(result.losses),
+            "iterations": result.iterations,
+            "elapsed_seconds": result.elapsed_seconds,
+            "job_id": result.job_id,
+            "server": state.address,
+            "slice": list(item.index),
+            "slices_done": item.plane + 1,
+            "slices": item.planes,
+        }
+
+    def _on_outcome(self, outcome: Outcome) -> None:
+        self.last_outcome = outcome
+        state = self.run_state
+        if outcome.status == "failed":
+            self.status.setText(outcome.message)
+            show_error(outcome.message)
+        elif outcome.status == "cancelled":
+            kept = f"; {outcome.planes_done} finished slice(s) kept" if outcome.planes_done else ""
+            self.status.setText(f"cancelled{kept}")
+            show_info(f"impasto: run cancelled{kept}")
+        else:
+            name = state.result_layer.name if state and state.result_layer else "the result"
+            self.status.setText(f"done: {name}")
+            self.progress.setValue(1000)
+        if state is not None and state.content not in self.viewer.layers:
+            show_warning(
+                f"impasto: the content layer {state.content.name!r} was deleted during the run"
+                + ("; the result was kept as a new layer" if state.result_layers else "")
+            )
+        preview = self._layer(PREVIEW_LAYER, Image)
+        if preview is not None:
+            preview.visible = False  # the result (or the content) is what counts now
+
+    def _on_finished(self) -> None:
+        self.run_state = None
+        self._control_box[:] = []
+        self._set_running(False)
+
+    # ------------------------------------------------------------------ teardown
+
+    def close_connection(self) -> None:
+        """Cancel any run and release the server (the local one stops when unused)."""
+        if self.run_state is not None:
+            self.run_state.control.cancel()
+        self.connection.close()
+
+
+def _release(connection: Connection, controls: list[Any], *_: Any) -> None:
+    for control in list(controls):
+        control.cancel()
+    connection.close()
+
+
+def _fill(combo: QComboBox, names: list[str], default: str | None = None) -> None:
+    """Replace a combo's items, keeping its choice when it still exists."""
+    current = combo.currentText()
+    combo.blockSignals(True)
+    combo.clear()
+    combo.addItems(names)
+    if current in names:
+        combo.setCurrentText(current)
+    elif default is not None and default in names:
+        combo.setCurrentText(default)
+    combo.blockSignals(False)
+
+
+def _is_rgb(data: np.ndarray, state: _ActiveRun) -> bool:
+    return state.rendering.rgb or state.rendering.colormapped
+
+
+def _image_kwargs(
+    state: _ActiveRun, data: np.ndarray, placement: layer_tools.Placement
+) -> dict[str, Any]:
+    content = state.content
+    kwargs: dict[str, Any] = {
+        "scale": placement.scale,
+        "translate": placement.translate,
+        "rotate": placement.rotate,
+        "shear": placement.shear,
+        "affine": placement.affine,
+        "rgb": _is_rgb(data, state),
+    }
+    if placement.units is not None:
+        kwargs["units"] = placement.units
+    if not kwargs["rgb"]:
+        kwargs["colormap"] = content.colormap
+        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+    elif state.rendering.rgb:
+        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+    return kwargs
+
+
+def _duration(seconds: float) -> str:
+    if seconds <= 0:
+        return "—"
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min"

@@ -1,0 +1,172 @@
+"""One run of the widget, executed off the GUI thread: connect, then stylize plane after plane.
+
+``run_plan`` is a generator for napari's ``thread_worker``: everything it yields arrives in the
+GUI thread, and it never raises (a raised error would become napari's traceback dialog); it
+returns an ``Outcome`` instead. ``RunControl.cancel`` may be called from the GUI thread at any
+time: it cancels the gRPC call itself, so the server stops the job within one iteration.
+"""
+
+from __future__ import annotations
+
+import threading
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass, field
+from typing import Any
+
+import grpc
+import numpy as np
+from impasto.client import ImpastoError, Job, Progress, Queued, Result, ServerInfo, Started
+
+from napari_impasto.connection import Connection, ServerChoice, describe_error
+
+
+@dataclass(frozen=True)
+class PlaneTask:
+    """One plane to stylize: where it sits in the stack and how to read its inputs."""
+
+    index: tuple[int, ...]
+    content: Callable[[], np.ndarray]
+    mask: Callable[[], np.ndarray] | None = None
+
+
+@dataclass(frozen=True)
+class RunPlan:
+    tasks: list[PlaneTask]
+    styles: list[np.ndarray]
+    style_weights: list[float] | None
+    region_styles: dict[int, int]
+    options: dict[str, Any]
+    init_image: np.ndarray | None = None
+    preview_interval: int = 0
+    preview_size: int = 0
+    # In a stack, each plane after the first starts from the previous plane's result.
+    chain_init: bool = True
+
+
+# ---------------------------------------------------------------- what the worker yields
+
+
+@dataclass(frozen=True)
+class Connected:
+    address: str
+    info: ServerInfo
+
+
+@dataclass(frozen=True)
+class JobEvent:
+    """A client event (Queued, Started, Progress) for plane ``plane`` of ``planes``."""
+
+    plane: int
+    planes: int
+    event: Queued | Started | Progress
+
+
+@dataclass(frozen=True)
+class PlaneDone:
+    plane: int
+    planes: int
+    index: tuple[int, ...]
+    result: Result = field(repr=False)
+
+
+@dataclass(frozen=True)
+class Outcome:
+    status: str  # "done" | "cancelled" | "failed"
+    message: str = ""
+    planes_done: int = 0
+
+
+class RunControl:
+    """Shared between the GUI thread (cancel) and the worker (the current job)."""
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._job: Job | None = None
+        self.cancelled = False
+
+    def attach(self, job: Job | None) -> None:
+        with self._lock:
+            self._job = job
+            cancel_now = self.cancelled and job is not None
+        if cancel_now:
+            job.cancel()  # type: ignore[union-attr]
+
+    def cancel(self) -> None:
+        with self._lock:
+            self.cancelled = True
+            job = self._job
+        if job is not None:
+            job.cancel()
+
+
+def run_plan(
+    plan: RunPlan, connection: Connection, choice: ServerChoice, control: RunControl
+) -> Iterator[Connected | JobEvent | PlaneDone]:
+    done = 0
+    where = choice.label
+    try:
+        client = connection.client(choice)
+        where = connection.address or where
+        info = client.server_info(timeout=10)
+        yield Connected(connection.address, info)
+        previous: np.ndarray | None = None
+        count = len(plan.tasks)
+        for number, task in enumerate(plan.tasks):
+            if control.cancelled:
+                return Outcome("cancelled", "cancelled", done)
+            content = task.content()
+            mask = task.mask() if task.mask is not None else None
+            options = dict(plan.options)
+            init_image = plan.init_image
+            if plan.chain_init and previous is not None:
+                options["init"] = "image"
+                init_image = previous
+            regions: dict[int, int] = {}
+            if mask is not None:
+                present = set(np.unique(mask).tolist())
+                # A label absent from this plane of the stack has no region here.
+                regions = {k: v for k, v in plan.region_styles.items() if k in present}
+                if not regions:
+                    mask = None
+            job = client.stylize(
+                content,
+                plan.styles,
+                style_weights=plan.style_weights,
+                mask=mask,
+                region_styles=regions or None,
+                init_image=init_image if options.get("init") == "image" else None,
+                preview_interval=plan.preview_interval,
+                preview_size=plan.preview_size,
+                **options,
+            )
+            control.attach(job)
+            try:
+                for event in job:
+                    if isinstance(event, Result):
+                        previous = event.image
+                        done += 1
+                        yield PlaneDone(number, count, task.index, event)
+                    else:
+                        yield JobEvent(number, count, event)
+            finally:
+                control.attach(None)
+        return Outcome("done", "", done)
+    except ImpastoError as error:
+        if control.cancelled and error.code == grpc.StatusCode.CANCELLED:
+            return Outcome("cancelled", "cancelled", done)
+        return Outcome("failed", describe_error(error, where), done)
+    except Exception as error:  # noqa: BLE001 - every failure becomes a notification
+        return Outcome("failed", describe_error(error, where), done)
+
+
+def check_server(
+    connection: Connection, choice: ServerChoice
+) -> tuple[str, str, ServerInfo | None]:
+    """(health, address, info) for the status line; never raises (an error becomes the text)."""
+    try:
+        client = connection.client(choice)
+        health = client.health(timeout=3)
+        info = client.server_info(timeout=5) if health == "SERVING" else None
+        return health, connection.address, info
+    except Exception as error:  # noqa: BLE001 - shown to the user
+        return "ERROR", describe_error(error, choice.label), None
