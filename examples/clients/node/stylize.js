@@ -1,0 +1,499 @@
+#!/usr/bin/env node
+// Stylize an image with an impasto server, from Node.js.
+//
+// The client loads the project's own .proto at run time (no generated code), sends the
+// image files as they are (the server decodes PNG, JPEG and TIFF), prints one line per
+// streamed event, and writes the result as PNG.
+//
+//   node stylize.js content.png style.png [style2.png ...] -o out.png \
+//        [--server 127.0.0.1:50051] [--size 256] [--iterations 100] [--token T]
+//
+// Run `node stylize.js --help` for every flag.
+'use strict';
+
+const fs = require('node:fs');
+const path = require('node:path');
+const grpc = require('@grpc/grpc-js');
+const protoLoader = require('@grpc/proto-loader');
+const protobuf = require('protobufjs');
+
+const PROTO_ROOT = process.env.IMPASTO_PROTO_ROOT || path.resolve(__dirname, '../../../proto');
+const PROTO_FILE = 'impasto/v1/style_transfer.proto';
+// Matches the server's default: a 4096x4096 RGB float32 image plus the request around it.
+const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
+
+const USAGE = `usage: node stylize.js CONTENT STYLE [STYLE ...] -o OUT.png [options]
+
+  CONTENT, STYLE     image files (PNG, JPEG or TIFF); several styles are blended
+  -o, --output FILE  where to write the result (PNG)
+  --server TARGET    host:port, several host:port separated by commas, or dns:///name:port
+                     (several servers are balanced round-robin) [default 127.0.0.1:50051]
+  --size N           long side of the result in pixels
+  --iterations N     optimisation iterations
+  --preset NAME      default | paper
+  --style-weights W  comma-separated blend weights, one per style
+  --seed N           seed for reproducible results
+  --preview N        ask for a preview image every N iterations (its size is printed)
+  --token TOKEN      bearer token (or the IMPASTO_TOKEN environment variable)
+  --tls              use TLS (system roots unless --ca is given)
+  --ca FILE          PEM file of the CA that signed the server's certificate
+  --cert FILE        PEM client certificate (mutual TLS), with --key FILE
+  --timeout SECONDS  give up (and stop the job on the server) after this long
+  --info             print the server's description (GetServerInfo) as JSON and exit
+  -h, --help         this text
+`;
+
+class UsageError extends Error {}
+
+function parseArgs(argv) {
+  const args = {
+    inputs: [],
+    output: null,
+    server: '127.0.0.1:50051',
+    size: null,
+    iterations: null,
+    preset: null,
+    styleWeights: null,
+    seed: null,
+    preview: 0,
+    token: process.env.IMPASTO_TOKEN || null,
+    tls: false,
+    ca: null,
+    cert: null,
+    key: null,
+    timeout: null,
+    info: false,
+  };
+  const valueOf = (i, flag) => {
+    if (i + 1 >= argv.length) throw new UsageError(`${flag} needs a value`);
+    return argv[i + 1];
+  };
+  const positiveInt = (text, flag) => {
+    if (!/^\d+$/.test(text) || Number(text) < 1) {
+      throw new UsageError(`${flag} must be a positive integer, not ${JSON.stringify(text)}`);
+    }
+    return Number(text);
+  };
+  for (let i = 0; i < argv.length; i++) {
+    const arg = argv[i];
+    switch (arg) {
+      case '-h':
+      case '--help':
+        args.help = true;
+        break;
+      case '-o':
+      case '--output':
+        args.output = valueOf(i, arg);
+        i++;
+        break;
+      case '--server':
+        args.server = valueOf(i, arg);
+        i++;
+        break;
+      case '--size':
+        args.size = positiveInt(valueOf(i, arg), arg);
+        i++;
+        break;
+      case '--iterations':
+        args.iterations = positiveInt(valueOf(i, arg), arg);
+        i++;
+        break;
+      case '--preset': {
+        const name = valueOf(i, arg).toLowerCase();
+        if (!['default', 'paper'].includes(name)) {
+          throw new UsageError(`--preset must be default or paper, not ${JSON.stringify(name)}`);
+        }
+        args.preset = name;
+        i++;
+        break;
+      }
+      case '--style-weights':
+        args.styleWeights = valueOf(i, arg)
+          .split(',')
+          .map((w) => {
+            const value = Number(w);
+            if (!Number.isFinite(value) || value < 0) {
+              throw new UsageError(`--style-weights: ${JSON.stringify(w)} is not a weight >= 0`);
+            }
+            return value;
+          });
+        i++;
+        break;
+      case '--seed': {
+        const text = valueOf(i, arg);
+        if (!/^\d+$/.test(text)) throw new UsageError('--seed must be an integer >= 0');
+        args.seed = text; // uint64: kept as a string so no precision is lost
+        i++;
+        break;
+      }
+      case '--preview':
+        args.preview = positiveInt(valueOf(i, arg), arg);
+        i++;
+        break;
+      case '--token':
+        args.token = valueOf(i, arg);
+        i++;
+        break;
+      case '--tls':
+        args.tls = true;
+        break;
+      case '--ca':
+        args.ca = valueOf(i, arg);
+        args.tls = true;
+        i++;
+        break;
+      case '--cert':
+        args.cert = valueOf(i, arg);
+        args.tls = true;
+        i++;
+        break;
+      case '--key':
+        args.key = valueOf(i, arg);
+        i++;
+        break;
+      case '--timeout': {
+        const seconds = Number(valueOf(i, arg));
+        if (!Number.isFinite(seconds) || seconds <= 0) {
+          throw new UsageError('--timeout must be a number of seconds > 0');
+        }
+        args.timeout = seconds;
+        i++;
+        break;
+      }
+      case '--info':
+        args.info = true;
+        break;
+      default:
+        if (arg.startsWith('-') && arg !== '-') throw new UsageError(`unknown option ${arg}`);
+        args.inputs.push(arg);
+    }
+  }
+  if (args.help || args.info) return args;
+  if (args.inputs.length < 2) throw new UsageError('give a content image and at least one style');
+  if (!args.output) throw new UsageError('give the output file with -o OUT.png');
+  if (args.styleWeights && args.styleWeights.length !== args.inputs.length - 1) {
+    throw new UsageError(
+      `--style-weights has ${args.styleWeights.length} weights for ${args.inputs.length - 1} styles`,
+    );
+  }
+  if (Boolean(args.cert) !== Boolean(args.key)) {
+    throw new UsageError('--cert and --key go together');
+  }
+  return args;
+}
+
+function loadService() {
+  const definition = protoLoader.loadSync(PROTO_FILE, {
+    includeDirs: [PROTO_ROOT],
+    keepCase: true, // field names exactly as in the .proto (snake_case)
+    enums: String, // enum values by name, e.g. 'IMAGE_FORMAT_PNG'
+    longs: String, // uint64 (seed, max_pixels) without precision loss
+    defaults: false,
+    oneofs: true, // sets `event` to the name of the field that is present
+  });
+  return grpc.loadPackageDefinition(definition).impasto.v1;
+}
+
+// google.rpc.Status and the two error details the server sends, so a refused request
+// can name its offending fields. Declared here because they are not part of our .proto.
+const statusTypes = protobuf.Root.fromJSON({
+  nested: {
+    google: {
+      nested: {
+        protobuf: {
+          nested: {
+            Any: { fields: { type_url: { type: 'string', id: 1 }, value: { type: 'bytes', id: 2 } } },
+            Duration: { fields: { seconds: { type: 'int64', id: 1 }, nanos: { type: 'int32', id: 2 } } },
+          },
+        },
+        rpc: {
+          nested: {
+            Status: {
+              fields: {
+                code: { type: 'int32', id: 1 },
+                message: { type: 'string', id: 2 },
+                details: { rule: 'repeated', type: 'google.protobuf.Any', id: 3 },
+              },
+            },
+            BadRequest: {
+              fields: { field_violations: { rule: 'repeated', type: 'FieldViolation', id: 1 } },
+              nested: {
+                FieldViolation: {
+                  fields: { field: { type: 'string', id: 1 }, description: { type: 'string', id: 2 } },
+                },
+              },
+            },
+            RetryInfo: { fields: { retry_delay: { type: 'google.protobuf.Duration', id: 1 } } },
+          },
+        },
+      },
+    },
+  },
+});
+
+function describeError(error) {
+  const codeName = Object.keys(grpc.status).find((k) => grpc.status[k] === error.code) || error.code;
+  const lines = [`error: ${codeName}: ${error.details || error.message}`];
+  const raw = error.metadata && error.metadata.get('grpc-status-details-bin')[0];
+  if (raw) {
+    try {
+      const status = statusTypes.lookupType('google.rpc.Status').decode(raw);
+      for (const detail of status.details) {
+        const name = detail.type_url.split('/').pop();
+        if (name === 'google.rpc.BadRequest') {
+          const bad = statusTypes.lookupType('google.rpc.BadRequest').decode(detail.value);
+          for (const v of bad.field_violations) {
+            const text = `${v.field}: ${v.description}`;
+            if (!lines[0].includes(text)) lines.push(`  ${text}`);
+          }
+        } else if (name === 'google.rpc.RetryInfo') {
+          const info = statusTypes.lookupType('google.rpc.RetryInfo').decode(detail.value);
+          const d = info.retry_delay || {};
+          lines.push(`  retry after ${Number(d.seconds || 0) + (d.nanos || 0) / 1e9} s`);
+        }
+      }
+    } catch (e) {
+      lines.push(`  (unreadable error details: ${e.message})`);
+    }
+  }
+  return lines.join('\n');
+}
+
+function makeClient(service, args) {
+  let credentials = grpc.credentials.createInsecure();
+  if (args.tls) {
+    credentials = grpc.credentials.createSsl(
+      args.ca ? fs.readFileSync(args.ca) : null,
+      args.key ? fs.readFileSync(args.key) : null,
+      args.cert ? fs.readFileSync(args.cert) : null,
+    );
+  }
+  if (args.token) {
+    if (!args.tls && !isLoopback(args.server)) {
+      console.error('warning: sending a bearer token without TLS');
+    }
+    const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
+      const metadata = new grpc.Metadata();
+      metadata.add('authorization', `Bearer ${args.token}`);
+      callback(null, metadata);
+    });
+    // grpc-js refuses call credentials on an insecure channel, so over plaintext the token
+    // travels as plain call metadata instead (see callMetadata).
+    if (args.tls) credentials = grpc.credentials.combineChannelCredentials(credentials, bearer);
+  }
+  const serviceConfig = {
+    loadBalancingConfig: [{ round_robin: {} }],
+    methodConfig: [
+      {
+        name: [{ service: 'impasto.v1.StyleTransferService' }],
+        // gRPC retries only until the first response arrives, so a started job never runs twice.
+        retryPolicy: {
+          maxAttempts: 4,
+          initialBackoff: '0.2s',
+          maxBackoff: '2s',
+          backoffMultiplier: 2,
+          retryableStatusCodes: ['UNAVAILABLE'],
+        },
+      },
+    ],
+  };
+  return new service.StyleTransferService(toTarget(args.server), credentials, {
+    'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
+    'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
+    'grpc.service_config': JSON.stringify(serviceConfig),
+    'grpc.enable_retries': 1,
+  });
+}
+
+function isLoopback(server) {
+  return /^(localhost|127\.|\[::1\]|ipv4:127\.)/.test(server);
+}
+
+function toTarget(server) {
+  // A target with a scheme (dns:///name:port, ipv4:a:p,b:p, unix:...) goes to gRPC as it is;
+  // gRPC resolves a dns:/// name itself, every address of it (a headless Kubernetes Service).
+  if (/^(dns|ipv4|ipv6|unix|unix-abstract):/.test(server)) return server;
+  const parts = server.split(',').map((s) => s.trim()).filter(Boolean);
+  if (parts.length < 2) return server;
+  // Several plain address:port become one ipv4:/ipv6: list that round_robin spreads jobs over.
+  if (parts.every((p) => /^\d+\.\d+\.\d+\.\d+:\d+$/.test(p))) return `ipv4:${parts.join(',')}`;
+  if (parts.every((p) => /^\[[0-9a-fA-F:.]+\]:\d+$/.test(p))) return `ipv6:${parts.join(',')}`;
+  throw new UsageError(
+    'several --server addresses must all be IPv4:port or [IPv6]:port; for host names use ' +
+      'one dns:///name:port target',
+  );
+}
+
+function callMetadata(args) {
+  const metadata = new grpc.Metadata();
+  if (args.token && !args.tls) metadata.add('authorization', `Bearer ${args.token}`);
+  return metadata;
+}
+
+function readImage(file, what) {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`cannot read the ${what} image ${file}: ${e.code || e.message}`);
+  }
+}
+
+function pngSize(bytes) {
+  // Width and height sit at fixed offsets of the IHDR chunk, right after the signature.
+  if (bytes.length < 24 || bytes.readUInt32BE(12) !== 0x49484452) return null;
+  return { width: bytes.readUInt32BE(16), height: bytes.readUInt32BE(20) };
+}
+
+function formatLosses(losses) {
+  return ['total', 'content', 'style', 'tv']
+    .filter((k) => losses && k in losses)
+    .map((k) => `${k}=${Number(losses[k]).toPrecision(4)}`)
+    .join(' ');
+}
+
+function buildRequest(args) {
+  const [contentFile, ...styleFiles] = args.inputs;
+  const options = {};
+  if (args.preset) options.preset = `PRESET_${args.preset.toUpperCase()}`;
+  if (args.size !== null) options.size = args.size;
+  if (args.iterations !== null) options.iterations = args.iterations;
+  if (args.seed !== null) options.seed = args.seed;
+  return {
+    content: { encoded: readImage(contentFile, 'content') },
+    styles: styleFiles.map((file, i) => ({
+      image: { encoded: readImage(file, 'style') },
+      weight: args.styleWeights ? args.styleWeights[i] : 0,
+    })),
+    options,
+    output_format: 'IMAGE_FORMAT_PNG',
+    preview_interval: args.preview,
+  };
+}
+
+function deadlineOf(args) {
+  return args.timeout ? new Date(Date.now() + args.timeout * 1000) : Infinity;
+}
+
+function info(client, args) {
+  return new Promise((resolve, reject) => {
+    client.GetServerInfo({}, callMetadata(args), { deadline: deadlineOf(args) }, (err, reply) => {
+      if (err) return reject(err);
+      // proto-loader marks each proto3 `optional` field with a synthetic `_name` oneof key.
+      const replacer = (key, value) => (key.startsWith('_') ? undefined : value);
+      console.log(JSON.stringify(reply, replacer, 2));
+      resolve(0);
+    });
+  });
+}
+
+function stylize(client, args) {
+  const request = buildRequest(args);
+  return new Promise((resolve, reject) => {
+    const call = client.Stylize(request, callMetadata(args), { deadline: deadlineOf(args) });
+    let result = null;
+    // Ctrl-C cancels the call; the server stops the job within one iteration.
+    const onSigint = () => {
+      console.error('cancelling...');
+      call.cancel();
+    };
+    process.once('SIGINT', onSigint);
+    call.on('data', (message) => {
+      switch (message.event) {
+        case 'queued': {
+          const q = message.queued;
+          console.log(`queued: job ${q.job_id}, position ${q.position} of ${q.queue_length}`);
+          break;
+        }
+        case 'started': {
+          const s = message.started;
+          console.log(
+            `started: job ${s.job_id} on ${s.device}, ${s.total_iterations} iterations, ` +
+              `${s.width}x${s.height}, waited ${Number(s.queued_seconds || 0).toFixed(2)} s`,
+          );
+          break;
+        }
+        case 'progress': {
+          const p = message.progress;
+          let line =
+            `progress: ${p.iteration}/${p.total_iterations} ${formatLosses(p.losses)} ` +
+            `elapsed ${Number(p.elapsed_seconds || 0).toFixed(2)} s ` +
+            `eta ${Number(p.eta_seconds || 0).toFixed(2)} s`;
+          if (p.scale_count > 1) line += ` scale ${(p.scale_index || 0) + 1}/${p.scale_count}`;
+          if (p.preview && p.preview.encoded) {
+            const size = pngSize(p.preview.encoded);
+            if (size) line += ` preview ${size.width}x${size.height}`;
+          }
+          console.log(line);
+          break;
+        }
+        case 'result':
+          result = message.result;
+          break;
+        default:
+          console.error(`warning: ignoring an unknown event ${JSON.stringify(message.event)}`);
+      }
+    });
+    call.on('error', (err) => {
+      process.removeListener('SIGINT', onSigint);
+      reject(err);
+    });
+    call.on('end', () => {
+      process.removeListener('SIGINT', onSigint);
+      if (!result) return reject(new Error('the stream ended without a result'));
+      const png = result.image && result.image.encoded;
+      if (!png) return reject(new Error('the server did not send the result as PNG'));
+      fs.writeFileSync(args.output, png);
+      const size = pngSize(png);
+      const dims = size ? `${size.width}x${size.height}` : 'unknown size';
+      console.log(
+        `result: job ${result.job_id}, ${result.iterations} iterations in ` +
+          `${Number(result.elapsed_seconds || 0).toFixed(2)} s, ${formatLosses(result.losses)}`,
+      );
+      console.log(`wrote ${args.output} (${dims})`);
+      resolve(0);
+    });
+  });
+}
+
+async function main(argv) {
+  let args;
+  try {
+    args = parseArgs(argv);
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`error: ${e.message}\n\n${USAGE}`);
+      return 2;
+    }
+    throw e;
+  }
+  if (args.help) {
+    console.log(USAGE);
+    return 0;
+  }
+  let client;
+  try {
+    client = makeClient(loadService(), args);
+    return await (args.info ? info(client, args) : stylize(client, args));
+  } catch (e) {
+    if (e instanceof UsageError) {
+      console.error(`error: ${e.message}`);
+      return 2;
+    }
+    if (typeof e.code === 'number') {
+      console.error(describeError(e));
+      return 1;
+    }
+    console.error(`error: ${e.message}`);
+    return 1;
+  } finally {
+    if (client) client.close();
+  }
+}
+
+if (require.main === module) {
+  main(process.argv.slice(2)).then((code) => {
+    process.exitCode = code;
+  });
+}
+
+module.exports = { parseArgs, buildRequest, toTarget };
