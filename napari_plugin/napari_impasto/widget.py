@@ -140,6 +140,7 @@ class ImpastoWidget(QWidget):
         self.server_info: ServerInfo | None = None
         self.run_state: _ActiveRun | None = None
         self.last_outcome: Outcome | None = None
+        self.previews_shown = 0  # previews shown since the widget opened
         self._check_worker: Any = None
         self._build()
         self._apply_allowed(FALLBACK_ALLOWED)
@@ -299,12 +300,11 @@ class ImpastoWidget(QWidget):
         names = [layer.name for layer in self._image_layers() if layer.name != PREVIEW_LAYER]
         labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
         _fill(self.content, names)
-        for position, row in enumerate(self.style_rows):
-            # A new style row proposes a layer other than the content.
-            fallback = next((n for n in names if n != self.content.currentText()), None)
-            _fill(row.layer, names, default=fallback if position == 0 else None)
+        for row in self.style_rows:
+            _fill(row.layer, names)
         _fill(self.init_layer, names)
         _fill(self.mask, ["(none)", *labels])
+        self._on_content_changed()  # styles propose a layer other than the content
         self._refresh_regions()
 
     def _on_content_changed(self) -> None:
@@ -325,6 +325,8 @@ class ImpastoWidget(QWidget):
         _fill(row.layer, names)
         if layer is not None:
             row.layer.setCurrentText(layer)
+        else:
+            _fill(row.layer, names, prefer_not=self.content.currentText())
         row.weight.setValue(weight)
         row.layer.currentIndexChanged.connect(self._refresh_regions)
         self.style_rows.append(row)
@@ -751,6 +753,7 @@ class ImpastoWidget(QWidget):
             layer.scale, layer.translate = placement.scale, placement.translate
             layer.visible = True
         state.previews += 1
+        self.previews_shown += 1
 
     def _on_plane_done(self, state: _ActiveRun, item: PlaneDone) -> None:
         result = item.result
@@ -848,16 +851,19 @@ def _release(connection: Connection, controls: list[Any], *_: Any) -> None:
     connection.close()
 
 
-def _fill(combo: QComboBox, names: list[str], default: str | None = None) -> None:
-    """Replace a combo's items, keeping its choice when it still exists."""
+def _fill(combo: QComboBox, names: list[str], prefer_not: str | None = None) -> None:
+    """Replace a combo's items, keeping its choice when it still exists; a fresh choice avoids
+    ``prefer_not`` when there is another."""
     current = combo.currentText()
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(names)
-    if current in names:
+    if current in names and current != prefer_not:
         combo.setCurrentText(current)
-    elif default is not None and default in names:
-        combo.setCurrentText(default)
+    else:
+        others = [name for name in names if name != prefer_not]
+        if others:
+            combo.setCurrentText(others[0])
     combo.blockSignals(False)
 
 

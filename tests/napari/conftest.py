@@ -1,0 +1,117 @@
+"""napari tests: offscreen Qt on an Xvfb display (napari draws layers with OpenGL, which the
+offscreen platform only offers through an X server), real servers on 127.0.0.1."""
+
+from __future__ import annotations
+
+import atexit
+import os
+import shutil
+import subprocess
+from collections.abc import Callable, Iterator
+from typing import Any
+
+import napari_helpers
+import pytest
+
+os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+
+def _start_xvfb() -> None:
+    """Give this test process its own X display when it has none, before Qt starts."""
+    if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
+        return
+    read, write = os.pipe()
+    process = subprocess.Popen(
+        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+        pass_fds=(write,),
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    os.close(write)
+    with os.fdopen(read) as pipe:
+        number = pipe.readline().strip()
+    if not number:
+        process.kill()
+        return
+    os.environ["DISPLAY"] = f":{number}"
+
+    def stop() -> None:
+        process.terminate()
+        try:
+            process.wait(5)
+        except subprocess.TimeoutExpired:
+            process.kill()
+
+    atexit.register(stop)
+
+
+_start_xvfb()
+
+
+@pytest.fixture(autouse=True)
+def _needs_display() -> None:
+    if not os.environ.get("DISPLAY"):
+        pytest.fail(
+            "napari tests need an X display for OpenGL: install Xvfb "
+            "(apt-get install xvfb) or run them under xvfb-run"
+        )
+
+
+@pytest.fixture(autouse=True)
+def plugin_settings(tmp_path: Any, monkeypatch: pytest.MonkeyPatch) -> Any:
+    """Each test saves its widget settings in its own folder, never the user's."""
+    path = tmp_path / "impasto-napari.json"
+    monkeypatch.setenv("IMPASTO_NAPARI_SETTINGS", str(path))
+    monkeypatch.delenv("IMPASTO_TOKEN", raising=False)
+    return path
+
+
+@pytest.fixture(scope="session")
+def napari_server() -> Iterator[Any]:
+    """One real server for the napari tests, in its own process as the plugin's local mode
+    runs it (torch and Qt's OpenGL do not share a process well), one job at a time."""
+    from impasto.local import LocalServer
+
+    with LocalServer(extra_args=("--max-running", "1", "--log-level", "WARNING")) as server:
+        yield server
+
+
+@pytest.fixture(scope="session")
+def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
+    """A server that wants the bearer token ``s3cret``."""
+    from impasto.local import LocalServer
+
+    token_file = tmp_path_factory.mktemp("token") / "tokens"
+    token_file.write_text("s3cret\n")
+    with LocalServer(
+        extra_args=("--token-file", str(token_file), "--log-level", "WARNING")
+    ) as server:
+        yield server
+
+
+@pytest.fixture
+def notifications() -> Iterator[list[Any]]:
+    """Every napari notification shown during the test, in order."""
+    from napari.utils.notifications import notification_manager
+
+    seen: list[Any] = []
+    notification_manager.notification_ready.connect(seen.append)
+    yield seen
+    notification_manager.notification_ready.disconnect(seen.append)
+
+
+@pytest.fixture
+def dock(make_napari_viewer: Callable[..., Any]) -> Callable[..., tuple[Any, Any]]:
+    """``dock(server=None)`` -> (viewer, widget) docked from the manifest; with a server,
+    the widget is set to remote mode at its address and to tiny, quick options."""
+
+    def make(server: Any = None, **options: Any) -> tuple[Any, Any]:
+        viewer = make_napari_viewer()
+        _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+        if server is not None:
+            napari_helpers.use_remote(widget, server.address)
+        widget.set_options(**{"size": 32, "iterations": 4, "num_scales": 1, "seed": 7, **options})
+        widget.preview_interval.setValue(0)
+        return viewer, widget
+
+    return make

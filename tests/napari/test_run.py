@@ -1,0 +1,173 @@
+"""Runs against a real server on 127.0.0.1: results, previews, dtypes, stacks, cancel."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+import pytest
+from impasto.client import Client
+from napari_helpers import add_content_and_style, wait_for_run
+
+
+def _result_layers(viewer: Any) -> list[Any]:
+    return [layer for layer in viewer.layers if "impasto" in layer.metadata]
+
+
+def test_run_adds_a_result_layer_that_overlays_the_content(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    content = viewer.layers["content"]
+    content.scale = (0.5, 0.25)
+    content.translate = (10.0, -3.0)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+
+    widget.run()
+    # Controls that must not change mid-run are locked until it ends.
+    assert not widget.options_box.isEnabled() and not widget.run_button.isEnabled()
+    assert widget.cancel_button.isEnabled()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
+    assert widget.options_box.isEnabled() and widget.run_button.isEnabled()
+
+    (result,) = _result_layers(viewer)
+    assert result.name == "content in the style of style"
+    # size 32 is the long side: 40x48 becomes 27x32 (the server keeps the aspect ratio)
+    height, width = result.data.shape[:2]
+    assert width == 32 and abs(height - 40 * 32 / 48) <= 1
+    assert result.rgb and result.data.dtype == np.uint8 and result.data.shape[2] == 3
+    # Same world extent as the content: a coarser pixel, shifted by half its extra width.
+    for axis, source in enumerate((40, 48)):
+        factor = source / result.data.shape[axis]
+        assert result.scale[axis] == pytest.approx(content.scale[axis] * factor)
+        world_start = result.translate[axis] - result.scale[axis] / 2
+        content_start = content.translate[axis] - content.scale[axis] / 2
+        assert world_start == pytest.approx(content_start)
+    meta = result.metadata["impasto"]
+    assert meta["content"] == "content" and meta["styles"] == ["style"]
+    assert meta["settings"]["size"] == 32 and meta["settings"]["iterations"] == 4
+    assert meta["settings"]["seed"] == 7
+    assert meta["losses"]["total"] > 0
+    assert not np.array_equal(result.data, np.zeros_like(result.data))
+
+    # Running again adds a second layer; nothing is overwritten.
+    first = result.data.copy()
+    widget.set_options(iterations=2)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done"
+    layers = _result_layers(viewer)
+    assert len(layers) == 2
+    np.testing.assert_array_equal(layers[0].data, first)
+    assert layers[1].metadata["impasto"]["settings"]["iterations"] == 2
+
+
+def test_previews_update_the_preview_layer(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=6)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.preview_interval.setValue(2)
+    shown: list[np.ndarray] = []
+
+    def watch(event: Any) -> None:
+        if event.value is not None and "impasto preview" in viewer.layers:
+            shown.append(np.asarray(viewer.layers["impasto preview"].data).copy())
+
+    viewer.layers.events.inserted.connect(watch)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done"
+    preview = viewer.layers["impasto preview"]
+    assert widget_previews(widget) >= 2  # every 2nd of 6 iterations
+    assert preview.data.shape[-3:] == _result_layers(viewer)[0].data.shape
+    assert shown, "the preview layer appeared during the run"
+    assert not preview.visible  # hidden once the result is there
+
+
+def widget_previews(widget: Any) -> int:
+    return widget.previews_shown
+
+
+def test_grayscale_uint16_keeps_dtype_and_contrast_limits(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server)
+    y, x = np.mgrid[:32, :32]
+    gray = (1000 + 40 * x + 20 * y).astype(np.uint16)  # a narrow band of the 16-bit range
+    layer = viewer.add_image(gray, name="content", colormap="magma")
+    layer.contrast_limits = (1000, 3000)
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    (result,) = _result_layers(viewer)
+    assert result.data.dtype == np.uint16 and result.data.shape == (32, 32)
+    assert not result.rgb
+    assert tuple(result.contrast_limits) == (1000, 3000)
+    assert result.colormap.name == "magma"
+    # What the user saw (1000..3000) is what was stylized, mapped back into that band.
+    assert 1000 <= result.data.min() and result.data.max() <= 3000
+    assert result.data.std() > 10
+
+    # Through the colormap instead: the result is colour.
+    widget.apply_colormap.setChecked(True)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done"
+    coloured = _result_layers(viewer)[1]
+    assert coloured.rgb and coloured.data.shape == (32, 32, 3)
+
+
+def test_stack_is_stylized_slice_by_slice(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=2)
+    y, x = np.mgrid[:24, :24]
+    stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
+    content = viewer.add_image(stack, name="content", scale=(2.0, 1.0, 1.0))
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.set_options(size=24)
+
+    # The current slice only: a one-slice layer placed at that slice.
+    viewer.dims.set_current_step(0, 2)
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("slice"))
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    (single,) = _result_layers(viewer)
+    assert single.data.shape == (1, 24, 24) and single.data.dtype == np.float32
+    assert single.translate[0] == pytest.approx(content.translate[0] + 2 * 2.0)
+    assert single.metadata["impasto"]["slice"] == [2]
+
+    # The whole stack, in order, each slice started from the previous result.
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    whole = _result_layers(viewer)[1]
+    assert whole.data.shape == (3, 24, 24)
+    assert tuple(whole.scale) == pytest.approx((2.0, 1.0, 1.0))
+    assert all(whole.data[z].std() > 0 for z in range(3))
+    assert whole.metadata["impasto"]["slices_done"] == 3
+    assert widget.progress.value() == widget.progress.maximum()
+
+
+def test_cancel_stops_the_job_on_the_server(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    server = napari_server  # runs one job at a time
+    viewer, widget = dock(server, iterations=100_000, size=32)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    widget.cancel()
+    outcome = wait_for_run(qtbot, widget, timeout=30)
+    assert outcome.status == "cancelled"
+    assert _result_layers(viewer) == []
+    with Client(server.address) as client:
+        # The slot is free again: nothing runs, and a new job starts at once.
+        qtbot.waitUntil(lambda: client.server_info().running_jobs == 0, timeout=10_000)
+        job = client.stylize(tiny_content, [tiny_style], size=32, iterations=1, num_scales=1)
+        assert job.result().iterations == 1
