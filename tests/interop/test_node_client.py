@@ -1,0 +1,138 @@
+"""The Node.js client (examples/clients/node) against a real server on 127.0.0.1."""
+
+from __future__ import annotations
+
+import re
+import shutil
+import subprocess
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pytest
+from PIL import Image
+
+NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "clients" / "node"
+NODE = shutil.which("node")
+
+pytestmark = [
+    pytest.mark.skipif(NODE is None, reason="node is not installed (the Node.js client needs it)"),
+    pytest.mark.skipif(
+        not (NODE_DIR / "node_modules" / "@grpc" / "grpc-js").is_dir(),
+        reason=f"the Node.js client's packages are not installed: run `npm ci` in {NODE_DIR}",
+    ),
+]
+
+
+@pytest.fixture
+def image_files(tmp_path: Path, tiny_content: np.ndarray, tiny_style: np.ndarray) -> list[Path]:
+    """A 40x48 content PNG, a stripe style PNG and a second style as JPEG."""
+    content, style, second = tmp_path / "content.png", tmp_path / "style.png", tmp_path / "s2.jpg"
+    Image.fromarray(tiny_content).save(content)
+    Image.fromarray(tiny_style).save(style)
+    Image.fromarray(255 - tiny_style).save(second, quality=95)
+    return [content, style, second]
+
+
+def run_node(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    assert NODE is not None
+    return subprocess.run(
+        [NODE, "stylize.js", *map(str, args)],
+        cwd=NODE_DIR,
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        stdin=subprocess.DEVNULL,
+    )
+
+
+def test_stylizes_with_two_styles_and_streams_progress(
+    server: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.png"
+    done = run_node(
+        *image_files, "-o", out, "--server", server.address,
+        "--size", "32", "--iterations", "3", "--style-weights", "0.7,0.3", "--preview", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    lines = done.stdout.splitlines()
+    progress = [line for line in lines if line.startswith("progress: ")]
+    # One line per iteration, in order, each with its losses.
+    assert [re.match(r"progress: (\d+)/3 ", p).group(1) for p in progress] == ["1", "2", "3"]
+    assert all("total=" in p and "eta " in p for p in progress)
+    assert "preview " in progress[1]  # iteration 2 of --preview 2 carried a preview image
+    assert any(line.startswith("started: ") and "32x27" in line for line in lines)
+    assert lines[-1] == f"wrote {out} (32x27)"
+    # The content is 48 wide and 40 high; size 32 is its long side.
+    with Image.open(out) as result:
+        assert result.format == "PNG"
+        assert result.size == (32, 27)
+        pixels = np.asarray(result.convert("RGB"))
+    assert pixels.std() > 0  # an image, not a blank
+
+
+def test_refused_request_names_the_field(
+    server: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    out = tmp_path / "out.png"
+    done = run_node(*image_files[:2], "-o", out, "--server", server.address, "--size", "100000")
+    assert done.returncode == 1
+    assert "INVALID_ARGUMENT" in done.stderr and "options.size" in done.stderr
+    assert not out.exists()
+
+
+def test_undecodable_image_is_refused(server: Any, image_files: list[Path], tmp_path: Path) -> None:
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not an image at all")
+    done = run_node(image_files[0], junk, "-o", tmp_path / "out.png", "--server", server.address)
+    assert done.returncode == 1
+    assert "INVALID_ARGUMENT" in done.stderr and "styles[0]" in done.stderr
+
+
+def test_bad_command_line_is_a_usage_error(tmp_path: Path) -> None:
+    done = run_node(tmp_path / "missing.png", tmp_path / "also-missing.png", "-o", "x.png")
+    assert done.returncode == 2
+    assert "cannot read the content image" in done.stderr
+    done = run_node("a.png", "b.png", "-o", "x.png", "--iterations", "zero")
+    assert done.returncode == 2 and "--iterations must be a positive integer" in done.stderr
+
+
+def test_bearer_token(
+    make_server: Callable[..., Any], image_files: list[Path], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# accepted tokens\ns3cret-token\n")
+    server = make_server(token_file=str(tokens))
+    out = tmp_path / "out.png"
+    common = [
+        *image_files[:2],
+        "-o",
+        out,
+        "--server",
+        server.address,
+        "--size",
+        "32",
+        "--iterations",
+        "3",
+    ]
+    denied = run_node(*common)
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+    wrong = run_node(*common, "--token", "guess")
+    assert wrong.returncode == 1 and "not valid" in wrong.stderr
+    allowed = run_node(*common, "--token", "s3cret-token")
+    assert allowed.returncode == 0, allowed.stderr
+    with Image.open(out) as result:
+        assert result.size == (32, 27)
+
+
+def test_server_info_as_json(server: Any) -> None:
+    import json
+
+    done = run_node("--info", "--server", server.address)
+    assert done.returncode == 0, done.stderr
+    info = json.loads(done.stdout)
+    assert info["device"] == "cpu" and info["weights"] == "original"
+    assert "conv4_2" in info["allowed"]["layers"]
+    assert info["limits"]["max_pixels"] == str(server.config.max_pixels)  # uint64 as a string
