@@ -142,9 +142,13 @@ class ImpastoWidget(QWidget):
         self.last_outcome: Outcome | None = None
         self.previews_shown = 0  # previews shown since the widget opened
         self._check_worker: Any = None
+        # Options the user chose (now or in an earlier session): server defaults leave them be.
+        self._user_options: set[str] = set(self.settings.options)
+        self._applying = False
         self._build()
         self._apply_allowed(FALLBACK_ALLOWED)
         self._apply_defaults({**FALLBACK_DEFAULTS, **self.settings.options})
+        self._track_user_edits()
         self._load_server_settings()
         self._refresh_layer_choices()
         events = self.viewer.layers.events
@@ -426,6 +430,7 @@ class ImpastoWidget(QWidget):
         """Ask the server for its health, device and queue (in the background)."""
         if self._check_worker is not None:
             return
+        self._save_settings(self.settings.options)
         self.server_status.setText("checking…")
         worker = create_worker(
             check_server, self.connection, self.server_choice(), _start_thread=False
@@ -458,7 +463,8 @@ class ImpastoWidget(QWidget):
         )
         if first:
             self._apply_allowed(info.allowed)
-            self._apply_defaults({**FALLBACK_DEFAULTS, **info.defaults, **self.settings.options})
+            defaults = {**FALLBACK_DEFAULTS, **info.defaults}
+            self._apply_defaults({k: v for k, v in defaults.items() if k not in self._user_options})
 
     # ------------------------------------------------------------------ options
 
@@ -485,13 +491,45 @@ class ImpastoWidget(QWidget):
             spin.setRange(int(low), int(min(high, 2**31 - 1)))
         self._on_init_changed()
 
+    def _track_user_edits(self) -> None:
+        def mark(name: str) -> Any:
+            return lambda *_: None if self._applying else self._user_options.add(name)
+
+        for spin, name in (
+            (self.size, "size"),
+            (self.iterations, "iterations"),
+            (self.num_scales, "num_scales"),
+        ):
+            spin.valueChanged.connect(mark(name))
+        for edit, name in (
+            (self.content_weight, "content_weight"),
+            (self.style_weight, "style_weight"),
+            (self.tv_weight, "tv_weight"),
+            (self.seed, "seed"),
+        ):
+            edit.textEdited.connect(mark(name))  # textEdited: the user's typing only
+        for combo, name in (
+            (self.preset, "preset"),
+            (self.init, "init"),
+            (self.color_preservation, "color_preservation"),
+        ):
+            combo.activated.connect(mark(name))  # activated: the user's choice only
+
     def _apply_defaults(self, values: dict[str, Any]) -> None:
-        self.preset.blockSignals(True)
-        self.preset.setCurrentText(str(values.get("preset", "default")))
-        self.preset.blockSignals(False)
+        if "preset" in values:
+            self.preset.blockSignals(True)
+            self.preset.setCurrentText(str(values["preset"]))
+            self.preset.blockSignals(False)
         self._set_options(values)
 
     def _set_options(self, values: dict[str, Any]) -> None:
+        self._applying = True
+        try:
+            self._set_option_controls(values)
+        finally:
+            self._applying = False
+
+    def _set_option_controls(self, values: dict[str, Any]) -> None:
         if "size" in values:
             self.size.setValue(int(values["size"]))
         if "iterations" in values:
@@ -526,6 +564,7 @@ class ImpastoWidget(QWidget):
         if "preset" in values:
             self.preset.setCurrentText(str(values["preset"]))
         self._set_options(values)
+        self._user_options.update(values)
 
     def options(self) -> dict[str, Any]:
         """The options for the server, read from the controls (ValueError names a bad one)."""

@@ -78,13 +78,21 @@ def napari_server() -> Iterator[Any]:
 
 @pytest.fixture(scope="session")
 def token_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Any]:
-    """A server that wants the bearer token ``s3cret``."""
+    """A server that wants the bearer token ``s3cret`` and makes results of at most 1024
+    pixels."""
     from impasto.local import LocalServer
 
     token_file = tmp_path_factory.mktemp("token") / "tokens"
     token_file.write_text("s3cret\n")
     with LocalServer(
-        extra_args=("--token-file", str(token_file), "--log-level", "WARNING")
+        extra_args=(
+            "--token-file",
+            str(token_file),
+            "--max-pixels",
+            "1024",
+            "--log-level",
+            "WARNING",
+        )
     ) as server:
         yield server
 

@@ -16,6 +16,7 @@ def test_npe2_validate_passes() -> None:
     for target in ("impasto", str(manifest)):  # by distribution name and by file
         result = subprocess.run(
             [sys.executable, "-m", "npe2", "validate", target],
+            check=False,
             capture_output=True,
             text=True,
             timeout=120,
@@ -31,7 +32,7 @@ def test_the_plugin_never_imports_torch() -> None:
         "print(bad); sys.exit(1 if bad else 0)"
     )
     result = subprocess.run(
-        [sys.executable, "-c", code], capture_output=True, text=True, timeout=120
+        [sys.executable, "-c", code], check=False, capture_output=True, text=True, timeout=120
     )
     assert result.returncode == 0, result.stdout + result.stderr
 

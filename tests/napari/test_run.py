@@ -124,7 +124,7 @@ def test_stack_is_stylized_slice_by_slice(
     napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
 ) -> None:
     viewer, widget = dock(napari_server, iterations=2)
-    y, x = np.mgrid[:24, :24]
+    _, x = np.mgrid[:24, :24]
     stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
     content = viewer.add_image(stack, name="content", scale=(2.0, 1.0, 1.0))
     viewer.add_image(tiny_style, name="style", rgb=True)

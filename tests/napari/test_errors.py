@@ -1,0 +1,115 @@
+"""Failures become napari notifications (never a traceback), and no work is lost."""
+
+from __future__ import annotations
+
+import socket
+from typing import Any
+
+import grpc
+from impasto.client import ImpastoError
+from napari_helpers import add_content_and_style, use_remote, wait_for_run
+from napari_impasto.connection import describe_error
+
+
+def _errors(notifications: list[Any]) -> list[str]:
+    return [str(n.message) for n in notifications if n.severity.name in ("ERROR", "WARNING")]
+
+
+def _closed_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_unreachable_server_names_the_address(
+    dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any, tiny_style: Any
+) -> None:
+    viewer, widget = dock()
+    address = f"127.0.0.1:{_closed_port()}"
+    use_remote(widget, address)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    outcome = wait_for_run(qtbot, widget, timeout=60)
+    assert outcome.status == "failed"
+    (message,) = _errors(notifications)
+    assert "cannot reach" in message and address in message
+    assert widget.run_button.isEnabled()  # ready for another try
+
+    # The server check says the same, in the status line and a notification.
+    widget.check_server()
+    qtbot.waitUntil(lambda: widget.server_status.text() == "unreachable", timeout=30_000)
+    assert address in _errors(notifications)[-1]
+
+
+def test_bad_token_is_unauthenticated_and_the_right_one_runs(
+    token_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    viewer, widget = dock()
+    use_remote(widget, token_server.address, token="wrong")
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "failed"
+    (message,) = _errors(notifications)
+    assert "refused the token" in message and token_server.address in message
+
+    widget.token.setText("s3cret")
+    widget.run()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
+    assert any("impasto" in layer.metadata for layer in viewer.layers)
+
+
+def test_image_too_large_for_the_server(
+    token_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    viewer, widget = dock(size=64)
+    use_remote(widget, token_server.address, token="s3cret")
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "failed"
+    (message,) = _errors(notifications)
+    assert "rejected" in message and "limit of 1024" in message
+
+
+def test_bad_option_value_is_refused_before_sending(
+    dock: Any, notifications: list[Any], tiny_content: Any, tiny_style: Any
+) -> None:
+    viewer, widget = dock()
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.tv_weight.setText("a lot")
+    widget.run()
+    assert widget.run_state is None  # nothing started
+    assert "tv weight must be a number" in _errors(notifications)[-1]
+
+
+def test_no_layers_is_a_notification(dock: Any, notifications: list[Any]) -> None:
+    _, widget = dock()
+    widget.run()
+    assert widget.run_state is None
+    assert "choose a content layer" in _errors(notifications)[-1]
+
+
+def test_content_deleted_during_the_run_keeps_the_result(
+    napari_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    viewer, widget = dock(napari_server, iterations=30)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    viewer.layers.remove("content")
+    assert wait_for_run(qtbot, widget).status == "done"
+    (result,) = [layer for layer in viewer.layers if "impasto" in layer.metadata]
+    assert result.metadata["impasto"]["content"] == "content"
+    assert any("was deleted during the run" in m for m in _errors(notifications))
+
+
+def test_messages_for_a_full_queue_and_bad_fields() -> None:
+    full = ImpastoError(grpc.StatusCode.RESOURCE_EXHAUSTED, "the queue is full", retry_after=2.0)
+    assert "queue is full" in describe_error(full, "h:1") and "2 s" in describe_error(full, "h:1")
+    bad = ImpastoError(
+        grpc.StatusCode.INVALID_ARGUMENT, "invalid request", [("options.size", "too small")]
+    )
+    assert "options.size: too small" in describe_error(bad, "h:1")

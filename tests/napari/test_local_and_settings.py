@@ -1,0 +1,59 @@
+"""Local mode starts a server on first use and stops it with napari; settings persist."""
+
+from __future__ import annotations
+
+import json
+from typing import Any
+
+from napari_helpers import add_content_and_style, use_remote, wait_for_run
+from napari_impasto.connection import LOCAL_SERVERS
+
+
+def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
+    make_napari_viewer: Any, qtbot: Any, tiny_content: Any, tiny_style: Any
+) -> None:
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    widget.set_options(size=32, iterations=2, num_scales=1)
+    assert widget.mode.currentData() == "local"
+    assert LOCAL_SERVERS.server is None  # nothing runs before the first run
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    outcome = wait_for_run(qtbot, widget, timeout=180)
+    assert outcome.status == "done", outcome.message
+    server = LOCAL_SERVERS.server
+    assert server is not None and server.process is not None
+    process = server.process
+    assert process.poll() is None
+    assert widget.server_status.text().startswith(f"SERVING at {server.address}")
+
+    viewer.close()
+    qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)
+    assert LOCAL_SERVERS.server is None
+
+
+def test_settings_persist_between_sessions(
+    napari_server: Any, dock: Any, make_napari_viewer: Any, qtbot: Any, plugin_settings: Any
+) -> None:
+    _, widget = dock()
+    use_remote(widget, napari_server.address, token="not-saved")
+    widget.tls.setChecked(False)
+    widget.set_options(size=48, iterations=7, style_weight=5000)
+    widget.preview_interval.setValue(3)
+    widget.check_server()
+    qtbot.waitUntil(lambda: widget.server_status.text().startswith("SERVING"), timeout=30_000)
+    assert widget.server_info is not None and widget.server_info.device == "cpu"
+    widget._save_settings(widget.options())
+
+    saved = json.loads(plugin_settings.read_text())
+    assert saved["mode"] == "remote" and saved["address"] == napari_server.address
+    assert "not-saved" not in plugin_settings.read_text()  # secrets stay out of the file
+
+    # A new napari session: a fresh viewer and widget read the file.
+    _, again = make_napari_viewer().window.add_plugin_dock_widget("impasto", "impasto")
+    assert again.mode.currentData() == "remote"
+    assert again.address.text() == napari_server.address
+    assert again.token.text() == ""
+    assert again.preview_interval.value() == 3
+    assert again.options()["style_weight"] == 5000
+    assert again.options()["size"] == 48 and again.options()["iterations"] == 7
