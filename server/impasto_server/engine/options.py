@@ -134,8 +134,6 @@ class StyleOptions:
                 raise EngineError("scales", "must be strictly increasing")
             previous = s
         _choice("precision", self.precision, PRECISIONS)
-        if self.iterations < len(self.schedule()):
-            raise EngineError("iterations", "must be at least the number of scales")
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:

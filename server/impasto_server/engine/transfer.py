@@ -106,11 +106,13 @@ class Engine:
         return imaging.fit_long_side(image.shape[0], image.shape[1], options.size)
 
     def stage_shapes(self, content: np.ndarray, options: StyleOptions) -> list[tuple[int, int]]:
-        """(h, w) of each coarse-to-fine stage; stages too small for VGG19 are left out."""
+        """(h, w) of each coarse-to-fine stage. Stages too small for VGG19 are left out, and
+        the coarsest ones when there are fewer iterations than stages."""
         height, width = imaging.check_image("content", content).shape[:2]
         shapes = [imaging.fit_long_side(height, width, s) for s in options.schedule()]
         final = shapes[-1]
-        return [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
+        kept = [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
+        return kept[-options.iterations :]
 
     def validate(
         self,
