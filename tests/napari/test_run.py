@@ -171,3 +171,28 @@ def test_cancel_stops_the_job_on_the_server(
         qtbot.waitUntil(lambda: client.server_info().running_jobs == 0, timeout=10_000)
         job = client.stylize(tiny_content, [tiny_style], size=32, iterations=1, num_scales=1)
         assert job.result().iterations == 1
+
+
+def test_labels_mask_gives_regions_their_own_style(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=3)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    viewer.add_image(255 - tiny_style, name="style 2", rgb=True)
+    labels = np.zeros(tiny_content.shape[:2], dtype=np.int32)
+    labels[:, :24] = 1
+    labels[:, 24:] = 2
+    viewer.add_labels(labels, name="regions")
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.add_style_row("style 2", weight=1.0)
+    widget.mask.setCurrentText("regions")
+    # Each label proposes a style of its own: label 1 -> style 1, label 2 -> style 2.
+    assert widget.region_styles() == {1: 0, 2: 1}
+    widget.run()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
+    (result,) = _result_layers(viewer)
+    meta = result.metadata["impasto"]
+    assert meta["mask"] == "regions" and meta["region_styles"] == {1: 0, 2: 1}
+    assert meta["styles"] == ["style", "style 2"]

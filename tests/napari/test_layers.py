@@ -1,0 +1,84 @@
+"""Layer <-> picture conversion: contrast limits, dtypes, colormaps, planes and placement."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from napari.layers import Image, Labels
+from napari_impasto import layers as lt
+
+
+def test_contrast_limits_map_to_the_wire_range_and_back() -> None:
+    data = np.linspace(-2.0, 6.0, 64, dtype=np.float64).reshape(8, 8)
+    layer = Image(data, contrast_limits=(0.0, 4.0))
+    rendering = lt.rendering_of(layer, colormap=False)
+    assert rendering.wire_dtype == np.float32
+    picture = lt.picture_of(layer, (), rendering)
+    assert picture.dtype == np.float32 and picture.min() == 0.0 and picture.max() == 1.0
+    back = rendering.from_wire(picture)
+    assert back.dtype == np.float64
+    np.testing.assert_allclose(back, np.clip(data, 0.0, 4.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_integer_layers_travel_losslessly_in_their_own_dtype(dtype: type) -> None:
+    top = np.iinfo(dtype).max
+    data = np.arange(0, 100, dtype=dtype).reshape(10, 10) * (top // 100)
+    layer = Image(data, contrast_limits=(0, top))
+    rendering = lt.rendering_of(layer, colormap=False)
+    picture = lt.picture_of(layer, (), rendering)
+    assert picture.dtype == dtype
+    np.testing.assert_array_equal(picture, data)
+    np.testing.assert_array_equal(rendering.from_wire(picture), data)
+
+
+def test_signed_integers_go_as_float_and_come_back_as_their_dtype() -> None:
+    data = np.arange(-50, 50, dtype=np.int16).reshape(10, 10)
+    layer = Image(data, contrast_limits=(-50, 49))
+    rendering = lt.rendering_of(layer, colormap=False)
+    picture = lt.picture_of(layer, (), rendering)
+    assert picture.dtype == np.float32
+    back = rendering.from_wire(picture)
+    assert back.dtype == np.int16
+    np.testing.assert_array_equal(back, data)
+
+
+def test_grayscale_through_its_colormap_becomes_rgb() -> None:
+    layer = Image(np.linspace(0, 1, 16, dtype=np.float32).reshape(4, 4), colormap="viridis")
+    rendering = lt.rendering_of(layer, colormap=True)
+    picture = lt.picture_of(layer, (), rendering)
+    assert picture.shape == (4, 4, 3) and picture.dtype == np.uint8
+    assert rendering.from_wire(picture).shape == (4, 4, 3)
+    # Gray stays gray even with the option on: there is no colour to keep.
+    gray = Image(np.zeros((4, 4), np.float32), colormap="gray")
+    assert not lt.rendering_of(gray, colormap=True).colormapped
+
+
+def test_rgb_stack_planes_and_current_index() -> None:
+    stack = np.zeros((3, 5, 6, 4), dtype=np.uint8)
+    stack[1] = 200
+    layer = Image(stack, rgb=True, scale=(2.0, 1.0, 1.0), translate=(4.0, 0.0, 0.0))
+    assert lt.leading_shape(layer) == (3,)
+    assert lt.plane_shape(layer) == (5, 6)
+    assert lt.current_index(layer, (6.0, 0.0, 0.0)) == (1,)  # world z 6 -> data z 1
+    assert lt.current_index(layer, (99.0, 0.0, 0.0)) == (2,)  # clipped to the stack
+    assert list(lt.all_indices(layer)) == [(0,), (1,), (2,)]
+    rendering = lt.rendering_of(layer, colormap=False)
+    assert lt.picture_of(layer, (1,), rendering).shape == (5, 6, 4)
+
+
+def test_placement_overlays_a_resized_result_exactly() -> None:
+    layer = Image(np.zeros((2, 40, 80), np.float32), scale=(3.0, 0.5, 0.5), translate=(1, 2, 3))
+    placement = lt.placement_of(layer, (1,), (20, 40))  # half the resolution, plane 1
+    assert placement.scale == pytest.approx((3.0, 1.0, 1.0))
+    # plane 1 sits one z step further; the first coarse pixel's edge meets the content's
+    assert placement.translate[0] == pytest.approx(1 + 3.0)
+    assert placement.translate[1] - placement.scale[1] / 2 == pytest.approx(2 - 0.25)
+    assert placement.translate[2] - placement.scale[2] / 2 == pytest.approx(3 - 0.25)
+
+
+def test_mask_plane_must_match_the_content() -> None:
+    labels = Labels(np.ones((2, 10, 12), dtype=np.int32))
+    assert lt.label_plane(labels, (1,), (10, 12)).dtype == np.uint16
+    with pytest.raises(lt.LayerError, match="must match"):
+        lt.label_plane(labels, (0,), (10, 10))
