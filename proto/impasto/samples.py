@@ -70,6 +70,8 @@ def style(size: int = 384, seed: int = 1889) -> np.ndarray:
         draw.line(points, fill=tuple(colour), width=stroke)
     for cx, cy in centres[:3]:  # halos of light around the swirls' centres
         for radius, shade in ((size * 0.05, (236, 214, 120)), (size * 0.025, (252, 246, 200))):
-            draw.ellipse((cx - radius, cy - radius, cx + radius, cy + radius), outline=shade, width=stroke)
+            draw.ellipse(
+                (cx - radius, cy - radius, cx + radius, cy + radius), outline=shade, width=stroke
+            )
     canvas = canvas.filter(ImageFilter.SMOOTH)
     return np.asarray(canvas, dtype=np.uint8).copy()
