@@ -136,3 +136,120 @@ def test_server_info_as_json(server: Any) -> None:
     assert info["device"] == "cpu" and info["weights"] == "original"
     assert "conv4_2" in info["allowed"]["layers"]
     assert info["limits"]["max_pixels"] == str(server.config.max_pixels)  # uint64 as a string
+
+
+# ---------------------------------------------------------------- TLS
+
+
+def _key() -> Any:
+    from cryptography.hazmat.primitives.asymmetric import ec
+
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+def _certificate(subject: str, key: Any, issuer: tuple[str, Any] | None, **kind: Any) -> bytes:
+    """A PEM certificate for ``subject``, self-signed when ``issuer`` (name, key) is None."""
+    import datetime
+    import ipaddress
+
+    from cryptography import x509
+    from cryptography.hazmat.primitives import hashes, serialization
+    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
+
+    now = datetime.datetime.now(datetime.UTC)
+    issuer_name, issuer_key = issuer or (subject, key)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+    )
+    if issuer is None:  # the CA
+        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
+    elif kind.get("server"):
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            False,
+        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
+    else:
+        builder = builder.add_extension(
+            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
+        )
+    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
+
+
+def _pem_key(key: Any) -> bytes:
+    from cryptography.hazmat.primitives import serialization
+
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+@pytest.fixture
+def pki(tmp_path: Path) -> dict[str, Path]:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
+    ca_key, server_key, client_key = _key(), _key(), _key()
+    ca = _certificate("impasto test CA", ca_key, None)
+    files = {
+        "ca": ca,
+        "server_cert": _certificate(
+            "127.0.0.1", server_key, ("impasto test CA", ca_key), server=True
+        ),
+        "server_key": _pem_key(server_key),
+        "client_cert": _certificate("node client", client_key, ("impasto test CA", ca_key)),
+        "client_key": _pem_key(client_key),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = tmp_path / f"{name}.pem"
+        paths[name].write_bytes(data)
+    return paths
+
+
+def test_tls_with_token(
+    make_server: Callable[..., Any], image_files: list[Path], pki: dict[str, Path], tmp_path: Path
+) -> None:
+    tokens = tmp_path / "tokens"
+    tokens.write_text("tls-token\n")
+    server = make_server(
+        tls_cert=str(pki["server_cert"]), tls_key=str(pki["server_key"]), token_file=str(tokens)
+    )
+    out = tmp_path / "out.png"
+    common = [*image_files[:2], "-o", out, "--server", server.address, "--size", "32"]
+    common += ["--iterations", "2"]
+    plaintext = run_node(*common, "--token", "tls-token", "--timeout", "10")
+    assert plaintext.returncode == 1 and "UNAVAILABLE" in plaintext.stderr
+    assert not out.exists()
+    # Over TLS the token travels as call credentials; the server must see it.
+    done = run_node(*common, "--ca", pki["ca"], "--token", "tls-token")
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as result:
+        assert result.size == (32, 27)
+    denied = run_node(*common, "--ca", pki["ca"], "--token", "wrong")
+    assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_mutual_tls(
+    make_server: Callable[..., Any], image_files: list[Path], pki: dict[str, Path], tmp_path: Path
+) -> None:
+    server = make_server(
+        tls_cert=str(pki["server_cert"]),
+        tls_key=str(pki["server_key"]),
+        tls_client_ca=str(pki["ca"]),
+    )
+    out = tmp_path / "out.png"
+    common = [*image_files[:2], "-o", out, "--server", server.address, "--size", "32"]
+    common += ["--iterations", "2", "--ca", pki["ca"]]
+    anonymous = run_node(*common, "--timeout", "10")
+    assert anonymous.returncode == 1 and "UNAVAILABLE" in anonymous.stderr
+    done = run_node(*common, "--cert", pki["client_cert"], "--key", pki["client_key"])
+    assert done.returncode == 0, done.stderr
+    assert out.exists()
