@@ -8,11 +8,10 @@ network work (starting the local server, connecting, streaming the job) runs in 
 from __future__ import annotations
 
 import functools
-from dataclasses import dataclass
 from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from impasto.client import Progress, Queued, Result, ServerInfo, Started
+from impasto.client import Progress, Queued, ServerInfo, Started
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
@@ -36,8 +35,10 @@ from qtpy.QtWidgets import (
 )
 
 from napari_impasto import layers as layer_tools
+from napari_impasto import results
 from napari_impasto import settings as settings_store
 from napari_impasto.connection import Connection, ServerChoice
+from napari_impasto.results import PREVIEW_LAYER, ActiveRun
 from napari_impasto.worker import (
     Connected,
     JobEvent,
@@ -53,7 +54,6 @@ from napari_impasto.worker import (
 if TYPE_CHECKING:
     import napari
 
-PREVIEW_LAYER = "impasto preview"
 BLEND = "blend of all styles"
 
 #: Used until a server answers GetServerInfo (the engine's defaults, without importing it).
@@ -77,25 +77,6 @@ FALLBACK_ALLOWED: dict[str, Any] = {
     "iterations": (1, 100_000),
     "num_scales": (1, 8),
 }
-
-
-@dataclass
-class _ActiveRun:
-    """What the GUI remembers about the run in progress."""
-
-    control: RunControl
-    content: Image
-    rendering: layer_tools.Rendering
-    style_names: list[str]
-    mask_name: str | None
-    region_styles: dict[int, int]
-    stack: bool
-    indices: list[tuple[int, ...]]
-    worker: Any = None
-    address: str = ""
-    result_layer: Image | None = None
-    result_layers: int = 0
-    previews: int = 0
 
 
 class _StyleRow(QWidget):
@@ -138,7 +119,7 @@ class ImpastoWidget(QWidget):
         self.settings = settings_store.load()
         self.connection = Connection()
         self.server_info: ServerInfo | None = None
-        self.run_state: _ActiveRun | None = None
+        self.run_state: ActiveRun | None = None
         self.last_outcome: Outcome | None = None
         self.previews_shown = 0  # previews shown since the widget opened
         self._check_worker: Any = None
@@ -646,7 +627,7 @@ class ImpastoWidget(QWidget):
         )
         worker.start()
 
-    def _plan(self) -> tuple[RunPlan, _ActiveRun]:
+    def _plan(self) -> tuple[RunPlan, ActiveRun]:
         content = self._layer(self.content.currentText(), Image)
         if content is None:
             raise ValueError("choose a content layer (an Image layer)")
@@ -712,7 +693,7 @@ class ImpastoWidget(QWidget):
             preview_size=0,
             chain_init=True,
         )
-        state = _ActiveRun(
+        state = ActiveRun(
             control=RunControl(),
             content=content,
             rendering=rendering,
@@ -721,6 +702,7 @@ class ImpastoWidget(QWidget):
             region_styles=regions,
             stack=stack,
             indices=indices,
+            style_weights=weights,
         )
         return plan, state
 
@@ -744,7 +726,7 @@ class ImpastoWidget(QWidget):
         elif isinstance(item, PlaneDone):
             self._on_plane_done(state, item)
 
-    def _on_job_event(self, state: _ActiveRun, item: JobEvent) -> None:
+    def _on_job_event(self, state: ActiveRun, item: JobEvent) -> None:
         event = item.event
         prefix = f"slice {item.plane + 1}/{item.planes} · " if item.planes > 1 else ""
         if isinstance(event, Queued):
@@ -772,80 +754,13 @@ class ImpastoWidget(QWidget):
             if event.preview is not None:
                 self._show_preview(state, item, event.preview)
 
-    def _show_preview(self, state: _ActiveRun, item: JobEvent, preview: np.ndarray) -> None:
-        data = state.rendering.from_wire(preview)
-        index = state.indices[item.plane]
-        placement = layer_tools.placement_of(state.content, index, data.shape[:2])
-        data = data.reshape((1,) * len(index) + data.shape)
-        layer = self._layer(PREVIEW_LAYER, Image)
-        if layer is not None and (
-            layer.data.shape != data.shape or layer.rgb != _is_rgb(data, state)
-        ):
-            self.viewer.layers.remove(layer)
-            layer = None
-        if layer is None:
-            layer = self.viewer.add_image(
-                data, name=PREVIEW_LAYER, **_image_kwargs(state, data, placement)
-            )
-        else:
-            layer.data = data
-            layer.scale, layer.translate = placement.scale, placement.translate
-            layer.visible = True
-        state.previews += 1
+    def _show_preview(self, state: ActiveRun, item: JobEvent, preview: np.ndarray) -> None:
+        results.show_preview(self.viewer, state, item.plane, preview)
         self.previews_shown += 1
 
-    def _on_plane_done(self, state: _ActiveRun, item: PlaneDone) -> None:
-        result = item.result
-        image = state.rendering.from_wire(result.image)
-        metadata = self._metadata(state, result, item)
-        if not state.stack:
-            placement = layer_tools.placement_of(state.content, item.index, image.shape[:2])
-            data = image.reshape((1,) * len(item.index) + image.shape)
-            state.result_layer = self.viewer.add_image(
-                data,
-                name=layer_tools.result_name(state.content.name, state.style_names),
-                metadata={"impasto": metadata},
-                **_image_kwargs(state, data, placement),
-            )
-            state.result_layers += 1
-        else:
-            lead = layer_tools.leading_shape(state.content)
-            if state.result_layer is None or state.result_layer not in self.viewer.layers:
-                # The whole stack's result appears at the first slice, then fills in.
-                placement = layer_tools.placement_of(state.content, None, image.shape[:2])
-                data = np.zeros(lead + image.shape, dtype=image.dtype)
-                data[item.index] = image
-                state.result_layer = self.viewer.add_image(
-                    data,
-                    name=layer_tools.result_name(state.content.name, state.style_names),
-                    metadata={"impasto": metadata},
-                    **_image_kwargs(state, data, placement),
-                )
-                state.result_layers += 1
-            else:
-                layer = state.result_layer
-                layer.data[item.index] = image
-                layer.metadata["impasto"] = metadata
-                layer.refresh()
+    def _on_plane_done(self, state: ActiveRun, item: PlaneDone) -> None:
+        results.add_plane_result(self.viewer, state, item)
         self.progress.setValue(round(1000 * (item.plane + 1) / item.planes))
-
-    def _metadata(self, state: _ActiveRun, result: Result, item: PlaneDone) -> dict[str, Any]:
-        return {
-            "content": state.content.name,
-            "styles": list(state.style_names),
-            "style_weights": [row.weight.value() for row in self.style_rows],
-            "mask": state.mask_name,
-            "region_styles": dict(state.region_styles),
-            "settings": dict(result.settings),
-            "losses": dict(result.losses),
-            "iterations": result.iterations,
-            "elapsed_seconds": result.elapsed_seconds,
-            "job_id": result.job_id,
-            "server": state.address,
-            "slice": list(item.index),
-            "slices_done": item.plane + 1,
-            "slices": item.planes,
-        }
 
     def _on_outcome(self, outcome: Outcome) -> None:
         self.last_outcome = outcome
@@ -904,32 +819,6 @@ def _fill(combo: QComboBox, names: list[str], prefer_not: str | None = None) -> 
         if others:
             combo.setCurrentText(others[0])
     combo.blockSignals(False)
-
-
-def _is_rgb(data: np.ndarray, state: _ActiveRun) -> bool:
-    return state.rendering.rgb or state.rendering.colormapped
-
-
-def _image_kwargs(
-    state: _ActiveRun, data: np.ndarray, placement: layer_tools.Placement
-) -> dict[str, Any]:
-    content = state.content
-    kwargs: dict[str, Any] = {
-        "scale": placement.scale,
-        "translate": placement.translate,
-        "rotate": placement.rotate,
-        "shear": placement.shear,
-        "affine": placement.affine,
-        "rgb": _is_rgb(data, state),
-    }
-    if placement.units is not None:
-        kwargs["units"] = placement.units
-    if not kwargs["rgb"]:
-        kwargs["colormap"] = content.colormap
-        kwargs["contrast_limits"] = tuple(content.contrast_limits)
-    elif state.rendering.rgb:
-        kwargs["contrast_limits"] = tuple(content.contrast_limits)
-    return kwargs
 
 
 def _duration(seconds: float) -> str:

@@ -1,0 +1,142 @@
+"""Results and previews as napari layers: placed over the content, described in metadata."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+from impasto.client import Result
+from napari.layers import Image
+
+from napari_impasto import layers as layer_tools
+from napari_impasto.worker import PlaneDone, RunControl
+
+PREVIEW_LAYER = "impasto preview"
+
+
+@dataclass
+class ActiveRun:
+    """What the GUI remembers about the run in progress."""
+
+    control: RunControl
+    content: Image
+    rendering: layer_tools.Rendering
+    style_names: list[str]
+    mask_name: str | None
+    region_styles: dict[int, int]
+    stack: bool
+    indices: list[tuple[int, ...]]
+    style_weights: list[float]
+    worker: Any = None
+    address: str = ""
+    result_layer: Image | None = None
+    result_layers: int = 0
+    previews: int = 0
+
+
+def show_preview(viewer: Any, state: ActiveRun, plane: int, preview: np.ndarray) -> None:
+    """Show a preview in the preview layer, placed like the result will be."""
+    data = state.rendering.from_wire(preview)
+    index = state.indices[plane]
+    placement = layer_tools.placement_of(state.content, index, data.shape[:2])
+    data = data.reshape((1,) * len(index) + data.shape)
+    layer = _layer(viewer, PREVIEW_LAYER)
+    if layer is not None and (layer.data.shape != data.shape or layer.rgb != _is_rgb(data, state)):
+        viewer.layers.remove(layer)
+        layer = None
+    if layer is None:
+        layer = viewer.add_image(data, name=PREVIEW_LAYER, **image_kwargs(state, data, placement))
+    else:
+        layer.data = data
+        layer.scale, layer.translate = placement.scale, placement.translate
+        layer.visible = True
+    state.previews += 1
+
+
+def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
+    """Add a finished plane: a new layer, or (for a stack) the next plane of the run's layer."""
+    result = item.result
+    image = state.rendering.from_wire(result.image)
+    metadata = metadata_of(state, result, item)
+    if not state.stack:
+        placement = layer_tools.placement_of(state.content, item.index, image.shape[:2])
+        data = image.reshape((1,) * len(item.index) + image.shape)
+        state.result_layer = viewer.add_image(
+            data,
+            name=layer_tools.result_name(state.content.name, state.style_names),
+            metadata={"impasto": metadata},
+            **image_kwargs(state, data, placement),
+        )
+        state.result_layers += 1
+    else:
+        lead = layer_tools.leading_shape(state.content)
+        if state.result_layer is None or state.result_layer not in viewer.layers:
+            # The whole stack's result appears at the first slice, then fills in.
+            placement = layer_tools.placement_of(state.content, None, image.shape[:2])
+            data = np.zeros(lead + image.shape, dtype=image.dtype)
+            data[item.index] = image
+            state.result_layer = viewer.add_image(
+                data,
+                name=layer_tools.result_name(state.content.name, state.style_names),
+                metadata={"impasto": metadata},
+                **image_kwargs(state, data, placement),
+            )
+            state.result_layers += 1
+        else:
+            layer = state.result_layer
+            layer.data[item.index] = image
+            layer.metadata["impasto"] = metadata
+            layer.refresh()
+
+
+def metadata_of(state: ActiveRun, result: Result, item: PlaneDone) -> dict[str, Any]:
+    """Everything about the run, kept in ``layer.metadata["impasto"]``."""
+    return {
+        "content": state.content.name,
+        "styles": list(state.style_names),
+        "style_weights": list(state.style_weights),
+        "mask": state.mask_name,
+        "region_styles": dict(state.region_styles),
+        "settings": dict(result.settings),
+        "losses": dict(result.losses),
+        "iterations": result.iterations,
+        "elapsed_seconds": result.elapsed_seconds,
+        "job_id": result.job_id,
+        "server": state.address,
+        "slice": list(item.index),
+        "slices_done": item.plane + 1,
+        "slices": item.planes,
+    }
+
+
+def _is_rgb(data: np.ndarray, state: ActiveRun) -> bool:
+    return state.rendering.rgb or state.rendering.colormapped
+
+
+def image_kwargs(
+    state: ActiveRun, data: np.ndarray, placement: layer_tools.Placement
+) -> dict[str, Any]:
+    content = state.content
+    kwargs: dict[str, Any] = {
+        "scale": placement.scale,
+        "translate": placement.translate,
+        "rotate": placement.rotate,
+        "shear": placement.shear,
+        "affine": placement.affine,
+        "rgb": _is_rgb(data, state),
+    }
+    if placement.units is not None:
+        kwargs["units"] = placement.units
+    if not kwargs["rgb"]:
+        kwargs["colormap"] = content.colormap
+        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+    elif state.rendering.rgb:
+        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+    return kwargs
+
+
+def _layer(viewer: Any, name: str) -> Image | None:
+    if name in viewer.layers and isinstance(viewer.layers[name], Image):
+        return viewer.layers[name]
+    return None
