@@ -6,7 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
-from impasto.client import Client
+from impasto.client import Client, Started
 from napari_helpers import add_content_and_style, wait_for_run
 
 
@@ -196,3 +196,21 @@ def test_labels_mask_gives_regions_their_own_style(
     meta = result.metadata["impasto"]
     assert meta["mask"] == "regions" and meta["region_styles"] == {1: 0, 2: 1}
     assert meta["styles"] == ["style", "style 2"]
+
+
+def test_queue_position_is_shown_while_waiting(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=2)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    with Client(napari_server.address) as other:
+        # Another client takes the server's one slot.
+        blocker = other.stylize(tiny_content, [tiny_style], size=32, iterations=100_000)
+        events = iter(blocker)
+        while not isinstance(next(events), Started):
+            pass
+        widget.run()
+        qtbot.waitUntil(lambda: "queued: position 1" in widget.status.text(), timeout=30_000)
+        blocker.cancel()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
