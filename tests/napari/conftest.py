@@ -4,6 +4,7 @@ offscreen platform only offers through an X server), real servers on 127.0.0.1."
 from __future__ import annotations
 
 import atexit
+import contextlib
 import os
 import shutil
 import subprocess
@@ -14,6 +15,12 @@ import napari_helpers
 import pytest
 
 os.environ.setdefault("QT_QPA_PLATFORM", "offscreen")
+
+# When one pytest process also runs the server tests, torchvision gets imported after napari
+# has made an OpenGL context, and that import crashes (a native library clash). Importing it
+# first, when it is installed, avoids the clash; the plugin itself never imports torch.
+with contextlib.suppress(ImportError):
+    import torchvision  # noqa: F401
 
 
 def _start_xvfb() -> None:
