@@ -1,0 +1,70 @@
+"""Health while loading, serving and shutting down; reflection; metrics."""
+
+from __future__ import annotations
+
+import threading
+import time
+import urllib.request
+
+import grpc
+import pytest
+from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
+    ProtoReflectionDescriptorDatabase,
+)
+from impasto.client import Client, ImpastoError, Started
+from impasto_jobs_helpers import LONG, SHORT, Watcher, wait_until
+
+
+def test_health_is_not_serving_until_the_model_is_loaded(make_server, tiny_content, tiny_style):
+    server = make_server(load=False)
+    with Client(server.address) as client:
+        assert client.health() == "NOT_SERVING"
+        assert client.health(service="impasto.v1.StyleTransferService") == "NOT_SERVING"
+        with pytest.raises(ImpastoError) as info:
+            client.stylize(tiny_content, [tiny_style], timeout=10, **SHORT).result()
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+        assert "loading" in info.value.message
+        server.load()
+        assert client.health() == "SERVING"
+        assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+
+
+def test_shutdown_drains_then_stops_running_jobs_with_unavailable(
+    make_server, tiny_content, tiny_style
+):
+    server = make_server(grace_seconds=1.0)
+    with Client(server.address) as a, Client(server.address) as b:
+        running = Watcher(a.stylize(tiny_content, [tiny_style], **LONG))
+        running.wait_for(Started)
+        stopper = threading.Thread(target=server.shutdown, daemon=True)
+        began = time.monotonic()
+        stopper.start()
+        wait_until(lambda: b.health() == "NOT_SERVING", timeout=2)
+        with pytest.raises(ImpastoError) as refused:
+            b.stylize(tiny_content, [tiny_style], timeout=5, **SHORT).result()
+        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert running.done.wait(10)
+        assert running.error.code == grpc.StatusCode.UNAVAILABLE
+        assert "shutting down" in running.error.message
+        assert time.monotonic() - began >= 0.9  # the grace period was granted
+        stopper.join(10)
+        assert not stopper.is_alive()
+
+
+def test_reflection_lists_the_service(server):
+    with grpc.insecure_channel(server.address) as channel:
+        services = ProtoReflectionDescriptorDatabase(channel).get_services()
+    assert "impasto.v1.StyleTransferService" in services
+    assert "grpc.health.v1.Health" in services
+
+
+def test_metrics_are_served(make_server, tiny_content, tiny_style):
+    server = make_server(metrics_port=0)
+    with Client(server.address) as client:
+        client.stylize(tiny_content, [tiny_style], **SHORT).result()
+    url = f"http://127.0.0.1:{server.metrics_port}/metrics"
+    text = urllib.request.urlopen(url, timeout=5).read().decode()
+    assert 'impasto_jobs_total{outcome="ok"} 1.0' in text
+    for name in ("impasto_queue_depth", "impasto_running_jobs", "impasto_job_duration_seconds",
+                 "impasto_iterations_per_second", "impasto_device_memory_bytes"):  # fmt: skip
+        assert name in text
