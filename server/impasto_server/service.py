@@ -106,7 +106,9 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             device=engine.device if engine else "loading",
             weights=engine.weights_name if engine else "loading",
             limits=pb.Limits(
-                max_pixels=engine.max_pixels if engine else limits.max_pixels,
+                max_pixels=min(engine.max_pixels, limits.max_pixels)
+                if engine
+                else limits.max_pixels,
                 max_message_bytes=self.config.max_message_bytes,
                 queue_capacity=self.config.queue_capacity,
                 max_running_jobs=self.config.max_running,
@@ -146,6 +148,14 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 request, self.config.limits, default_precision=engine.default_precision
             )
             engine.validate(parsed.content, parsed.styles, parsed.options, **parsed.engine_kwargs())
+            height, width = engine.output_shape(parsed.content, parsed.options)
+            # The server's own limit may be tighter than the (possibly shared) engine's.
+            if height * width > self.config.limits.max_pixels:
+                raise EngineError(
+                    "size",
+                    f"the result would be {height}x{width} = {height * width} pixels, above "
+                    f"this server's limit of {self.config.limits.max_pixels}",
+                )
         except convert.RequestError as exc:
             self.metrics.rejected("invalid")
             context.abort_with_status(bad_request(exc.violations))
@@ -156,7 +166,6 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         client = client_identity(context)
         remaining = context.time_remaining()
         deadline = time.monotonic() + remaining if remaining is not None else None
-        height, width = engine.output_shape(parsed.content, parsed.options)
         job = Job(
             client=client,
             work=lambda job: self._run(job, parsed),

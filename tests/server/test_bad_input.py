@@ -1,0 +1,147 @@
+"""Each kind of bad request is answered INVALID_ARGUMENT, naming the field, within a second,
+and the server keeps serving."""
+
+from __future__ import annotations
+
+import struct
+import time
+import zlib
+
+import grpc
+import numpy as np
+import pytest
+from impasto.client import ImpastoError
+from impasto.v1 import style_transfer_pb2 as pb
+from impasto_jobs_helpers import SHORT
+
+
+def _png_header_only(width: int, height: int) -> bytes:
+    """A PNG that declares a huge image but carries almost no data (a decompression bomb)."""
+
+    def chunk(kind: bytes, body: bytes) -> bytes:
+        return (
+            struct.pack(">I", len(body)) + kind + body + struct.pack(">I", zlib.crc32(kind + body))
+        )
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def _set(path: str, value):
+    def mutate(request: pb.StylizeRequest) -> None:
+        *parents, name = path.split(".")
+        target = request
+        for part in parents:
+            target = getattr(target, part)
+        setattr(target, name, value)
+
+    return mutate
+
+
+def _call(fn):
+    def mutate(request: pb.StylizeRequest) -> None:
+        fn(request)
+
+    return mutate
+
+
+CASES = {
+    "byte count": (_set("content.raw.data", b"\0" * 10), "content.raw.data"),
+    "zero height": (_set("content.raw.height", 0), "content.raw"),
+    "two channels": (_set("content.raw.channels", 2), "content.raw.channels"),
+    "no dtype": (_set("content.raw.dtype", pb.DATA_TYPE_UNSPECIFIED), "content.raw.dtype"),
+    "no content": (_call(lambda r: r.ClearField("content")), "content"),
+    "no styles": (_call(lambda r: r.ClearField("styles")), "styles"),
+    "corrupt bytes": (_call(lambda r: setattr(r.styles[0].image, "encoded", b"junk")), "styles[0]"),
+    "bomb": (
+        _call(lambda r: setattr(r.styles[0].image, "encoded", _png_header_only(40000, 40000))),
+        "styles[0].image.encoded",
+    ),
+    "size": (_set("options.size", 5), "options.size"),
+    "iterations": (_set("options.iterations", 0), "options.iterations"),
+    "layer": (
+        _call(lambda r: r.options.style_layers.add(layer="conv9_9", weight=1.0)),
+        "options.style_layers",
+    ),
+    "negative weight": (_set("options.content_weight", -1.0), "options.content_weight"),
+    "nan style weight": (
+        _call(lambda r: setattr(r.styles[0], "weight", float("nan"))),
+        "styles[0]",
+    ),
+    "enum": (_set("options.pooling", 42), "options.pooling"),
+    "precision": (_set("options.precision", pb.PRECISION_BFLOAT16), "options.precision"),
+    "init image missing": (_set("options.init", pb.INIT_IMAGE), "init_image"),
+    "preview size": (_set("preview_size", 3), "preview_size"),
+    "mask aspect": (
+        _call(
+            lambda r: (
+                r.mask.labels.raw.CopyFrom(
+                    pb.RawImage(
+                        height=10, width=40, channels=1, dtype=pb.DATA_TYPE_UINT8, data=bytes(400)
+                    )
+                ),
+                r.mask.regions.add(label=0, style_index=0),
+            )
+        ),
+        "mask.labels",
+    ),
+    "region style": (
+        _call(
+            lambda r: (
+                r.mask.labels.raw.CopyFrom(
+                    pb.RawImage(
+                        height=40,
+                        width=48,
+                        channels=1,
+                        dtype=pb.DATA_TYPE_UINT8,
+                        data=bytes(40 * 48),
+                    )
+                ),
+                r.mask.regions.add(label=0, style_index=5),
+            )
+        ),
+        "mask.regions[0].style_index",
+    ),
+    "nan pixels": (
+        _call(
+            lambda r: r.content.raw.CopyFrom(
+                pb.RawImage(
+                    height=40,
+                    width=48,
+                    channels=1,
+                    dtype=pb.DATA_TYPE_FLOAT32,
+                    data=np.full((40, 48), np.nan, np.float32).tobytes(),
+                )
+            )
+        ),
+        "content.raw.data",
+    ),
+}
+
+
+@pytest.mark.parametrize("case", list(CASES))
+def test_bad_request_is_refused_quickly_and_the_server_keeps_serving(
+    client, tiny_content, tiny_style, case
+):
+    mutate, field = CASES[case]
+    request = client.build_request(tiny_content, [tiny_style], **SHORT)
+    mutate(request)
+    started = time.monotonic()
+    with pytest.raises(ImpastoError) as info:
+        client.submit(request, timeout=10).result()
+    assert time.monotonic() - started < 1.0
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [f for f, _ in info.value.field_violations]
+    assert any(f.startswith(field) for f in fields), fields
+    assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+
+
+def test_result_above_the_pixel_limit_is_refused(make_server, tiny_content, tiny_style):
+    from impasto.client import Client
+
+    server = make_server(max_pixels=32 * 32)
+    with Client(server.address) as client:
+        with pytest.raises(ImpastoError) as info:
+            client.stylize(tiny_content, [tiny_style], size=64, iterations=1).result()
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.field_violations[0][0] == "options.size"

@@ -1,0 +1,115 @@
+"""TLS (server and mutual) with certificates made here, and bearer tokens."""
+
+from __future__ import annotations
+
+import datetime
+import ipaddress
+
+import grpc
+import pytest
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
+from impasto.client import Client, ImpastoError
+from impasto_jobs_helpers import SHORT
+
+
+def _pem_key(key) -> bytes:
+    return key.private_bytes(
+        serialization.Encoding.PEM,
+        serialization.PrivateFormat.PKCS8,
+        serialization.NoEncryption(),
+    )
+
+
+def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool = False, server: bool = False):
+    now = datetime.datetime.now(datetime.UTC)
+    builder = (
+        x509.CertificateBuilder()
+        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
+        .public_key(key.public_key())
+        .serial_number(x509.random_serial_number())
+        .not_valid_before(now - datetime.timedelta(minutes=5))
+        .not_valid_after(now + datetime.timedelta(days=1))
+        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
+    )
+    if server:
+        builder = builder.add_extension(
+            x509.SubjectAlternativeName(
+                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
+            ),
+            critical=False,
+        )
+    return builder.sign(issuer_key or key, hashes.SHA256())
+
+
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("pki")
+    ca_key = ec.generate_private_key(ec.SECP256R1())
+    ca = _cert("impasto test CA", ca_key, None, None, ca=True)
+    server_key = ec.generate_private_key(ec.SECP256R1())
+    server = _cert("localhost", server_key, ca.subject, ca_key, server=True)
+    client_key = ec.generate_private_key(ec.SECP256R1())
+    client = _cert("a client", client_key, ca.subject, ca_key)
+    files = {
+        "ca": ca.public_bytes(serialization.Encoding.PEM),
+        "server_cert": server.public_bytes(serialization.Encoding.PEM),
+        "server_key": _pem_key(server_key),
+        "client_cert": client.public_bytes(serialization.Encoding.PEM),
+        "client_key": _pem_key(client_key),
+    }
+    paths = {}
+    for name, data in files.items():
+        paths[name] = folder / f"{name}.pem"
+        paths[name].write_bytes(data)
+    return files, paths
+
+
+def test_tls(make_server, pki, tiny_content, tiny_style):
+    files, paths = pki
+    server = make_server(tls_cert=str(paths["server_cert"]), tls_key=str(paths["server_key"]))
+    with Client(server.address, root_certificates=files["ca"]) as client:
+        assert client.health() == "SERVING"
+        assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+    with Client(server.address) as plain, pytest.raises(ImpastoError) as info:
+        plain.server_info(timeout=3)
+    assert info.value.code == grpc.StatusCode.UNAVAILABLE
+
+
+def test_mutual_tls_requires_a_client_certificate(make_server, pki):
+    files, paths = pki
+    server = make_server(
+        tls_cert=str(paths["server_cert"]),
+        tls_key=str(paths["server_key"]),
+        tls_client_ca=str(paths["ca"]),
+    )
+    with Client(server.address, root_certificates=files["ca"]) as anonymous:
+        with pytest.raises(ImpastoError) as info:
+            anonymous.server_info(timeout=3)
+        assert info.value.code == grpc.StatusCode.UNAVAILABLE
+    with Client(
+        server.address,
+        root_certificates=files["ca"],
+        certificate_chain=files["client_cert"],
+        private_key=files["client_key"],
+    ) as known:
+        assert known.server_info(timeout=5).device == "cpu"
+
+
+def test_bearer_tokens(make_server, tmp_path, tiny_content, tiny_style):
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# lab tokens\nsecret-one\nsecret-two\n")
+    server = make_server(token_file=str(tokens))
+    for token, expected in ((None, "required"), ("wrong", "not valid")):
+        with Client(server.address, token=token) as client:
+            assert client.health() == "SERVING"  # probes stay open
+            assert client.server_info().auth_required
+            with pytest.raises(ImpastoError) as info:
+                client.stylize(tiny_content, [tiny_style], **SHORT).result()
+            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert expected in info.value.message
+    with Client(server.address, token="secret-two") as client:
+        assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
