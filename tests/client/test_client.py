@@ -1,0 +1,81 @@
+"""The Python client against real servers: several replicas, health, info, the CLI."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from impasto import cli
+from impasto.client import Client
+from PIL import Image as PILImage
+
+FAST = {"size": 32, "iterations": 2, "num_scales": 1}
+
+
+def _jobs_done(server) -> float:
+    return sum(
+        sample.value
+        for metric in server.metrics.jobs.collect()
+        for sample in metric.samples
+        if sample.name.endswith("_total")
+    )
+
+
+def test_several_addresses_are_balanced_round_robin(make_server, tiny_content, tiny_style):
+    first, second = make_server(), make_server()
+    with Client([first.address, second.address]) as client:
+        for _ in range(4):
+            client.stylize(tiny_content, [tiny_style], **FAST).result()
+    assert _jobs_done(first) >= 1 and _jobs_done(second) >= 1
+    assert _jobs_done(first) + _jobs_done(second) == 4
+
+
+def test_server_info_describes_options(client):
+    info = client.server_info()
+    assert info.device == "cpu" and info.weights == "original" and info.precision == "float32"
+    assert info.defaults["preset"] == "default" and "size" in info.defaults
+    assert set(info.presets) == {"default", "paper"}
+    assert "conv4_2" in info.allowed["layers"] and info.allowed["precisions"] == ["float32"]
+    assert info.allowed["output_formats"] == ["raw", "png", "jpeg", "tiff"]
+    assert info.limits["max_message_bytes"] >= 4096 * 4096 * 3 * 4
+    assert client.health() == "SERVING"
+
+
+def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys):
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    PILImage.fromarray(tiny_content).save(content)
+    PILImage.fromarray(tiny_style).save(style)
+    out, previews = tmp_path / "out.tif", tmp_path / "previews"
+    code = cli.main(["stylize", str(content), str(style), "-o", str(out), "--size", "32",
+                     "--iterations", "4", "--num-scales", "1", "--server", server.address,
+                     "--save-previews", str(previews), "--preview-interval", "2",
+                     "--style-layers", "conv1_1,conv2_1:0.5", "--seed", "3"])  # fmt: skip
+    assert code == cli.EXIT_OK
+    assert np.asarray(PILImage.open(out)).shape == (27, 32, 3)
+    assert sorted(p.name for p in previews.iterdir()) == ["preview_00002.png", "preview_00004.png"]
+    assert cli.main(["info", "--server", server.address]) == cli.EXIT_OK
+    assert "device     cpu" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize(
+    ("argv", "code", "text"),
+    [
+        (["stylize", "missing.png", "x.png"], cli.EXIT_USAGE, "no such file"),
+        (["stylize", "__CONTENT__"], cli.EXIT_USAGE, "at least one STYLE"),
+        (["stylize", "__CONTENT__", "__CONTENT__", "--size", "3"], cli.EXIT_FAILED, "options.size"),
+    ],
+)
+def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code, text):
+    path = tmp_path / "c.png"
+    PILImage.fromarray(tiny_content).save(path)
+    argv = [str(path) if a == "__CONTENT__" else a for a in argv]
+    assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
+    assert text in capsys.readouterr().err
+
+
+def test_cli_with_its_own_local_server(tmp_path):
+    """No --server: the command starts a server process for the run and stops it after."""
+    out = tmp_path / "sample.png"
+    code = cli.main(["stylize", "--sample", "-o", str(out), "--size", "32", "--iterations", "2",
+                     "--num-scales", "1", "--quiet", "--device", "cpu"])  # fmt: skip
+    assert code == cli.EXIT_OK
+    assert np.asarray(PILImage.open(out)).shape[2] == 3

@@ -1,0 +1,77 @@
+"""numpy / PIL <-> wire images: lossless round trips and clear refusals."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from impasto import images
+from PIL import Image as PILImage
+
+SHAPES = [(9, 13), (9, 13, 3), (9, 13, 4)]
+
+
+def _random(dtype, shape, seed=0):
+    rng = np.random.default_rng(seed)
+    if dtype == np.float32:
+        return rng.random(shape, dtype=np.float32)
+    return rng.integers(0, np.iinfo(dtype).max + 1, size=shape, dtype=dtype)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_raw_round_trip_is_lossless(dtype, shape):
+    array = _random(dtype, shape)
+    back = images.from_wire(images.to_wire(array))
+    assert back.dtype == array.dtype and np.array_equal(back, array)
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+@pytest.mark.parametrize("form", ["png", "tiff"])
+def test_encoded_round_trip_is_lossless(dtype, shape, form):
+    array = _random(dtype, shape)
+    back = images.from_wire(images.to_wire(array, form))
+    assert back.dtype == array.dtype and np.array_equal(back, array)
+
+
+def test_float32_grayscale_tiff_is_lossless():
+    array = _random(np.float32, (9, 13))
+    assert np.array_equal(images.decode(images.encode(array, "tiff")), array)
+
+
+def test_hxwx1_travels_as_grayscale():
+    array = _random(np.uint8, (9, 13, 1))
+    assert np.array_equal(images.from_wire(images.to_wire(array)), array[:, :, 0])
+
+
+def test_pil_images_and_files(tmp_path):
+    array = _random(np.uint8, (9, 13, 3))
+    assert np.array_equal(images.from_wire(images.to_wire(PILImage.fromarray(array))), array)
+    path = tmp_path / "picture.png"
+    PILImage.fromarray(array).save(path)
+    wire = images.to_wire(path)
+    assert wire.WhichOneof("data") == "encoded"
+    assert np.array_equal(images.from_wire(wire), array)
+    palette = PILImage.fromarray(array).convert("P")
+    assert images.as_array(palette).shape == (9, 13, 3)
+
+
+@pytest.mark.parametrize(
+    ("value", "message"),
+    [
+        (np.zeros((4, 4, 2), np.uint8), "shape"),
+        (np.zeros((2, 4, 4, 3), np.uint8), "shape"),
+        (np.zeros((4, 4), np.complex64), "dtype"),
+        (np.full((4, 4), -1, np.int32), "0..65535"),
+        (np.zeros((0, 4), np.uint8), "empty"),
+    ],
+)
+def test_unsupported_arrays_are_refused(value, message):
+    with pytest.raises(images.ImageError, match=message):
+        images.to_wire(value)
+
+
+def test_decompression_bomb_is_refused_before_decoding():
+    big = images.encode(np.zeros((300, 300), np.uint8), "png")
+    with pytest.raises(images.ImageError, match="exceeds the limit"):
+        images.decode(big, max_pixels=100 * 100)
