@@ -8,17 +8,23 @@ cannot tell them apart: both servers run on "cpu".)
 
 from __future__ import annotations
 
+import json
 import re
 import socket
 import threading
+import time
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor
+from typing import Any
 
+import grpc
 import numpy as np
 import pytest
-from impasto.client import Client, Result, Started
+from impasto.client import Client, ImpastoError, Result, Started
 from impasto.local import LocalServer
+from impasto.v1 import style_transfer_pb2 as pb
+from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 
 CLIENTS = 3
 JOBS_PER_CLIENT = 4
@@ -134,3 +140,91 @@ def test_jobs_spread_over_both_servers_and_survive_losing_one(
     finally:
         for client in clients:
             client.close()
+
+
+def calls_without_retries(targets: list[str], request: Any, count: int) -> list[grpc.StatusCode]:
+    """``count`` Stylize calls over one round_robin channel that has no retry policy."""
+    config = json.dumps({"loadBalancingConfig": [{"round_robin": {}}]})
+    options = [("grpc.service_config", config), ("grpc.enable_retries", 0)]
+    options.append(("grpc.use_local_subchannel_pool", 1))
+    codes = []
+    with grpc.insecure_channel("ipv4:" + ",".join(targets), options=options) as channel:
+        stub = pb_grpc.StyleTransferServiceStub(channel)
+        for _ in range(4):  # connect to both servers before counting
+            stub.GetServerInfo(pb.GetServerInfoRequest(), timeout=10, wait_for_ready=True)
+        for _ in range(count):
+            try:
+                for _ in stub.Stylize(request, timeout=60):
+                    pass
+                codes.append(grpc.StatusCode.OK)
+            except grpc.RpcError as error:
+                codes.append(error.code())
+    return codes
+
+
+@pytest.fixture
+def draining_pair(
+    make_server: Callable[..., Any], tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> Iterator[tuple[Any, Any]]:
+    """Two in-process servers; the first is shutting down while it finishes a running job,
+    so it still holds its port (and its connections) but refuses new jobs with UNAVAILABLE."""
+    draining, healthy = make_server(), make_server()
+    with Client(draining.address) as direct:
+        long_job = direct.stylize(tiny_content, [tiny_style], size=32, iterations=5000)
+        events = iter(long_job)
+        while not isinstance(next(events), Started):
+            pass
+        stopper = threading.Thread(target=draining.shutdown, kwargs={"grace": 60.0})
+        stopper.start()
+        try:
+            while draining.service.accepting:
+                time.sleep(0.01)
+            yield draining, healthy
+        finally:
+            long_job.cancel()
+            stopper.join(30)
+    assert not stopper.is_alive()
+
+
+def connected_client(targets: list[str]) -> Client:
+    """A balancing Client whose connections to every server are up, so round_robin alternates
+    from the first job on."""
+    client = Client(targets)
+    for _ in range(2 * len(targets)):
+        client.server_info(timeout=10)
+    return client
+
+
+def test_balancing_still_picks_a_draining_server(
+    draining_pair: tuple[Any, Any], tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    """Without a retry policy, the refusals of a draining server reach the caller: this is
+    what the retry policy exists for."""
+    draining, healthy = draining_pair
+    with Client(healthy.address) as client:
+        request = client.build_request(tiny_content, [tiny_style], **JOB)
+    codes = calls_without_retries([draining.address, healthy.address], request, 6)
+    assert codes.count(grpc.StatusCode.UNAVAILABLE) >= 2 and grpc.StatusCode.OK in codes, codes
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="the server answers a draining refusal with grpc-retry-pushback-ms: -1, which "
+    "forbids the retry that would move the job to the other server",
+)
+def test_retry_moves_jobs_off_a_draining_server(
+    draining_pair: tuple[Any, Any], tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    """The service config's retry policy (UNAVAILABLE, before the first event) sends jobs that
+    a draining server refuses to the other server: every job succeeds."""
+    draining, healthy = draining_pair
+    client = connected_client([draining.address, healthy.address])
+    try:
+        results = [run_job(client, tiny_content, tiny_style) for _ in range(6)]
+    except ImpastoError as error:
+        pytest.fail(f"a job failed instead of being retried on the other server: {error}")
+    finally:
+        client.close()
+    assert len({r.job_id for r in results}) == 6
+    ok = healthy.metrics.registry.get_sample_value("impasto_jobs_total", {"outcome": "ok"})
+    assert ok == 6
