@@ -112,9 +112,8 @@ def test_jobs_spread_over_both_servers_and_survive_losing_one(
         print("jobs per server:", counts)
         assert min(counts) >= 1, f"round_robin sent every job to one server: {counts}"
 
-        # One server goes away (SIGTERM: graceful stop); new jobs, from the same clients and
-        # from a new one, still succeed on the other, retried past UNAVAILABLE if a pick
-        # lands on the closing server.
+        # One server goes away (SIGTERM, graceful stop, the process exits); new jobs, from the
+        # clients that were connected to it and from a new one, still succeed on the other.
         assert first.local.stop() == 0
         before = second.ok_jobs()
         latecomer = Client(targets)
