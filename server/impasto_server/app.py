@@ -20,7 +20,7 @@ from impasto.v1 import style_transfer_pb2 as pb
 from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from impasto_server import __version__
-from impasto_server.auth import TokenAuthInterceptor, read_tokens
+from impasto_server.auth import TokenAuthInterceptor, TokenStore
 from impasto_server.convert import Limits
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import Scheduler
@@ -53,6 +53,7 @@ class ServerConfig:
     metrics_port: int | None = None
     grace_seconds: float = 30.0
     log_level: str = "INFO"
+    simulated_memory_mb: float | None = None
 
 
 def default_engine(config: ServerConfig) -> Any:
@@ -87,7 +88,8 @@ class Server:
             max_per_client=config.max_jobs_per_client,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
         )
-        tokens = read_tokens(config.token_file) if config.token_file else []
+        # Re-read when the file changes: tokens are added or revoked without a restart.
+        tokens = TokenStore(config.token_file) if config.token_file else None
         self.service = StyleTransferService(
             ServiceConfig(
                 limits=Limits(
@@ -99,7 +101,10 @@ class Server:
                 max_running=config.max_running,
                 max_per_client=config.max_jobs_per_client,
                 max_message_bytes=config.max_message_mb << 20,
-                auth_required=bool(tokens),
+                auth_required=tokens is not None,
+                memory_budget_bytes=int(config.simulated_memory_mb * (1 << 20))
+                if config.simulated_memory_mb
+                else None,
             ),
             self.scheduler,
             self.metrics,
@@ -125,7 +130,7 @@ class Server:
         message_bytes = config.max_message_mb << 20
         # Every waiting or running stream holds a thread; leave room for info and health calls.
         workers = config.queue_size + config.max_running + 16
-        interceptors = [TokenAuthInterceptor(self._tokens)] if self._tokens else []
+        interceptors = [TokenAuthInterceptor(self._tokens)] if self._tokens is not None else []
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="impasto-rpc"),
             interceptors=interceptors,
@@ -175,7 +180,7 @@ class Server:
             config.host,
             self.port,
             bool(config.tls_cert),
-            bool(self._tokens),
+            self._tokens is not None,
         )
         return self.port
 
@@ -266,6 +271,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="on SIGTERM, how long running jobs may finish before they are stopped",
     )  # fmt: skip
     p.add_argument("--log-level", default=d.log_level, help="DEBUG, INFO, WARNING or ERROR")
+    p.add_argument(
+        "--simulated-memory-mb", type=float,
+        help="testing aid: fail a job whose tensors exceed this many MiB as a device "
+        "out-of-memory would (exercises that path on a CPU)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
     for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",

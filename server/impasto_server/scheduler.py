@@ -45,32 +45,43 @@ class Outbox:
     """A job's events on their way to the client, bounded so a slow reader costs no memory.
 
     Progress and queue updates are droppable: when the box is full the oldest droppable event
-    makes room (the client sees fewer progress events, never a blocked optimisation). Started,
-    the result and failures are never dropped.
+    makes room (the client sees fewer progress events, never a blocked optimisation). Previews
+    give way only to each other and to essential events: a reader that keeps up gets every
+    preview, one that does not gets the newest ones. Started, the result and failures are never
+    dropped, so the box holds at most ``capacity`` events plus those two.
     """
 
     def __init__(self, capacity: int = 8) -> None:
         self.capacity = capacity
-        self._items: deque[tuple[Any, bool]] = deque()
+        # (item, rank): 0 droppable, 1 preview, 2 essential
+        self._items: deque[tuple[Any, int]] = deque()
         self._cond = threading.Condition()
         self.dropped = 0
+        self.peak = 0  # the most events ever waiting at once
         self.closed = False
 
-    def put(self, item: Any, droppable: bool = False) -> None:
+    def _drop_oldest(self, rank: int) -> bool:
+        for index, (_old, old_rank) in enumerate(self._items):
+            if old_rank == rank:
+                del self._items[index]
+                self.dropped += 1
+                return True
+        return False
+
+    def put(self, item: Any, droppable: bool = False, preview: bool = False) -> None:
+        rank = 0 if droppable else 1 if preview else 2
         with self._cond:
             if self.closed:
                 return
-            if len(self._items) >= self.capacity:
-                for index, (_old, old_droppable) in enumerate(self._items):
-                    if old_droppable:
-                        del self._items[index]
-                        self.dropped += 1
-                        break
-                else:
-                    if droppable:
-                        self.dropped += 1
-                        return
-            self._items.append((item, droppable))
+            if len(self._items) >= self.capacity and not self._drop_oldest(0):
+                # Nothing droppable is left: a preview or an essential event pushes out the
+                # oldest preview, and an essential event goes in regardless.
+                made_room = rank > 0 and self._drop_oldest(1)
+                if not made_room and rank < 2:
+                    self.dropped += 1
+                    return
+            self._items.append((item, rank))
+            self.peak = max(self.peak, len(self._items))
             self._cond.notify_all()
 
     def finish(self, item: Any) -> None:
@@ -78,7 +89,8 @@ class Outbox:
         with self._cond:
             if self.closed:
                 return
-            self._items.append((item, False))
+            self._items.append((item, 2))
+            self.peak = max(self.peak, len(self._items))
             self.closed = True
             self._cond.notify_all()
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import logging
 import time
@@ -21,6 +22,7 @@ from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 from impasto_server import convert
 from impasto_server.auth import client_identity
 from impasto_server.engine import Cancelled, EngineError, Progress, Result
+from impasto_server.memory_budget import MemoryBudget
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
     Failure,
@@ -46,6 +48,9 @@ class ServiceConfig:
     max_per_client: int
     max_message_bytes: int
     auth_required: bool = False
+    #: When set, each job's tensors may use at most this many bytes (a simulated device
+    #: memory, to exercise out-of-memory handling where there is no GPU to fill).
+    memory_budget_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -257,28 +262,14 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         """Run one job in a scheduler worker; every outcome ends the job's outbox."""
         engine = self.engine
         outcome = "ok"
-        iterations = 0
         try:
             if job.should_stop():
                 raise Cancelled()
             height, width = engine.output_shape(parsed.content, parsed.options)
             job.outbox.put(StartedEvent(parsed.options.iterations, height, width))
-            for event in engine.run(
-                parsed.content,
-                parsed.styles,
-                parsed.options,
-                **parsed.engine_kwargs(),
-                preview_every=parsed.preview_interval,
-                preview_size=parsed.preview_size,
-                should_stop=job.should_stop,
-            ):
-                if isinstance(event, Result):
-                    iterations = event.iterations
-                    job.outbox.finish(event)
-                else:
-                    iterations = event.iteration
-                    # A preview must reach the client; plain progress may be coalesced.
-                    job.outbox.put(event, droppable=event.preview is None)
+            budget = self.config.memory_budget_bytes
+            with MemoryBudget(budget) if budget else contextlib.nullcontext():
+                self._optimise(job, parsed)
         except Cancelled:
             outcome = job.stop_reason or "cancelled"
             job.outbox.finish(stopped_failure(job.stop_reason))
@@ -302,6 +293,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 log.exception("job=%s failed", job.id)
                 job.outbox.finish(Failure("INTERNAL", f"the job failed on the server: {exc}"))
         finally:
+            iterations = job.description.get("done_iterations", 0)
             duration = time.monotonic() - (job.started or time.monotonic())
             self.metrics.job_done(outcome, duration, iterations)
             log.info(
@@ -317,6 +309,27 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 duration,
                 outcome,
             )
+
+    def _optimise(self, job: Job, parsed: convert.ParsedRequest) -> None:
+        """Iterate the engine, feeding the outbox; records the iterations done."""
+        engine = self.engine
+        for event in engine.run(
+            parsed.content,
+            parsed.styles,
+            parsed.options,
+            **parsed.engine_kwargs(),
+            preview_every=parsed.preview_interval,
+            preview_size=parsed.preview_size,
+            should_stop=job.should_stop,
+        ):
+            if isinstance(event, Result):
+                job.description["done_iterations"] = event.iterations
+                job.outbox.finish(event)
+            else:
+                job.description["done_iterations"] = event.iteration
+                # Plain progress may be coalesced; previews give way only to newer ones.
+                has_preview = event.preview is not None
+                job.outbox.put(event, droppable=not has_preview, preview=has_preview)
 
 
 def _free_device_memory() -> None:
