@@ -36,7 +36,7 @@ test: $(STAMP) node
 	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
 
 lint: $(STAMP) node
-	$(VENV)/bin/ruff format --check .
+	$(VENV)/bin/ruff format --check proto server napari_plugin tests benchmarks scripts
 	npx --no-install buf lint
 
 bench: $(STAMP)
