@@ -32,7 +32,9 @@ DEFAULT_MAX_MESSAGE_BYTES = 256 * 1024 * 1024
 
 class ImpastoError(Exception):
     """A failed call: the gRPC status code, the server's message, the offending fields
-    (from google.rpc.BadRequest) and a retry hint in seconds (from google.rpc.RetryInfo)."""
+    (from google.rpc.BadRequest), a retry hint in seconds (from google.rpc.RetryInfo) and why a
+    started job ended (google.rpc.ErrorInfo reason: SHUTDOWN, OUT_OF_MEMORY, CANCELLED,
+    DEADLINE, INVALID, INTERNAL; None when the connection, not the server, ended the call)."""
 
     def __init__(
         self,
@@ -40,8 +42,10 @@ class ImpastoError(Exception):
         message: str,
         field_violations: list[tuple[str, str]] | None = None,
         retry_after: float | None = None,
+        reason: str | None = None,
     ) -> None:
         self.code = code
+        self.reason = reason
         self.message = message
         self.field_violations = list(field_violations or [])
         self.retry_after = retry_after
@@ -63,6 +67,7 @@ class ImpastoError(Exception):
         message = error.details() if hasattr(error, "details") else str(error)
         violations: list[tuple[str, str]] = []
         retry_after: float | None = None
+        reason: str | None = None
         try:
             status = rpc_status.from_call(error)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - a malformed status detail must not hide the real error
@@ -77,7 +82,11 @@ class ImpastoError(Exception):
                     info = error_details_pb2.RetryInfo()
                     detail.Unpack(info)
                     retry_after = info.retry_delay.ToTimedelta().total_seconds()
-        return cls(code or grpc.StatusCode.UNKNOWN, message or "", violations, retry_after)
+                elif detail.Is(error_details_pb2.ErrorInfo.DESCRIPTOR):
+                    error_info = error_details_pb2.ErrorInfo()
+                    detail.Unpack(error_info)
+                    reason = error_info.reason or None
+        return cls(code or grpc.StatusCode.UNKNOWN, message or "", violations, retry_after, reason)
 
 
 # ---------------------------------------------------------------- events
@@ -235,7 +244,19 @@ class Job:
                     self._result = event
                 yield event
         except grpc.RpcError as error:
-            raise ImpastoError.from_rpc_error(error) from None
+            failure = ImpastoError.from_rpc_error(error)
+            lost = failure.code == grpc.StatusCode.UNAVAILABLE and failure.reason is None
+            if lost and self.job_id is not None:
+                # The server had the job and vanished mid-stream (killed, crashed, network
+                # gone): say so plainly, keeping gRPC's own words for the logs.
+                failure = ImpastoError(
+                    failure.code,
+                    f"lost the connection to the server during job {self.job_id} "
+                    f"({failure.message}); the job did not finish, submit it again",
+                    failure.field_violations,
+                    failure.retry_after,
+                )
+            raise failure from None
         if self._result is None:
             raise ImpastoError(
                 grpc.StatusCode.CANCELLED if self._cancelled else grpc.StatusCode.UNKNOWN,
@@ -327,6 +348,7 @@ class Client:
         timeout: float | None = None,
         max_message_bytes: int = DEFAULT_MAX_MESSAGE_BYTES,
         server_name: str | None = None,
+        channel_options: Sequence[tuple[str, Any]] = (),
     ) -> None:
         channel_target, several, tls_name = _resolve_targets(target)
         options: list[tuple[str, Any]] = [
@@ -337,6 +359,7 @@ class Client:
             # without tokens can tell two clients of one process apart for fair scheduling.
             ("grpc.use_local_subchannel_pool", 1),
             ("grpc.service_config", _service_config(several)),
+            *channel_options,  # extra gRPC channel arguments, e.g. flow-control windows
         ]
         tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
         if server_name or (tls and tls_name):

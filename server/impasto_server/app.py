@@ -22,6 +22,7 @@ from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 from impasto_server import __version__
 from impasto_server.auth import TokenAuthInterceptor, TokenStore
 from impasto_server.convert import Limits
+from impasto_server.decoding import DecodeGuardInterceptor
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import Scheduler
 from impasto_server.service import ServiceConfig, StyleTransferService
@@ -130,7 +131,10 @@ class Server:
         message_bytes = config.max_message_mb << 20
         # Every waiting or running stream holds a thread; leave room for info and health calls.
         workers = config.queue_size + config.max_running + 16
-        interceptors = [TokenAuthInterceptor(self._tokens)] if self._tokens is not None else []
+        # Tokens first: a refused peer's request is never decoded.
+        interceptors: list[grpc.ServerInterceptor] = [DecodeGuardInterceptor()]
+        if self._tokens is not None:
+            interceptors.insert(0, TokenAuthInterceptor(self._tokens))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="impasto-rpc"),
             interceptors=interceptors,

@@ -35,10 +35,12 @@ class SchedulerError(Exception):
 
 @dataclass(frozen=True)
 class Failure:
-    """A job's non-OK end: a gRPC status name and a message for the client."""
+    """A job's non-OK end: a gRPC status name, a message for the client and a reason
+    (google.rpc.ErrorInfo, UPPER_SNAKE_CASE) that programs can act on."""
 
     code: str
     message: str
+    reason: str = "FAILED"
 
 
 class Outbox:
@@ -241,7 +243,7 @@ class Scheduler:
                     self._publish_positions()
             job.request_stop(reason)
         if removed:
-            job.outbox.finish(Failure(*_STOPPED[reason]))
+            job.outbox.finish(stopped_failure(reason))
             log.info("job=%s client=%s outcome=%s while queued", job.id, job.client, reason)
             self._changed()
 
@@ -311,7 +313,7 @@ class Scheduler:
                 job.work(job)
             except Exception:
                 log.exception("job=%s crashed", job.id)
-                job.outbox.finish(Failure("INTERNAL", "the job failed on the server"))
+                job.outbox.finish(Failure("INTERNAL", "the job failed on the server", "INTERNAL"))
             finally:
                 with self._cond:
                     job.state = "done"
@@ -341,4 +343,5 @@ _STOPPED: dict[str, tuple[str, str]] = {
 
 
 def stopped_failure(reason: str | None) -> Failure:
-    return Failure(*_STOPPED.get(reason or "cancelled", _STOPPED["cancelled"]))
+    reason = reason if reason in _STOPPED else "cancelled"
+    return Failure(*_STOPPED[reason], reason.upper())

@@ -35,6 +35,8 @@ from impasto_server.scheduler import (
 
 log = logging.getLogger("impasto_server.jobs")
 
+#: google.rpc.ErrorInfo domain of the reasons a started job ends with.
+ERROR_DOMAIN = "impasto.v1"
 #: How often a waiting stream wakes to notice a vanished client (the cancel callback is the
 #: fast path; this is the safety net).
 _POLL_SECONDS = 0.5
@@ -240,7 +242,10 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 )
                 return
             elif isinstance(item, Failure):
-                context.abort(grpc.StatusCode[item.code], item.message)
+                # The ErrorInfo tells a client this status came from the server, not from a
+                # broken connection, and why the job ended.
+                info = error_details_pb2.ErrorInfo(reason=item.reason, domain=ERROR_DOMAIN)
+                context.abort_with_status(_status(grpc.StatusCode[item.code], item.message, [info]))
 
     @staticmethod
     def _progress_message(event: Progress, parsed: convert.ParsedRequest) -> pb.Progress:
@@ -275,7 +280,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             job.outbox.finish(stopped_failure(job.stop_reason))
         except EngineError as exc:
             outcome = "invalid"
-            job.outbox.finish(Failure("INVALID_ARGUMENT", f"{exc.field}: {exc.message}"))
+            job.outbox.finish(Failure("INVALID_ARGUMENT", f"{exc.field}: {exc.message}", "INVALID"))
         except Exception as exc:
             if _is_out_of_memory(exc):
                 outcome = "out_of_memory"
@@ -286,12 +291,15 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                         f"the device ran out of memory for a {job.description['size']} result; "
                         "reduce size (or num_scales/scales), the number or size of style "
                         "images, or style_scale, or use bfloat16 precision on a GPU",
+                        "OUT_OF_MEMORY",
                     )
                 )
             else:
                 outcome = "error"
                 log.exception("job=%s failed", job.id)
-                job.outbox.finish(Failure("INTERNAL", f"the job failed on the server: {exc}"))
+                job.outbox.finish(
+                    Failure("INTERNAL", f"the job failed on the server: {exc}", "INTERNAL")
+                )
         finally:
             iterations = job.description.get("done_iterations", 0)
             duration = time.monotonic() - (job.started or time.monotonic())
