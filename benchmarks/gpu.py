@@ -1,0 +1,192 @@
+"""Every GPU measurement in one run, printed as one table (see docs/benchmarks.md).
+
+    python benchmarks/gpu.py                 # on a CUDA machine: the full run, a few minutes
+    python benchmarks/gpu.py --toy           # tiny sizes on the CPU (the test suite runs this)
+
+1. ms per iteration (one forward and input-gradient backward through VGG19 to conv5_1, the
+   paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and bfloat16 autocast
+   (Gram matrices and losses always float32), timed after warm-up; every iteration ends in a
+   host sync (the loss is read), so wall time between iterations is device time.
+2. The largest square image one job can stylize, found by doubling then bisecting with the real
+   optimizer, and the peak device memory per megapixel.
+3. Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
+   small jobs: jobs per minute, with as many jobs allowed to run at once as there are clients.
+4. torch.compile of the feature network: ms per iteration with and without.
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import os
+import platform
+import threading
+import time
+
+import numpy as np
+import torch
+
+from impasto import samples
+from impasto_server.engine import Engine, Progress, StyleOptions
+
+
+@contextlib.contextmanager
+def tf32(enabled: bool):
+    saved = torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = enabled
+    torch.backends.cudnn.allow_tf32 = enabled
+    try:
+        yield
+    finally:
+        torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = saved
+
+
+def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
+                     iterations: int, warmup: int) -> float:  # fmt: skip
+    options = StyleOptions.from_preset(
+        "default", size=size, iterations=warmup + iterations, num_scales=1, precision=precision,
+        seed=0,
+    )  # fmt: skip
+    stamps = [
+        ev.elapsed for ev in engine.run(content, [style], options) if isinstance(ev, Progress)
+    ]
+    timed = np.diff(stamps[warmup - 1 :])
+    return float(np.median(timed) * 1000.0)
+
+
+def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str):
+    """Double until a job fails for memory, then bisect to 64 px; returns (side, peak bytes)."""
+    cuda = engine.device.startswith("cuda")
+
+    def fits(side: int) -> tuple[bool, int]:
+        square = np.ascontiguousarray(np.resize(content, (side, side, 3)))
+        options = StyleOptions.from_preset(
+            "default", size=side, iterations=2, num_scales=1, precision=precision, seed=0
+        )
+        if cuda:
+            torch.cuda.empty_cache()
+            torch.cuda.reset_peak_memory_stats()
+        try:
+            for _ in engine.run(square, [style], options):
+                pass
+        except torch.OutOfMemoryError:
+            return False, 0
+        return True, torch.cuda.max_memory_allocated() if cuda else 0
+
+    good, peak, side = 0, 0, start
+    bad = None
+    while side <= limit:
+        ok, used = fits(side)
+        if not ok:
+            bad = side
+            break
+        good, peak = side, used
+        side *= 2
+    if bad is not None:
+        while bad - good > 64:
+            middle = (good + bad) // 2 // 16 * 16
+            ok, used = fits(middle)
+            if ok:
+                good, peak = middle, used
+            else:
+                bad = middle
+    return good, peak, bad is None
+
+
+def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int):
+    from impasto.client import Client
+    from impasto_server.app import Server, ServerConfig
+
+    server = Server(
+        ServerConfig(host="127.0.0.1", port=0, max_running=clients, queue_size=4 * clients * jobs_each,
+                     max_jobs_per_client=jobs_each, grace_seconds=0.0),
+        engine=engine,
+    )  # fmt: skip
+    server.start()
+    server.load()
+    content = samples.content()
+    style = samples.style(size=size)
+    errors: list[BaseException] = []
+
+    def work() -> None:
+        try:
+            with Client(server.address) as client:
+                for _ in range(jobs_each):
+                    client.stylize(content, [style], size=size, iterations=iterations,
+                                   num_scales=1, seed=0).result()  # fmt: skip
+        except BaseException as exc:  # reported in the table, not raised from a thread
+            errors.append(exc)
+
+    threads = [threading.Thread(target=work) for _ in range(clients)]
+    start = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    seconds = time.perf_counter() - start
+    server.shutdown(grace=0.0)
+    if errors:
+        raise RuntimeError(f"{len(errors)} clients failed: {errors[0]!r}")
+    return clients * jobs_each / seconds * 60.0
+
+
+def compiled_ms(engine: Engine, content, style, size: int, precision: str, iterations: int,
+                warmup: int) -> float | None:  # fmt: skip
+    plain = engine.net
+    try:
+        engine.net = torch.compile(plain, dynamic=False)
+        return ms_per_iteration(engine, content, style, size, precision, iterations, warmup)
+    except Exception as exc:  # a compiler missing on this machine is a result, not a crash
+        print(f"torch.compile failed: {exc!r}"[:200])
+        return None
+    finally:
+        engine.net = plain
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toy", action="store_true", help="tiny sizes; runs on the CPU")
+    parser.add_argument("--device", default=None)
+    args = parser.parse_args()
+    toy = args.toy
+    device = args.device or ("cuda" if torch.cuda.is_available() and not toy else "cpu")
+    cuda = device.startswith("cuda")
+    engine = Engine(device=device, max_pixels=16384 * 16384)
+    content, style = samples.content(), samples.style(size=256)
+    sizes = (32, 48) if toy else (512, 1024)
+    iters, warm = (3, 2) if toy else (20, 5)
+    precisions = [("float32", False), ("tf32", True), ("bfloat16", True)] if cuda else [
+        ("float32", False)]  # fmt: skip
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    rows: list[tuple[str, str]] = []
+    for size in sizes:
+        for label, allow in precisions:
+            precision = "bfloat16" if label == "bfloat16" else "float32"
+            with tf32(allow) if cuda else contextlib.nullcontext():
+                ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
+            rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+    best = "bfloat16" if cuda else "float32"
+    side, peak, capped = largest_square(
+        engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
+    )
+    rows.append((f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else "")))
+    if cuda and side:
+        rows.append(("peak memory per megapixel", f"{peak / (side * side / 1e6) / 2**20:.0f} MiB"))
+    base = None
+    for clients in (1, 4, 16) if not toy else (1, 2):
+        jpm = server_throughput(engine, clients, 2 if toy else 4, 32 if toy else 256,
+                                2 if toy else 50)  # fmt: skip
+        base = base or jpm
+        rows.append((f"server, {clients} clients", f"{jpm:.1f} jobs/min ({jpm / base:.2f}x)"))
+    if cuda:
+        ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
+        rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms" if ms else "failed"))
+    width = max(len(k) for k, _ in rows)
+    for key, value in rows:
+        print(f"{key:{width}}  {value}")
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONUNBUFFERED", "1")
+    main()

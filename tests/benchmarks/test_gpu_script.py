@@ -1,0 +1,25 @@
+"""benchmarks/gpu.py must keep working where there is no GPU: its toy run on the CPU."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--toy"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    lines = proc.stdout.splitlines()
+    assert lines[0].startswith("device: cpu")
+    table = dict(line.rsplit("  ", 1) for line in lines[1:] if "  " in line)
+    table = {k.strip(): v.strip() for k, v in table.items()}
+    assert float(table["ms/iteration 32 px float32"]) > 0
+    assert float(table["ms/iteration 48 px float32"]) > 0
+    assert table["largest square (float32)"].startswith("128 px")
+    assert "jobs/min" in table["server, 1 clients"] and "jobs/min" in table["server, 2 clients"]
