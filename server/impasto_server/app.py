@@ -31,6 +31,8 @@ log = logging.getLogger("impasto_server")
 SERVICE_NAME = pb.DESCRIPTOR.services_by_name["StyleTransferService"].full_name
 #: 256 MiB: a 4096x4096 RGB float32 image is 192 MiB raw, plus the rest of the request.
 DEFAULT_MAX_MESSAGE_MB = 256
+#: How long stopped jobs may take to end after the grace period.
+_STOP_MARGIN_SECONDS = 10.0
 
 
 @dataclass
@@ -204,21 +206,31 @@ class Server:
         )
 
     def shutdown(self, grace: float | None = None) -> None:
-        """NOT_SERVING, refuse new jobs, let running jobs finish for ``grace`` seconds, then stop
-        them (their clients get UNAVAILABLE) and close the port."""
+        """Drain: NOT_SERVING, stop taking calls, let running jobs finish for ``grace`` seconds,
+        then stop them (their clients get UNAVAILABLE) and close.
+
+        The transport stops taking calls first (the listening port closes and every connection
+        gets an HTTP/2 GOAWAY), so a balancing client sends its next calls to another replica
+        (a retry of a call refused here goes elsewhere too); running streams go on over their
+        connections until they end."""
         if self._stopped.is_set():
             return
         grace = self.config.grace_seconds if grace is None else grace
         log.info("shutting down: waiting up to %.0fs for running jobs", grace)
         self._set_health(health_pb2.HealthCheckResponse.NOT_SERVING)
+        if self._grpc is not None:
+            # Calls still open past the grace and the jobs' stop are cancelled; the smaller
+            # grace of the second stop() below normally wins.
+            self._grpc.stop(grace + _STOP_MARGIN_SECONDS)
         self.service.accepting = False
         running = self.scheduler.close()
         if running and not self.scheduler.wait_idle(grace):
             for job in self.scheduler.running_jobs():
                 job.request_stop("shutdown")
-            self.scheduler.wait_idle(10.0)
+            self.scheduler.wait_idle(_STOP_MARGIN_SECONDS)
         if self._grpc is not None:
-            # A moment for the streams to deliver their last message or status.
+            # A moment for the streams to deliver their last message or status; open health
+            # Watch streams are cancelled then.
             self._grpc.stop(2.0).wait()
         self._stopped.set()
         log.info("stopped")

@@ -146,9 +146,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         if engine is None:
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         if not self.accepting:
-            # Retrying a draining server cannot succeed (and a retry that meets the closing
-            # port can outlive its deadline in grpcio), so tell gRPC's retry policy not to.
-            context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
+            # Only a call that arrived just as the drain closed the transport gets here; with
+            # no retry pushback, gRPC's retry policy may send it to another replica.
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         try:
             parsed = convert.parse_request(
@@ -187,8 +186,6 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             self.scheduler.submit(job)
         except SchedulerError as exc:
             self.metrics.rejected(exc.code.lower())
-            if exc.code == "UNAVAILABLE":
-                context.set_trailing_metadata((("grpc-retry-pushback-ms", "-1"),))
             details = []
             if exc.retry_after is not None:
                 delay = duration_pb2.Duration()

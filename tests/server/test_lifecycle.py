@@ -8,6 +8,7 @@ import urllib.request
 
 import grpc
 import pytest
+from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
@@ -33,18 +34,40 @@ def test_shutdown_drains_then_stops_running_jobs_with_unavailable(
     make_server, tiny_content, tiny_style
 ):
     server = make_server(grace_seconds=1.0)
-    with Client(server.address) as a, Client(server.address) as b:
+    with (
+        Client(server.address) as a,
+        Client(server.address) as b,
+        grpc.insecure_channel(server.address) as channel,
+    ):
+        # A health Watch opened before the drain (as a balancer or a probe agent holds one)
+        # hears NOT_SERVING; the drain closes the port, so new calls cannot reach the server.
+        watch = health_pb2_grpc.HealthStub(channel).Watch(
+            health_pb2.HealthCheckRequest(service=""), timeout=30
+        )
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        assert b.health() == "SERVING"
         running = Watcher(a.stylize(tiny_content, [tiny_style], **LONG))
         running.wait_for(Started)
         stopper = threading.Thread(target=server.shutdown, daemon=True)
         began = time.monotonic()
         stopper.start()
-        wait_until(lambda: b.health() == "NOT_SERVING", timeout=2)
-        with pytest.raises(ImpastoError) as refused:
-            b.stylize(tiny_content, [tiny_style], timeout=5, **SHORT).result()
-        assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+        assert next(watch).status == health_pb2.HealthCheckResponse.NOT_SERVING
+        wait_until(lambda: not server.service.accepting, timeout=2)
+        assert not running.done.is_set()  # draining, not stopped
+        # A new call is refused at once (the port is closed), never left hanging; gRPC's
+        # retries of it fail the same way.
+        for call in (
+            b.health,
+            lambda: b.stylize(tiny_content, [tiny_style], timeout=5, **SHORT).result(),
+        ):
+            asked = time.monotonic()
+            with pytest.raises(ImpastoError) as refused:
+                call()
+            assert refused.value.code == grpc.StatusCode.UNAVAILABLE
+            assert time.monotonic() - asked < 4.5
         assert running.done.wait(10)
         assert running.error.code == grpc.StatusCode.UNAVAILABLE
+        assert running.error.reason == "SHUTDOWN"
         assert "shutting down" in running.error.message
         assert time.monotonic() - began >= 0.9  # the grace period was granted
         stopper.join(10)
