@@ -141,11 +141,24 @@ class Connection:
             LOCAL_SERVERS.release(id(self))
 
 
-def describe_error(error: BaseException, where: str) -> str:
-    """A message for a napari notification: what went wrong, where, and what to do."""
+def describe_error(error: BaseException, where: str, *, during_job: bool = False) -> str:
+    """A message for a napari notification: what went wrong, where, and what to do.
+
+    ``during_job``: the server had accepted the job (it sent a queued or started event), so a
+    broken call means the connection was lost, not that the server could not be reached."""
     if isinstance(error, ImpastoError):
         code, message = error.code, error.message
+        # A server's verdict on a job it had carries a reason; a broken connection has none.
+        by_reason = _describe_reason(error, where)
+        if by_reason is not None:
+            return by_reason
         if code == grpc.StatusCode.UNAVAILABLE:
+            if during_job:
+                return (
+                    f"impasto: lost the connection to the server at {where} during the job "
+                    f"({message}). The job did not finish; check that the server runs, then "
+                    "run again."
+                )
             return (
                 f"impasto: cannot reach the server at {where} ({message}). Check that it runs, "
                 "the address and port, and the TLS setting."
@@ -173,3 +186,35 @@ def describe_error(error: BaseException, where: str) -> str:
     if isinstance(error, (ValueError, OSError)):
         return f"impasto: {error}"
     return f"impasto: unexpected error ({type(error).__name__}): {error}"
+
+
+def _describe_reason(error: ImpastoError, where: str) -> str | None:
+    """The message for a job the server ended itself (``error.reason`` set), else None."""
+    reason, message = error.reason, error.message
+    if reason == "SHUTDOWN":
+        return (
+            f"impasto: the server at {where} shut down during the job; it did not finish. "
+            "Run it again once the server is back (or on another server)."
+        )
+    if reason == "OUT_OF_MEMORY":
+        return (
+            f"impasto: the server at {where} ran out of device memory for this job. Reduce "
+            "the size or the number of scales, or use fewer or smaller style layers (on a "
+            f"GPU server, bfloat16 precision also helps). Server: {message}"
+        )
+    if reason == "CANCELLED":
+        return f"impasto: the job was cancelled on the server at {where}: {message}"
+    if reason == "DEADLINE":
+        return (
+            f"impasto: the job passed its deadline on the server at {where}: {message}. Use "
+            "fewer iterations or a smaller size."
+        )
+    if reason == "INVALID":
+        details = "; ".join(f"{f}: {d}" for f, d in error.field_violations) or message
+        return f"impasto: the server rejected the job: {details}"
+    if reason == "INTERNAL":
+        return (
+            f"impasto: the server at {where} failed the job (an internal error; its log has "
+            f"the details): {message}"
+        )
+    return None

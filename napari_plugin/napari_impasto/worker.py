@@ -104,6 +104,7 @@ def run_plan(
 ) -> Iterator[Connected | JobEvent | PlaneDone]:
     done = 0
     where = choice.label
+    job: Job | None = None
     try:
         client = connection.client(choice)
         where = connection.address or where
@@ -112,6 +113,7 @@ def run_plan(
         previous: np.ndarray | None = None
         count = len(plan.tasks)
         for number, task in enumerate(plan.tasks):
+            job = None
             if control.cancelled:
                 return Outcome("cancelled", "cancelled", done)
             content = task.content()
@@ -154,7 +156,9 @@ def run_plan(
     except ImpastoError as error:
         if control.cancelled and error.code == grpc.StatusCode.CANCELLED:
             return Outcome("cancelled", "cancelled", done)
-        return Outcome("failed", describe_error(error, where), done)
+        # A job id means the server had accepted this plane's job before the call ended.
+        during_job = job is not None and job.job_id is not None
+        return Outcome("failed", describe_error(error, where, during_job=during_job), done)
     except Exception as error:  # noqa: BLE001 - every failure becomes a notification
         return Outcome("failed", describe_error(error, where), done)
 

@@ -113,3 +113,64 @@ def test_messages_for_a_full_queue_and_bad_fields() -> None:
         grpc.StatusCode.INVALID_ARGUMENT, "invalid request", [("options.size", "too small")]
     )
     assert "options.size: too small" in describe_error(bad, "h:1")
+
+
+def test_messages_by_reason() -> None:
+    unavailable = grpc.StatusCode.UNAVAILABLE
+    shutdown = ImpastoError(unavailable, "the server is shutting down", reason="SHUTDOWN")
+    assert "shut down during the job" in describe_error(shutdown, "h:1", during_job=True)
+    lost = ImpastoError(unavailable, "Socket closed")
+    assert "lost the connection to the server at h:1" in describe_error(
+        lost, "h:1", during_job=True
+    )
+    assert "cannot reach the server at h:1" in describe_error(lost, "h:1")
+    memory = ImpastoError(
+        grpc.StatusCode.RESOURCE_EXHAUSTED, "ran out of memory", reason="OUT_OF_MEMORY"
+    )
+    text = describe_error(memory, "h:1", during_job=True)
+    assert "out of device memory" in text and "Reduce the size" in text
+    internal = ImpastoError(grpc.StatusCode.INTERNAL, "boom", reason="INTERNAL")
+    assert "internal error" in describe_error(internal, "h:1") and "boom" in describe_error(
+        internal, "h:1"
+    )
+    deadline = ImpastoError(grpc.StatusCode.DEADLINE_EXCEEDED, "late", reason="DEADLINE")
+    assert "fewer iterations" in describe_error(deadline, "h:1")
+
+
+def test_server_killed_mid_job_then_restarted(
+    dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any, tiny_style: Any
+) -> None:
+    """SIGKILL while a job runs: the widget says the connection to that address was lost, is
+    usable again, and a run against the server restarted on the same port succeeds."""
+    import os
+    import signal
+
+    from impasto.local import LocalServer
+
+    local = LocalServer(port=_closed_port(), extra_args=("--log-level", "WARNING"), grace=3)
+    local.start()
+    try:
+        viewer, widget = dock(local, iterations=100_000)
+        add_content_and_style(viewer, tiny_content, tiny_style)
+        widget.run()
+        qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+        assert local.process is not None
+        os.kill(local.process.pid, signal.SIGKILL)
+        outcome = wait_for_run(qtbot, widget, timeout=30)
+        assert outcome.status == "failed"
+        (message,) = _errors(notifications)
+        assert "lost the connection to the server at" in message, message
+        assert local.address in message and "during the job" in message
+        assert "cannot reach" not in message
+        assert widget.run_button.isEnabled()
+        local.stop()
+
+        local = LocalServer(port=local.port, extra_args=("--log-level", "WARNING"), grace=3)
+        local.start()
+        widget.set_options(iterations=4)
+        widget.run()
+        outcome = wait_for_run(qtbot, widget)
+        assert outcome.status == "done", outcome.message
+        assert any("impasto" in layer.metadata for layer in viewer.layers)
+    finally:
+        local.stop()
