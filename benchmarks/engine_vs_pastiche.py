@@ -81,9 +81,13 @@ def yardstick(image_path: str, content_path: str, style_path: str) -> tuple[floa
     image = np.asarray(Image.open(image_path).convert("RGB"))
     h, w = image.shape[:2]
     px = imaging.to_pixels(image)[0]
-    c = imaging.resize(imaging.to_pixels(np.asarray(Image.open(content_path).convert("RGB")))[0], (h, w))
+    c = imaging.resize(
+        imaging.to_pixels(np.asarray(Image.open(content_path).convert("RGB")))[0], (h, w)
+    )
     style = np.asarray(Image.open(style_path).convert("RGB"))
-    s = imaging.resize(imaging.to_pixels(style)[0], imaging.fit_long_side(*style.shape[:2], max(h, w)))
+    s = imaging.resize(
+        imaging.to_pixels(style)[0], imaging.fit_long_side(*style.shape[:2], max(h, w))
+    )
     layers = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
     with torch.no_grad():
         fx = net(px, (*layers, "conv4_2"))

@@ -61,8 +61,12 @@ def _impasto(content: str, style: str, size: int, spec: str, out: str) -> None:
     overrides = {}
     for item in filter(None, rest.split(",")):
         key, value = item.split("=")
-        overrides[key] = json.loads(value) if value[0] in "[{" else (
-            int(value) if value.isdigit() else (float(value) if value[0].isdigit() else value)
+        overrides[key] = (
+            json.loads(value)
+            if value[0] in "[{"
+            else (
+                int(value) if value.isdigit() else (float(value) if value[0].isdigit() else value)
+            )
         )
     t0 = time.perf_counter()
     engine = Engine(device="cpu")
@@ -75,7 +79,9 @@ def _impasto(content: str, style: str, size: int, spec: str, out: str) -> None:
     for event in engine.run(c, [s], options, preview_every=1):
         if isinstance(event, Progress):
             last = event.iteration == options.iterations
-            if (event.height, event.width) == final_shape and (event.iteration % EVERY == 0 or last):
+            if (event.height, event.width) == final_shape and (
+                event.iteration % EVERY == 0 or last
+            ):
                 # Preview conversion is a few ms; it is counted, which only slows impasto.
                 snapshots.append((event.iteration, event.elapsed, event.preview))
     with open(out, "wb") as f:
