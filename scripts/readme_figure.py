@@ -1,6 +1,6 @@
 """Compose content, style and result side by side for the README.
 
-    .venv/bin/python scripts/readme_figure.py out/stylized.png docs/images/result.png
+.venv/bin/python scripts/readme_figure.py out/stylized.png docs/images/result.png
 """
 
 from __future__ import annotations
@@ -30,7 +30,9 @@ def main() -> None:
         figure.paste(tile, (x, 0))
         x += tile.width + gap
     figure.save(figure_path)
-    print(f"wrote {figure_path} ({figure.width}x{figure.height}), mean {np.asarray(figure).mean():.1f}")
+    print(
+        f"wrote {figure_path} ({figure.width}x{figure.height}), mean {np.asarray(figure).mean():.1f}"
+    )
 
 
 if __name__ == "__main__":
