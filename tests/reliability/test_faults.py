@@ -12,21 +12,21 @@ import numpy as np
 import pytest
 from impasto.client import Client, ImpastoError, Progress, Queued, Result, Started
 from impasto.local import LocalServer
-from reliability_helpers import ENDLESS, TINY, Reader, wait_until
+from job_watch import LONG, SHORT, Watcher, wait_until
 
 
 def test_out_of_memory_fails_that_job_alone(make_server, tiny_content, tiny_style):
     # 24 MiB holds a 32 px job (about 12 MiB of tensors) but not a 128 px one (about 40 MiB).
     server = make_server(max_running=2, simulated_memory_mb=24)
     with Client(server.address) as big_client, Client(server.address) as small_client:
-        big = Reader(big_client.stylize(tiny_content, [tiny_style], size=128, iterations=3))
-        small = Reader(small_client.stylize(tiny_content, [tiny_style], **TINY))
+        big = Watcher(big_client.stylize(tiny_content, [tiny_style], size=128, iterations=3))
+        small = Watcher(small_client.stylize(tiny_content, [tiny_style], **SHORT))
         assert big.done.wait(60) and small.done.wait(60)
         assert big.error is not None and big.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "ran out of memory" in big.error.message and "reduce size" in big.error.message
         assert small.error is None and isinstance(small.events[-1], Result)
         # The server is unharmed: the next job runs normally.
-        assert small_client.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+        assert small_client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
     wait_until(lambda: server.scheduler.running == 0)
 
 
@@ -51,7 +51,7 @@ def test_a_client_that_stops_reading_stalls_no_one(make_server, tiny_content, ti
         )
         started = time.monotonic()
         for _ in range(2):
-            assert other.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+            assert other.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
         assert time.monotonic() - started < 90
         # The unread job has finished on the server and freed its slot.
         wait_until(lambda: server.scheduler.running == 0 and server.scheduler.queued == 0, 60)
@@ -79,7 +79,7 @@ def test_sigkill_mid_job_then_restart(free_port, tiny_content, tiny_style):
     local.start()
     try:
         with Client(local.address) as client:
-            running = Reader(client.stylize(tiny_content, [tiny_style], **ENDLESS))
+            running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))
             running.wait_for(Progress)
             assert local.process is not None
             os.kill(local.process.pid, signal.SIGKILL)
@@ -91,7 +91,7 @@ def test_sigkill_mid_job_then_restart(free_port, tiny_content, tiny_style):
             # The same client, the same address, the same request: it works after a restart.
             local = LocalServer(port=free_port, device="cpu", grace=3)
             local.start()
-            assert client.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+            assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
     finally:
         local.stop()
 
@@ -100,9 +100,9 @@ def test_sigterm_mid_job_tells_clients_why(tiny_content, tiny_style):
     # --grace-seconds 1: running jobs get one second to finish before they are stopped.
     local = LocalServer(device="cpu", grace=3)
     with local, Client(local.address) as a, Client(local.address) as b, Client(local.address) as c:
-        running = Reader(a.stylize(tiny_content, [tiny_style], **ENDLESS))
+        running = Watcher(a.stylize(tiny_content, [tiny_style], **LONG))
         running.wait_for(Progress)
-        queued = Reader(b.stylize(tiny_content, [tiny_style], **TINY))
+        queued = Watcher(b.stylize(tiny_content, [tiny_style], **SHORT))
         queued.wait_for(Queued)
         assert local.process is not None
         local.process.send_signal(signal.SIGTERM)
@@ -113,6 +113,6 @@ def test_sigterm_mid_job_tells_clients_why(tiny_content, tiny_style):
         assert "shutting down" in queued.error.message
         assert "shutting down" in running.error.message
         with pytest.raises(ImpastoError) as late:
-            c.stylize(tiny_content, [tiny_style], **TINY).result()
+            c.stylize(tiny_content, [tiny_style], **SHORT).result()
         assert late.value.code == grpc.StatusCode.UNAVAILABLE
         assert local.process.wait(15) == 0

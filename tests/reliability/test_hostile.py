@@ -21,7 +21,7 @@ from hypothesis import strategies as st
 from impasto.client import Client, ImpastoError
 from impasto.v1 import style_transfer_pb2 as pb
 from PIL import Image as PILImage
-from reliability_helpers import TINY
+from job_watch import SHORT
 
 TOKEN = "hostile-test-token"
 MAX_MESSAGE_MB = 1
@@ -308,7 +308,7 @@ def test_the_server_still_serves_after_the_onslaught(hostile_server, tiny_conten
     assert sum(OUTCOMES.values()) >= 100  # the hostile tests ran first, in this module
     assert p95 < 1.0
     assert client.health() == "SERVING"
-    assert client.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+    assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
     deadline = time.monotonic() + 10
     while (server.scheduler.running or server.scheduler.queued) and time.monotonic() < deadline:
         time.sleep(0.05)

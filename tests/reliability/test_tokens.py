@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 from impasto.client import Client, ImpastoError, Queued, Started
-from reliability_helpers import ENDLESS, TINY, Reader
+from job_watch import LONG, SHORT, Watcher
 
 
 def _write(path, text: str) -> None:
@@ -26,7 +26,7 @@ def _write(path, text: str) -> None:
 
 def _refusal(client: Client, content, style) -> ImpastoError:
     with pytest.raises(ImpastoError) as info:
-        client.stylize(content, [style], **TINY).result()
+        client.stylize(content, [style], **SHORT).result()
     return info.value
 
 
@@ -43,21 +43,21 @@ def test_missing_wrong_expired_and_revoked_tokens(make_server, tmp_path, tiny_co
             error = _refusal(client, tiny_content, tiny_style)
             assert error.code == grpc.StatusCode.UNAUTHENTICATED and words in error.message
     with Client(server.address, token="alice") as alice, Client(server.address, token="bob") as bob:
-        assert alice.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
-        assert bob.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+        assert alice.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+        assert bob.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
         # Revoke bob, let carol in, expire alice: no restart.
         _write(tokens, f"alice expires={past}\ncarol\n")
         assert "not valid" in _refusal(bob, tiny_content, tiny_style).message
         assert "expired" in _refusal(alice, tiny_content, tiny_style).message
     with Client(server.address, token="carol") as carol:
-        assert carol.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+        assert carol.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
         # An emptied file lets nobody in; a missing file keeps the last tokens read.
         _write(tokens, "# everyone revoked\n")
         assert "not valid" in _refusal(carol, tiny_content, tiny_style).message
         _write(tokens, "carol\n")
-        assert carol.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+        assert carol.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
         tokens.unlink()
-        assert carol.stylize(tiny_content, [tiny_style], **TINY).result().iterations == 2
+        assert carol.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
 
 
 def test_one_token_is_one_client_however_many_connections(make_server, tmp_path, tiny_content,
@@ -66,17 +66,16 @@ def test_one_token_is_one_client_however_many_connections(make_server, tmp_path,
     _write(tokens, "greedy\nmodest\n")
     server = make_server(token_file=str(tokens), max_jobs_per_client=2, queue_size=8)
     connections = [Client(server.address, token="greedy") for _ in range(3)]
-    readers: list[Reader] = []
+    readers: list[Watcher] = []
     try:
-        readers = [
-            Reader(c.stylize(tiny_content, [tiny_style], **ENDLESS)) for c in connections[:2]
-        ]
+        readers = [Watcher(c.stylize(tiny_content, [tiny_style], **LONG)) for c in connections[:2]]
         readers[0].wait_for(Started)
+        readers[1].wait_for(Queued)  # both of greedy's jobs are admitted before the third asks
         error = _refusal(connections[2], tiny_content, tiny_style)
         assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "per-client" in error.message
         assert error.retry_after is not None
         with Client(server.address, token="modest") as modest:
-            waiting = Reader(modest.stylize(tiny_content, [tiny_style], **TINY))
+            waiting = Watcher(modest.stylize(tiny_content, [tiny_style], **SHORT))
             waiting.wait_for(Queued)  # admitted although "greedy" has three connections
             for reader in readers:
                 reader.job.cancel()

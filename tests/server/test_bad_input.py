@@ -12,7 +12,7 @@ import numpy as np
 import pytest
 from impasto.client import ImpastoError
 from impasto.v1 import style_transfer_pb2 as pb
-from impasto_jobs_helpers import SHORT
+from job_watch import SHORT
 
 
 def _png_header_only(width: int, height: int) -> bytes:

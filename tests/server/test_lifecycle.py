@@ -13,7 +13,7 @@ from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
 from impasto.client import Client, ImpastoError, Started
-from impasto_jobs_helpers import LONG, SHORT, Watcher, wait_until
+from job_watch import LONG, SHORT, Watcher, wait_until
 
 
 def test_health_is_not_serving_until_the_model_is_loaded(make_server, tiny_content, tiny_style):

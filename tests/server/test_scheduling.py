@@ -7,7 +7,7 @@ import time
 import grpc
 import pytest
 from impasto.client import Client, ImpastoError, Progress, Queued, Result, Started
-from impasto_jobs_helpers import LONG, SHORT, Watcher, wait_until
+from job_watch import LONG, SHORT, Watcher, wait_until
 
 
 def test_cancelling_a_running_job_frees_the_slot(make_server, tiny_content, tiny_style):
@@ -21,7 +21,7 @@ def test_cancelling_a_running_job_frees_the_slot(make_server, tiny_content, tiny
         cancelled_at = time.monotonic()
         long.job.cancel()
         assert waiting.done.wait(30) and waiting.error is None
-        assert isinstance(waiting.events[-1][1], Result)
+        assert isinstance(waiting.events[-1], Result)
         assert waiting.first(Started) - cancelled_at < 2.0
         assert long.error is not None and long.error.code == grpc.StatusCode.CANCELLED
     wait_until(lambda: server.scheduler.running == 0 and server.scheduler.queued == 0)
@@ -36,12 +36,12 @@ def test_cancelling_a_queued_job_removes_it(make_server, tiny_content, tiny_styl
         second.wait_for(Queued)
         third = Watcher(c.stylize(tiny_content, [tiny_style], **SHORT))
         third.wait_for(Queued)
-        assert third.events[-1][1].position == 2
+        assert third.events[-1].position == 2
         assert c.server_info().queued_jobs == 2
         second.job.cancel()
         assert second.done.wait(5) and second.error.code == grpc.StatusCode.CANCELLED
-        wait_until(lambda: third.events[-1][1].position == 1)
-        assert third.events[-1][1].queue_length == 1
+        wait_until(lambda: third.events[-1].position == 1)
+        assert third.events[-1].queue_length == 1
         assert server.scheduler.queued == 1
         long.job.cancel()
         assert third.done.wait(30) and third.error is None
@@ -94,7 +94,7 @@ def test_a_busy_client_does_not_starve_another(make_server, tiny_content, tiny_s
         single = Watcher(other.stylize(tiny_content, [tiny_style], **SHORT))
         single.wait_for(Queued)
         # Round-robin: at most one of the busy client's jobs goes before the other's one.
-        assert single.events[-1][1].position == 2
+        assert single.events[-1].position == 2
         blocker.job.cancel()
         assert single.done.wait(60) and single.error is None
         for w in many:

@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 from impasto.client import Client, ImpastoError
-from impasto_jobs_helpers import SHORT
+from job_watch import SHORT
 
 
 def _pem_key(key) -> bytes:

@@ -1,4 +1,4 @@
-"""Helpers for following jobs in background threads."""
+"""Following jobs in background threads, for the server and reliability tests."""
 
 from __future__ import annotations
 
@@ -12,11 +12,13 @@ LONG = {"size": 32, "iterations": 100_000, "num_scales": 1}
 
 
 class Watcher:
-    """Consumes one job's events in a thread, recording them and how the stream ended."""
+    """Consumes one job's events in a thread, recording them, when each came, and how the
+    stream ended."""
 
     def __init__(self, job):
         self.job = job
         self.events: list = []
+        self.times: list[float] = []
         self.error: ImpastoError | None = None
         self.done = threading.Event()
         self.thread = threading.Thread(target=self._run, daemon=True)
@@ -25,22 +27,26 @@ class Watcher:
     def _run(self):
         try:
             for event in self.job:
-                self.events.append((time.monotonic(), event))
+                self.times.append(time.monotonic())
+                self.events.append(event)
         except ImpastoError as exc:
             self.error = exc
         finally:
             self.done.set()
 
     def has(self, kind) -> bool:
-        return any(isinstance(e, kind) for _, e in self.events)
+        return any(isinstance(e, kind) for e in self.events)
 
     def first(self, kind) -> float:
-        return next(t for t, e in self.events if isinstance(e, kind))
+        """When the first event of ``kind`` arrived (time.monotonic())."""
+        return next(t for t, e in zip(self.times, self.events) if isinstance(e, kind))
 
-    def wait_for(self, kind, timeout: float = 30.0) -> None:
+    def wait_for(self, kind, timeout: float = 60.0) -> None:
         end = time.monotonic() + timeout
         while not self.has(kind):
-            assert not self.done.is_set() or self.has(kind), f"ended early: {self.error}"
+            assert not self.done.is_set() or self.has(kind), (
+                f"ended before a {kind.__name__}: {self.error}"
+            )
             assert time.monotonic() < end, f"no {kind.__name__} within {timeout}s"
             time.sleep(0.01)
 
