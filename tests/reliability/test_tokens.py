@@ -11,7 +11,7 @@ import time
 import grpc
 import pytest
 from impasto.client import Client, ImpastoError, Queued, Started
-from job_watch import LONG, SHORT, Watcher
+from job_watch import LONG, SHORT, Watcher, wait_until
 
 
 def _write(path, text: str) -> None:
@@ -69,8 +69,10 @@ def test_one_token_is_one_client_however_many_connections(make_server, tmp_path,
     readers: list[Watcher] = []
     try:
         readers = [Watcher(c.stylize(tiny_content, [tiny_style], **LONG)) for c in connections[:2]]
-        readers[0].wait_for(Started)
-        readers[1].wait_for(Queued)  # both of greedy's jobs are admitted before the third asks
+        # Both of greedy's jobs are admitted (one runs, one waits) before the third asks;
+        # which connection's request arrives first is up to the network.
+        wait_until(lambda: sum(r.has(Started) for r in readers) == 1)
+        wait_until(lambda: any(r.has(Queued) and not r.has(Started) for r in readers))
         error = _refusal(connections[2], tiny_content, tiny_style)
         assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and "per-client" in error.message
         assert error.retry_after is not None
