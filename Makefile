@@ -32,8 +32,15 @@ run: $(STAMP)
 	mkdir -p out
 	$(VENV)/bin/impasto stylize --size $(SIZE) --iterations $(ITERATIONS) -o out/stylized.png
 
+# napari draws with OpenGL, which needs an X display even with offscreen Qt: without one, the
+# suite runs under xvfb-run, so the display outlives every Qt connection.
 test: $(STAMP) node
-	QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS)
+	if [ -z "$$DISPLAY" ] && command -v xvfb-run >/dev/null; then \
+	  QT_QPA_PLATFORM=offscreen xvfb-run -a -s "-screen 0 1280x1024x24 -nolisten tcp" \
+	    $(PY) -m pytest $(PYTEST_ARGS); \
+	else \
+	  QT_QPA_PLATFORM=offscreen $(PY) -m pytest $(PYTEST_ARGS); \
+	fi
 
 lint: $(STAMP) node
 	$(VENV)/bin/ruff format --check proto server napari_plugin tests benchmarks scripts

@@ -3,7 +3,6 @@ offscreen platform only offers through an X server), real servers on 127.0.0.1."
 
 from __future__ import annotations
 
-import atexit
 import contextlib
 import os
 import shutil
@@ -28,28 +27,25 @@ def _start_xvfb() -> None:
     if os.environ.get("DISPLAY") or not shutil.which("Xvfb"):
         return
     read, write = os.pipe()
-    process = subprocess.Popen(
-        ["Xvfb", "-displayfd", str(write), "-screen", "0", "1280x1024x24", "-nolisten", "tcp"],
+    # A watchdog shell stops Xvfb a second after this process has exited. Killing it from an
+    # atexit handler instead would pull the display from under Qt, and Xlib ends a process whose
+    # display vanishes with exit status 1, failing a suite that passed.
+    script = (
+        f"Xvfb -displayfd {write} -screen 0 1280x1024x24 -nolisten tcp & x=$!; "
+        f"while kill -0 {os.getpid()} 2>/dev/null; do sleep 1; done; kill $x"
+    )
+    subprocess.Popen(
+        ["sh", "-c", script],
         pass_fds=(write,),
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
+        start_new_session=True,
     )
     os.close(write)
     with os.fdopen(read) as pipe:
         number = pipe.readline().strip()
-    if not number:
-        process.kill()
-        return
-    os.environ["DISPLAY"] = f":{number}"
-
-    def stop() -> None:
-        process.terminate()
-        try:
-            process.wait(5)
-        except subprocess.TimeoutExpired:
-            process.kill()
-
-    atexit.register(stop)
+    if number:
+        os.environ["DISPLAY"] = f":{number}"
 
 
 _start_xvfb()
