@@ -62,13 +62,7 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
     if not state.stack:
         placement = layer_tools.placement_of(state.content, item.index, image.shape[:2])
         data = image.reshape((1,) * len(item.index) + image.shape)
-        state.result_layer = viewer.add_image(
-            data,
-            name=layer_tools.result_name(state.content.name, state.style_names),
-            metadata={"impasto": metadata},
-            **image_kwargs(state, data, placement),
-        )
-        state.result_layers += 1
+        _add_result_layer(viewer, state, data, placement, metadata)
     else:
         lead = layer_tools.leading_shape(state.content)
         if state.result_layer is None or state.result_layer not in viewer.layers:
@@ -76,13 +70,7 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
             placement = layer_tools.placement_of(state.content, None, image.shape[:2])
             data = np.zeros(lead + image.shape, dtype=image.dtype)
             data[item.index] = image
-            state.result_layer = viewer.add_image(
-                data,
-                name=layer_tools.result_name(state.content.name, state.style_names),
-                metadata={"impasto": metadata},
-                **image_kwargs(state, data, placement),
-            )
-            state.result_layers += 1
+            _add_result_layer(viewer, state, data, placement, metadata)
         else:
             layer = state.result_layer
             layer.data[item.index] = image
@@ -140,3 +128,15 @@ def _layer(viewer: Any, name: str) -> Image | None:
     if name in viewer.layers and isinstance(viewer.layers[name], Image):
         return viewer.layers[name]
     return None
+
+
+def _add_result_layer(viewer: Any, state: ActiveRun, data: np.ndarray, placement: Any,
+                      metadata: dict) -> None:  # fmt: skip
+    """A new result layer (a run never overwrites an earlier one's)."""
+    state.result_layer = viewer.add_image(
+        data,
+        name=layer_tools.result_name(state.content.name, state.style_names),
+        metadata={"impasto": metadata},
+        **image_kwargs(state, data, placement),
+    )
+    state.result_layers += 1
