@@ -71,30 +71,13 @@ def run_impasto(content: str, style: str, out: str, size: int, iterations: int, 
 
 
 def yardstick(image_path: str, content_path: str, style_path: str) -> tuple[float, float]:
-    import torch
+    """(content distance, style distance) with the yardstick of time_to_quality.py."""
+    from time_to_quality import Yardstick
 
-    from impasto_server.engine import imaging
-    from impasto_server.engine.losses import content_layer_loss, gram, style_layer_loss
-    from impasto_server.engine.vgg import load_feature_net
-
-    net = load_feature_net("original")
     image = np.asarray(Image.open(image_path).convert("RGB"))
-    h, w = image.shape[:2]
-    px = imaging.to_pixels(image)[0]
-    c = imaging.resize(
-        imaging.to_pixels(np.asarray(Image.open(content_path).convert("RGB")))[0], (h, w)
-    )
+    content = np.asarray(Image.open(content_path).convert("RGB"))
     style = np.asarray(Image.open(style_path).convert("RGB"))
-    s = imaging.resize(
-        imaging.to_pixels(style)[0], imaging.fit_long_side(*style.shape[:2], max(h, w))
-    )
-    layers = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-    with torch.no_grad():
-        fx = net(px, (*layers, "conv4_2"))
-        fc = net(c, ("conv4_2",))
-        fs = net(s, layers)
-    style_d = sum(style_layer_loss(gram(fx[n]), gram(fs[n])).item() for n in layers) / len(layers)
-    return content_layer_loss(fx["conv4_2"], fc["conv4_2"]).item(), style_d
+    return Yardstick(content, style, image.shape[:2])(image)
 
 
 def child(args: argparse.Namespace) -> None:
