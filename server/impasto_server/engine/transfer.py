@@ -10,6 +10,7 @@ import secrets
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 import torch
@@ -210,7 +211,7 @@ class Engine:
 
     # ------------------------------------------------------------------ the run
 
-    def run(
+    def prepare(
         self,
         content: np.ndarray,
         styles: Sequence[np.ndarray],
@@ -223,16 +224,16 @@ class Engine:
         preview_every: int = 0,
         preview_size: int = 0,
         should_stop: Callable[[], bool] | None = None,
-    ) -> Iterator[Progress | Result]:
-        """Optimise; yield a Progress per iteration and finally the Result. Raises Cancelled
-        (between iterations) once ``should_stop()`` is true."""
+    ) -> PreparedRun:
+        """Validate a run (raising EngineError) and hold it ready for ``run_batch``."""
         self.validate(
             content, styles, options, style_weights=style_weights, mask=mask,
             region_styles=region_styles, init_image=init_image,
         )  # fmt: skip
         if options.seed is None:
             options = options.replace(seed=secrets.randbelow(2**63))
-        return self._run(
+        return PreparedRun(
+            self,
             self._inputs(content, styles, options, style_weights, mask, region_styles, init_image),
             options,
             self.stage_shapes(content, options),
@@ -240,6 +241,104 @@ class Engine:
             max(0, preview_size),
             should_stop or (lambda: False),
         )
+
+    def run(
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        options: StyleOptions,
+        **kwargs: Any,
+    ) -> Iterator[Progress | Result]:
+        """Optimise; yield a Progress per iteration and finally the Result. Takes ``prepare``'s
+        keywords. Raises EngineError at once for a bad request, and Cancelled (between
+        iterations) once ``should_stop()`` is true."""
+        prepared = self.prepare(content, styles, options, **kwargs)
+
+        def events() -> Iterator[Progress | Result]:
+            for _, event in self.run_batch([prepared]):
+                if isinstance(event, BaseException):
+                    raise event
+                yield event
+
+        return events()
+
+    def run_batch(
+        self, runs: Sequence[PreparedRun]
+    ) -> Iterator[tuple[int, Progress | Result | Exception]]:
+        """Run prepared runs that share one ``batch_key`` together: each iteration is one
+        forward and backward pass over all of them stacked along the batch axis, and each run
+        keeps its own optimiser, so every run's result is what it would be alone (within
+        float tolerance). Yields (index into ``runs``, event): a Progress per iteration, then
+        the Result, or the exception that ended that run alone (Cancelled when its
+        ``should_stop`` turned true, EngineError when it diverged, or an error of the shared
+        pass, which ends every run still going)."""
+        if len({run.batch_key for run in runs}) > 1:
+            raise ValueError("runs of one batch must share their batch_key")
+        return self._drive(list(runs))
+
+    def _drive(self, runs: list[PreparedRun]) -> Iterator[tuple[int, Any]]:
+        if not runs:
+            return
+        started = time.perf_counter()
+        live = list(enumerate(runs))
+        first = runs[0]
+        for index, stage_iterations in enumerate(first.per_stage):
+            staged = []
+            for i, run in live:
+                try:
+                    if run.should_stop():
+                        raise Cancelled()
+                    run.begin_stage(index)
+                except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
+                    yield i, exc
+                else:
+                    staged.append((i, run))
+            live = staged
+            for _ in range(stage_iterations):
+                stopped = [(i, run) for i, run in live if run.should_stop()]
+                for i, _run in stopped:
+                    yield i, Cancelled()
+                live = [(i, run) for i, run in live if (i, run) not in stopped]
+                if not live:
+                    return
+                try:
+                    self._evaluate([run.stage for _, run in live])
+                except Exception as exc:  # noqa: BLE001 - the shared pass failed: it ends them all
+                    for i, _run in live:
+                        yield i, exc
+                    return
+                stepped = []
+                for i, run in live:
+                    try:
+                        event = run.step(index, started)
+                    except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
+                        yield i, exc
+                    else:
+                        stepped.append((i, run))
+                        yield i, event
+                live = stepped
+            for _, run in live:
+                run.end_stage()
+        for i, run in live:
+            yield i, run.result(started)
+
+    def _evaluate(self, stages: list[_Stage]) -> None:
+        """One forward and backward pass over every stage's image at once; leaves each image's
+        gradient of its own (scaled) objective in ``x.grad``."""
+        lead = stages[0]
+        for stage in stages:
+            stage.x.grad = None
+        x = lead.x if len(stages) == 1 else torch.cat([stage.x for stage in stages])
+        layers = tuple(dict.fromkeys(layer for stage in stages for layer in stage.layers))
+        with self._autocast(lead.options.precision):
+            feats = self.net(x, layers, lead.options.pooling)
+        objective = x.new_zeros((), dtype=torch.float32)
+        for b, stage in enumerate(stages):
+            own = feats if len(stages) == 1 else {k: v[b : b + 1] for k, v in feats.items()}
+            objective = objective + stage.objective(own)
+        # The images are independent along the batch axis (VGG19 has no batch statistics),
+        # so the gradient of the sum with respect to each image is that of its own objective.
+        objective.backward()
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -358,58 +457,92 @@ class Engine:
             x = imaging.resize(x, imaging.fit_long_side(*x.shape[-2:], long_side))
         return imaging.from_pixels(x, inputs.alpha, inputs.source)
 
-    def _run(self, inputs, options, shapes, preview_every, preview_size, should_stop):
-        started = time.perf_counter()
+
+class PreparedRun:
+    """One validated run and its progress through the coarse-to-fine schedule. Runs with equal
+    ``batch_key`` (same stage shapes and iterations, pooling and precision) can share passes."""
+
+    def __init__(
+        self, engine: Engine, inputs: _Inputs, options: StyleOptions,
+        shapes: list[tuple[int, int]], preview_every: int, preview_size: int,
+        should_stop: Callable[[], bool],
+    ) -> None:  # fmt: skip
+        self.engine = engine
+        self.inputs = inputs
+        self.options = options
+        self.shapes = shapes
+        self.preview_every = preview_every
+        self.preview_size = preview_size
+        self.should_stop = should_stop
         stages = len(shapes)
         per_stage = [options.iterations // stages] * stages
         per_stage[-1] += options.iterations - sum(per_stage)
-        total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
-        done_cost = 0
-        iteration = 0
-        x: torch.Tensor | None = None
-        losses: dict[str, float] = {}
-        for index, (shape, stage_iterations) in enumerate(zip(shapes, per_stage)):
-            if should_stop():
-                raise Cancelled()
-            content_px = imaging.resize(inputs.content, shape)
-            if options.color_preservation == "luminance":
-                content_px = imaging.luminance_rgb(content_px)
-            if x is None:
-                start = self._initial(inputs, options, shape, content_px)
-            else:
-                start = imaging.resize(x.detach().cpu(), shape)
-            stage = _Stage(
-                self, options, start, content_px, self._regions(inputs, content_px, options)
+        self.per_stage = per_stage
+        self.batch_key = (tuple(shapes), tuple(per_stage), options.pooling, options.precision)
+        self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
+        self.done_cost = 0
+        self.iteration = 0
+        self.x: torch.Tensor | None = None
+        self.stage: _Stage | None = None
+        self.losses: dict[str, float] = {}
+
+    @property
+    def pixels(self) -> int:
+        """Pixels of the largest stage: what one more run adds to a batch's memory."""
+        return max(h * w for h, w in self.shapes)
+
+    def begin_stage(self, index: int) -> None:
+        engine, inputs, options = self.engine, self.inputs, self.options
+        shape = self.shapes[index]
+        content_px = imaging.resize(inputs.content, shape)
+        if options.color_preservation == "luminance":
+            content_px = imaging.luminance_rgb(content_px)
+        if self.x is None:
+            start = engine._initial(inputs, options, shape, content_px)
+        else:
+            start = imaging.resize(self.x.detach().cpu(), shape)
+        self.stage = _Stage(
+            engine, options, start, content_px, engine._regions(inputs, content_px, options)
+        )
+
+    def step(self, index: int, started: float) -> Progress:
+        """After the shared pass: this run's optimiser step, and its Progress."""
+        assert self.stage is not None
+        self.losses = self.stage.step()
+        self.iteration += 1
+        shape = self.shapes[index]
+        self.done_cost += shape[0] * shape[1]
+        elapsed = time.perf_counter() - started
+        preview = None
+        if self.preview_every and self.iteration % self.preview_every == 0:
+            preview = self.engine._finish(
+                self.stage.x, self.inputs, self.options, self.preview_size
             )
-            for _ in range(stage_iterations):
-                if should_stop():
-                    raise Cancelled()
-                losses = stage.step()
-                iteration += 1
-                done_cost += shape[0] * shape[1]
-                elapsed = time.perf_counter() - started
-                preview = None
-                if preview_every and iteration % preview_every == 0:
-                    preview = self._finish(stage.x, inputs, options, preview_size)
-                yield Progress(
-                    iteration=iteration, total=options.iterations, losses=losses,
-                    elapsed=elapsed, eta=elapsed / done_cost * (total_cost - done_cost),
-                    scale_index=index, scale_count=stages, height=shape[0], width=shape[1],
-                    preview=preview,
-                )  # fmt: skip
-            x = stage.x.detach()
-            del stage  # free this stage's graph, targets and optimiser state before the next
-        assert x is not None
-        image = self._finish(x, inputs, options)
-        yield Result(
-            image=image, settings=options, losses=losses,
-            elapsed=time.perf_counter() - started, iterations=iteration,
+        return Progress(
+            iteration=self.iteration, total=self.options.iterations, losses=self.losses,
+            elapsed=elapsed, eta=elapsed / self.done_cost * (self.total_cost - self.done_cost),
+            scale_index=index, scale_count=len(self.shapes), height=shape[0], width=shape[1],
+            preview=preview,
+        )  # fmt: skip
+
+    def end_stage(self) -> None:
+        assert self.stage is not None
+        self.x = self.stage.x.detach()
+        self.stage = None  # free the stage's graph, targets and optimiser state before the next
+
+    def result(self, started: float) -> Result:
+        assert self.x is not None
+        image = self.engine._finish(self.x, self.inputs, self.options)
+        return Result(
+            image=image, settings=self.options, losses=self.losses,
+            elapsed=time.perf_counter() - started, iterations=self.iteration,
         )  # fmt: skip
 
 
 class _Stage:
     """One size of the coarse-to-fine schedule: the image being optimised, its targets, its
-    optimiser. ``step`` runs one iteration (one forward and backward pass)."""
+    optimiser. An iteration is ``objective`` on the features of a (maybe shared) forward pass,
+    the backward pass, then ``step``."""
 
     def __init__(
         self, engine: Engine, options: StyleOptions, start: torch.Tensor,
@@ -427,6 +560,7 @@ class _Stage:
         self.x = engine._to_device(start).requires_grad_(True)
         self.scale = 0.0
         self.losses: dict[str, float] = {}
+        self._total: torch.Tensor | None = None
         if options.optimizer == "lbfgs":
             self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
                 [self.x], lr=1.0, max_iter=1, history_size=100,
@@ -436,17 +570,30 @@ class _Stage:
             self.optimizer = torch.optim.Adam([self.x], lr=options.learning_rate)
 
     def step(self) -> dict[str, float]:
-        if self.options.optimizer == "lbfgs":
-            self.optimizer.step(self._closure)
-        else:
-            self._closure()
-            self.optimizer.step()
+        """The optimiser's step, once ``objective`` was evaluated and its gradient is in x.grad."""
         if not all(math.isfinite(v) for v in self.losses.values()):
             raise EngineError(
                 "options",
                 "the optimisation diverged (a loss is not finite); lower learning_rate or the "
                 "loss weights",
             )
+        assert self.x.grad is not None and self._total is not None
+        # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
+        # scale-free: its first step and its curvature check use absolute sizes, and at that
+        # scale it either explodes or never moves. So the optimiser sees the objective divided
+        # by the stage's first mean absolute gradient, which puts gradients near 1 per pixel
+        # whatever the weights, sizes and layers. Adam is unaffected (it is scale-free).
+        if not self.scale:
+            self.scale = max(self.x.grad.abs().mean().item(), 1e-20)
+            self.x.grad.div_(self.scale)
+        value = self._total.detach() / self.scale
+        self._total = None
+        if self.options.optimizer == "lbfgs":
+            # With max_iter=1 and no line search L-BFGS evaluates once per step, at the
+            # current point: the pass that was just made (maybe shared with other runs).
+            self.optimizer.step(lambda: value)
+        else:
+            self.optimizer.step()
         return dict(self.losses)
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
@@ -458,11 +605,10 @@ class _Stage:
             self.layer_masks[key] = F.interpolate(mask, size=features.shape[-2:], mode="area")
         return self.layer_masks[key]
 
-    def _closure(self) -> torch.Tensor:
+    def objective(self, feats: dict[str, torch.Tensor]) -> torch.Tensor:
+        """This stage's loss from the features of its image; records the terms and returns
+        the objective the optimiser sees (scaled once the scale is known)."""
         options, x = self.options, self.x
-        self.optimizer.zero_grad(set_to_none=True)
-        with self.engine._autocast(options.precision):
-            feats = self.engine.net(x, self.layers, options.pooling)
         content = x.new_zeros((), dtype=torch.float32)
         for layer, weight in options.content_layers.items():
             if weight:
@@ -487,17 +633,5 @@ class _Stage:
         self.losses = {k: v.item() for k, v in terms.items()}
         self.losses.setdefault("tv", 0.0)
         self.losses["total"] = total.item()
-        # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
-        # scale-free: its first step and its curvature check use absolute sizes, and at that
-        # scale it either explodes or never moves. So the optimiser sees the objective divided
-        # by the stage's first mean absolute gradient, which puts gradients near 1 per pixel
-        # whatever the weights, sizes and layers. Adam is unaffected (it is scale-free).
-        if not self.scale:
-            total.backward()
-            assert x.grad is not None
-            self.scale = max(x.grad.abs().mean().item(), 1e-20)
-            x.grad.div_(self.scale)
-            return total.detach() / self.scale
-        scaled = total / self.scale
-        scaled.backward()
-        return scaled
+        self._total = total
+        return total / self.scale if self.scale else total

@@ -1,0 +1,112 @@
+"""Runs that share a batch: one forward and backward pass for all, each its own result."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from impasto_server.engine import Cancelled, Engine, EngineError, Progress, Result, StyleOptions
+
+
+def _together(engine: Engine, jobs, **prepare) -> dict[int, list]:
+    prepared = [engine.prepare(c, [s], o, **prepare) for c, s, o in jobs]
+    out: dict[int, list] = {i: [] for i in range(len(jobs))}
+    for i, event in engine.run_batch(prepared):
+        out[i].append(event)
+    return out
+
+
+def _float(image: np.ndarray) -> np.ndarray:
+    return image.astype(np.float32) / 255.0
+
+
+def _losses(events) -> list[float]:
+    return [e.losses["total"] for e in events if isinstance(e, Progress)]
+
+
+def test_adam_runs_in_a_batch_follow_the_path_they_would_follow_alone(
+    engine, content, style, red_style, blue_style
+):
+    base = StyleOptions.from_preset(
+        "default", size=48, iterations=12, num_scales=2, optimizer="adam", seed=1
+    )
+    flipped = np.ascontiguousarray(content[:, ::-1])
+    jobs = [
+        (content, style, base),
+        (flipped, red_style, base.replace(style_weight=300.0, init="noise", seed=5)),
+        (content, blue_style, base.replace(content_weight=5.0, learning_rate=4.0, tv_weight=1e9)),
+    ]
+    keys = {engine.prepare(c, [s], o).batch_key for c, s, o in jobs}
+    assert len(keys) == 1
+    together = _together(engine, jobs)
+    for i, (c, s, o) in enumerate(jobs):
+        events = together[i]
+        assert [e.iteration for e in events[:-1]] == list(range(1, 13))
+        assert isinstance(events[-1], Result)
+        alone = list(engine.run(c, [s], o))
+        # Every iteration's loss is the one the run has alone, within float tolerance (the
+        # batched convolutions sum in another order: about 1e-7 relative)...
+        for a, b in zip(_losses(alone), _losses(events), strict=True):
+            assert b == pytest.approx(a, rel=1e-4), (i, a, b)
+        # ...and so is the image: 8-bit pixels differ by at most a level here and there.
+        difference = np.abs(_float(events[-1].image) - _float(alone[-1].image))
+        assert difference.mean() < 1e-3 and difference.max() <= 2 / 255, (i, difference.max())
+    # The three results are not one image: each run kept its own settings.
+    images = [together[i][-1].image for i in range(3)]
+    assert np.abs(_float(images[0]) - _float(images[2])).mean() > 0.01
+    assert np.abs(_float(images[0]) - _float(images[1])).mean() > 0.01
+
+
+def test_lbfgs_runs_share_passes_but_each_keeps_its_own_optimiser(engine, content, style):
+    base = StyleOptions.from_preset("default", size=48, iterations=8, num_scales=1, seed=1)
+    jobs = [(content, style, base), (content, style, base.replace(style_weight=1e4))]
+    together = _together(engine, jobs)
+    for i, (c, s, o) in enumerate(jobs):
+        alone = list(engine.run(c, [s], o))
+        # The first evaluation is the same function at the same point; after that L-BFGS's
+        # steps (dot products over the whole image) amplify last-bit differences, so later
+        # iterations are as good but not equal to float tolerance.
+        assert _losses(together[i])[0] == pytest.approx(_losses(alone)[0], rel=1e-5)
+        assert _losses(together[i])[-1] < _losses(together[i])[0] / 2
+        assert together[i][-1].image.shape == alone[-1].image.shape
+    # The two runs optimised different objectives, not one shared one.
+    assert _losses(together[1])[0] > 5 * _losses(together[0])[0]
+
+
+def test_a_cancelled_or_diverging_run_leaves_the_batch_alone(engine, content, style, red_style):
+    base = StyleOptions.from_preset("default", size=48, iterations=10, num_scales=1, seed=2)
+    stop_after = {"n": 0}
+
+    def stop_at_four() -> bool:
+        return stop_after["n"] >= 4
+
+    prepared = [
+        engine.prepare(content, [style], base),
+        engine.prepare(content, [red_style], base, should_stop=stop_at_four),
+        # A loss beyond float32's range: this run alone ends with a clear error.
+        engine.prepare(content, [style], base.replace(style_weight=1e38, content_weight=1e38)),
+    ]
+    events: dict[int, list] = {0: [], 1: [], 2: []}
+    for i, event in engine.run_batch(prepared):
+        events[i].append(event)
+        if i == 0 and isinstance(event, Progress):
+            stop_after["n"] = event.iteration
+    assert isinstance(events[1][-1], Cancelled)
+    assert [e.iteration for e in events[1][:-1]] == [1, 2, 3, 4]
+    assert len(events[2]) == 1 and isinstance(events[2][0], EngineError)
+    assert "diverged" in str(events[2][0])
+    assert isinstance(events[0][-1], Result) and events[0][-1].iterations == 10
+    alone = list(engine.run(content, [style], base))
+    # L-BFGS: the first losses match; the run that went on finished as it would alone in form.
+    assert _losses(events[0])[0] == pytest.approx(_losses(alone)[0], rel=1e-5)
+    assert events[0][-1].image.shape == alone[-1].image.shape
+
+
+def test_runs_of_different_shapes_do_not_batch(engine, content, style):
+    small = engine.prepare(content, [style], StyleOptions(size=48, iterations=2, num_scales=1))
+    large = engine.prepare(content, [style], StyleOptions(size=64, iterations=2, num_scales=1))
+    average = engine.prepare(
+        content, [style], StyleOptions(size=48, iterations=2, num_scales=1, pooling="average")
+    )
+    assert len({small.batch_key, large.batch_key, average.batch_key}) == 3
+    with pytest.raises(ValueError, match="batch_key"):
+        engine.run_batch([small, large])
