@@ -71,8 +71,8 @@ def run_impasto(content: str, style: str, out: str, size: int, iterations: int, 
 
 
 def yardstick(image_path: str, content_path: str, style_path: str) -> tuple[float, float]:
-    """(content distance, style distance) with the yardstick of time_to_quality.py."""
-    from time_to_quality import Yardstick
+    """(content distance, style distance) with the common yardstick."""
+    from impasto_server.engine.yardstick import Yardstick
 
     image = np.asarray(Image.open(image_path).convert("RGB"))
     content = np.asarray(Image.open(content_path).convert("RGB"))

@@ -10,8 +10,11 @@
 2. The largest square image one job can stylize, found by doubling then bisecting with the real
    optimizer, and the peak device memory per megapixel.
 3. Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
-   small jobs: jobs per minute, with as many jobs allowed to run at once as there are clients.
-4. torch.compile of the feature network: ms per iteration with and without.
+   256 px Adam jobs: jobs per minute, once with each job alone (as many running at once as
+   there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
+   preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
+4. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
+   ms per iteration (or per pass) with and without.
 """
 
 from __future__ import annotations
@@ -25,7 +28,6 @@ import time
 
 import numpy as np
 import torch
-
 from impasto import samples
 from impasto_server.engine import Engine, Progress, StyleOptions
 
@@ -93,13 +95,18 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
     return good, peak, bad is None
 
 
-def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int):
-    from impasto.client import Client
+def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
+                      batch: int, optimizer: str = "adam") -> tuple[float, float]:  # fmt: skip
+    """Jobs per minute through the real server, and the mean batch size. batch 1: every job
+    alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs."""
+    from impasto.client import Client, Started
     from impasto_server.app import Server, ServerConfig
 
     server = Server(
-        ServerConfig(host="127.0.0.1", port=0, max_running=clients, queue_size=4 * clients * jobs_each,
-                     max_jobs_per_client=jobs_each, grace_seconds=0.0),
+        ServerConfig(host="127.0.0.1", port=0, max_running=clients if batch == 1 else 1,
+                     max_batch=batch, batch_lbfgs=optimizer == "lbfgs",
+                     queue_size=4 * clients * jobs_each, max_jobs_per_client=jobs_each,
+                     grace_seconds=0.0),
         engine=engine,
     )  # fmt: skip
     server.start()
@@ -107,14 +114,18 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     content = samples.content()
     style = samples.style(size=size)
     errors: list[BaseException] = []
+    batch_sizes: list[int] = []
 
     def work() -> None:
         try:
             with Client(server.address) as client:
                 for _ in range(jobs_each):
-                    client.stylize(content, [style], size=size, iterations=iterations,
-                                   num_scales=1, seed=0).result()  # fmt: skip
-        except BaseException as exc:  # reported in the table, not raised from a thread
+                    job = client.stylize(content, [style], size=size, iterations=iterations,
+                                         num_scales=1, seed=0, optimizer=optimizer)  # fmt: skip
+                    for event in job:
+                        if isinstance(event, Started):
+                            batch_sizes.append(event.batch_size)
+        except BaseException as exc:  # noqa: BLE001 - reported in the table, not raised here
             errors.append(exc)
 
     threads = [threading.Thread(target=work) for _ in range(clients)]
@@ -127,7 +138,54 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     server.shutdown(grace=0.0)
     if errors:
         raise RuntimeError(f"{len(errors)} clients failed: {errors[0]!r}")
-    return clients * jobs_each / seconds * 60.0
+    return clients * jobs_each / seconds * 60.0, float(np.mean(batch_sizes))
+
+
+def graphed_ms(engine: Engine, size: int, precision: str, passes: int) -> tuple[float, float]:
+    """ms per forward+backward pass of the network and losses, eager and as a CUDA graph."""
+    from impasto_server.engine.losses import gram
+
+    layers = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv4_2", "conv5_1")
+    dtype = torch.bfloat16 if precision == "bfloat16" else torch.float32
+    x = torch.rand(1, 3, size, size, device=engine.device) * 255
+    x = x.contiguous(memory_format=torch.channels_last)
+
+    class Objective(torch.nn.Module):
+        def forward(self, image: torch.Tensor) -> torch.Tensor:
+            # A graphed callable must not use autocast's weight cache.
+            autocast = torch.autocast(
+                "cuda", dtype=dtype, enabled=precision != "float32", cache_enabled=False
+            )
+            with autocast:
+                feats = engine.net(image, layers, "max")
+            return sum(gram(f).square().sum() for f in feats.values())
+
+    objective = Objective()
+
+    def timed(fn) -> float:
+        for _ in range(3):
+            fn()
+        torch.cuda.synchronize()
+        start = time.perf_counter()
+        for _ in range(passes):
+            fn()
+        torch.cuda.synchronize()
+        return (time.perf_counter() - start) / passes * 1000.0
+
+    image = x.clone().requires_grad_(True)
+
+    def eager() -> None:
+        image.grad = None
+        objective(image).backward()
+
+    eager_ms = timed(eager)
+    graphed = torch.cuda.make_graphed_callables(objective, (x.clone().requires_grad_(True),))
+
+    def replay() -> None:
+        image.grad = None
+        graphed(image).backward()
+
+    return eager_ms, timed(replay)
 
 
 def compiled_ms(engine: Engine, content, style, size: int, precision: str, iterations: int,
@@ -136,7 +194,7 @@ def compiled_ms(engine: Engine, content, style, size: int, precision: str, itera
     try:
         engine.net = torch.compile(plain, dynamic=False)
         return ms_per_iteration(engine, content, style, size, precision, iterations, warmup)
-    except Exception as exc:  # a compiler missing on this machine is a result, not a crash
+    except Exception as exc:  # noqa: BLE001 - a missing compiler is a result, not a crash
         print(f"torch.compile failed: {exc!r}"[:200])
         return None
     finally:
@@ -173,15 +231,30 @@ def main() -> None:
     rows.append((f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else "")))
     if cuda and side:
         rows.append(("peak memory per megapixel", f"{peak / (side * side / 1e6) / 2**20:.0f} MiB"))
+    size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 4)
     base = None
-    for clients in (1, 4, 16) if not toy else (1, 2):
-        jpm = server_throughput(engine, clients, 2 if toy else 4, 32 if toy else 256,
-                                2 if toy else 50)  # fmt: skip
-        base = base or jpm
-        rows.append((f"server, {clients} clients", f"{jpm:.1f} jobs/min ({jpm / base:.2f}x)"))
+    for clients in (1, 2) if toy else (1, 4, 16):
+        for batch in (1, 16):
+            jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
+            base = base or jpm
+            label = "batched" if batch > 1 else "alone"
+            rows.append((f"server, {clients} clients, Adam, {label}",
+                         f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"))  # fmt: skip
+    clients = 2 if toy else 16
+    for batch in (1, 16):
+        jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch, "lbfgs")
+        label = "batched" if batch > 1 else "alone"
+        rows.append((f"server, {clients} clients, L-BFGS, {label}",
+                     f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"))  # fmt: skip
     if cuda:
         ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
-        rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms" if ms else "failed"))
+        rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms/iter" if ms else "failed"))
+        try:
+            eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
+            rows.append(("pass 512 px bfloat16, eager / CUDA graph",
+                         f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
+        except Exception as exc:  # noqa: BLE001 - a failed capture is a result, not a crash
+            rows.append(("pass 512 px bfloat16, CUDA graph", f"failed: {exc!r}"[:120]))
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:{width}}  {value}")

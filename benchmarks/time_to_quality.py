@@ -88,37 +88,6 @@ def _impasto(content: str, style: str, size: int, spec: str, out: str) -> None:
         pickle.dump({"setup": setup, "snapshots": snapshots}, f)
 
 
-class Yardstick:
-    LAYERS = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-
-    def __init__(self, content: np.ndarray, style: np.ndarray, shape: tuple[int, int]) -> None:
-        import torch
-
-        from impasto_server.engine import imaging
-        from impasto_server.engine.losses import gram
-        from impasto_server.engine.vgg import load_feature_net
-
-        self.torch, self.imaging = torch, imaging
-        self.net = load_feature_net("original")
-        h, w = shape
-        c = imaging.resize(imaging.to_pixels(content)[0], (h, w))
-        s = imaging.resize(
-            imaging.to_pixels(style)[0], imaging.fit_long_side(*style.shape[:2], max(h, w))
-        )
-        with torch.no_grad():
-            self.content = self.net(c, ("conv4_2",))["conv4_2"]
-            self.grams = {n: gram(f) for n, f in self.net(s, self.LAYERS).items()}
-
-    def __call__(self, image: np.ndarray) -> tuple[float, float]:
-        from impasto_server.engine.losses import content_layer_loss, gram, style_layer_loss
-
-        px = self.imaging.to_pixels(image)[0]
-        with self.torch.no_grad():
-            f = self.net(px, (*self.LAYERS, "conv4_2"))
-        style = sum(style_layer_loss(gram(f[n]), self.grams[n]).item() for n in self.LAYERS)
-        return content_layer_loss(f["conv4_2"], self.content).item(), style / len(self.LAYERS)
-
-
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--size", type=int, default=256)
@@ -153,6 +122,8 @@ def main() -> None:
         with open(out, "rb") as f:
             curves.append((f"{tool} {spec}", pickle.load(f)))
     shape = curves[0][1]["snapshots"][-1][2].shape[:2]
+    from impasto_server.engine.yardstick import Yardstick
+
     measure = Yardstick(content, style, shape)
     print(f"machine: {platform.machine()}, {os.cpu_count()} CPUs; python "
           f"{platform.python_version()}; {shape[0]}x{shape[1]} px; {time.strftime('%Y-%m-%d')}")  # fmt: skip

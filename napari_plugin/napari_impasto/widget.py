@@ -734,8 +734,9 @@ class ImpastoWidget(QWidget):
                 f"{prefix}queued: position {event.position} of {event.queue_length}"
             )
         elif isinstance(event, Started):
+            batch = f" in a batch of {event.batch_size}" if event.batch_size > 1 else ""
             self.status.setText(
-                f"{prefix}running on {event.device} at {event.width}x{event.height}"
+                f"{prefix}running on {event.device} at {event.width}x{event.height}{batch}"
             )
         elif isinstance(event, Progress):
             total = max(1, event.total_iterations)

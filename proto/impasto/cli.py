@@ -271,7 +271,8 @@ def _follow(job: Any, previews: Path | None, *, quiet: bool) -> Result:
                 bar = tqdm(
                     total=event.total_iterations,
                     unit="it",
-                    desc=f"{event.width}x{event.height} on {event.device}",
+                    desc=f"{event.width}x{event.height} on {event.device}"
+                    + (f" (batch of {event.batch_size})" if event.batch_size > 1 else ""),
                     disable=quiet,
                     file=sys.stderr,
                 )

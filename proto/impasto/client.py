@@ -107,6 +107,7 @@ class Started:
     height: int
     width: int
     queued_seconds: float
+    batch_size: int = 1  # jobs sharing the device's passes with this one, itself included
 
 
 @dataclass(frozen=True)
@@ -156,7 +157,10 @@ def _event_of(message: pb.StylizeResponse) -> Event:
         return Queued(q.job_id, q.position, q.queue_length)
     if kind == "started":
         s = message.started
-        return Started(s.job_id, s.device, s.total_iterations, s.height, s.width, s.queued_seconds)
+        return Started(
+            s.job_id, s.device, s.total_iterations, s.height, s.width, s.queued_seconds,
+            max(1, s.batch_size),
+        )  # fmt: skip
     if kind == "progress":
         p = message.progress
         preview = images.from_wire(p.preview, field="preview") if p.HasField("preview") else None

@@ -45,6 +45,11 @@ class ServerConfig:
     max_pixels: int = 4096 * 4096
     queue_size: int = 32
     max_running: int = 1
+    #: Jobs batched together at most; None: 8 on a GPU, 1 (no batching) on a CPU, where a
+    #: batch costs more per job than running its jobs one after another.
+    max_batch: int | None = None
+    max_batch_megapixels: float = 4.0
+    batch_lbfgs: bool = False
     max_jobs_per_client: int = 8
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     max_styles: int = 16
@@ -57,6 +62,24 @@ class ServerConfig:
     grace_seconds: float = 30.0
     log_level: str = "INFO"
     simulated_memory_mb: float | None = None
+
+
+#: The batch size a GPU server uses unless told otherwise.
+GPU_MAX_BATCH = 8
+
+
+def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:
+    if config.max_batch is not None:
+        return config.max_batch
+    if engine is not None:
+        device = str(engine.device)
+    elif config.device:
+        device = config.device
+    else:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return GPU_MAX_BATCH if device.startswith("cuda") else 1
 
 
 def default_engine(config: ServerConfig) -> Any:
@@ -85,10 +108,14 @@ class Server:
         self._engine = engine
         self._engine_factory = engine_factory or default_engine
         self.metrics = Metrics()
+        max_batch = resolve_max_batch(config, engine)
+        max_batch_pixels = int(config.max_batch_megapixels * (1 << 20))
         self.scheduler = Scheduler(
             queue_capacity=config.queue_size,
             max_running=config.max_running,
             max_per_client=config.max_jobs_per_client,
+            max_batch=max_batch,
+            max_batch_pixels=max_batch_pixels,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
         )
         # Re-read when the file changes: tokens are added or revoked without a restart.
@@ -103,6 +130,9 @@ class Server:
                 queue_capacity=config.queue_size,
                 max_running=config.max_running,
                 max_per_client=config.max_jobs_per_client,
+                max_batch=max_batch,
+                max_batch_pixels=max_batch_pixels,
+                batch_lbfgs=config.batch_lbfgs,
                 max_message_bytes=config.max_message_mb << 20,
                 auth_required=tokens is not None,
                 memory_budget_bytes=int(config.simulated_memory_mb * (1 << 20))
@@ -266,7 +296,24 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     p.add_argument("--weights", default=d.weights, help="original, torchvision or a .pt path")
     p.add_argument("--max-pixels", type=int, default=d.max_pixels, help="largest result, pixels")
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="jobs that may wait")
-    p.add_argument("--max-running", type=int, default=d.max_running, help="jobs run at once")
+    p.add_argument(
+        "--max-running", type=int, default=d.max_running,
+        help="jobs (or batches of jobs) optimised at once",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-batch", type=int,
+        help="queued jobs of one shape that run as one batch, sharing each pass through the "
+        f"network (default: {GPU_MAX_BATCH} on a GPU, 1 = no batching on a CPU)",
+    )  # fmt: skip
+    p.add_argument(
+        "--max-batch-megapixels", type=float, default=d.max_batch_megapixels,
+        help="most pixels one batch may hold, in units of 2**20 pixels",
+    )  # fmt: skip
+    p.add_argument(
+        "--batch-lbfgs", action="store_true",
+        help="batch L-BFGS jobs too (their results are as good, but not equal to float "
+        "tolerance to running alone); by default only Adam jobs batch",
+    )  # fmt: skip
     p.add_argument(
         "--max-jobs-per-client", type=int, default=d.max_jobs_per_client,
         help="jobs one client may have queued or running",
@@ -298,6 +345,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
                  "max_styles", "max_pixels"):  # fmt: skip
         if getattr(config, name) < 1:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
+    if config.max_batch is not None and config.max_batch < 1:
+        p.error("--max-batch must be >= 1")
+    if config.max_batch_megapixels <= 0:
+        p.error("--max-batch-megapixels must be > 0")
     if bool(config.tls_cert) != bool(config.tls_key):
         p.error("--tls-cert and --tls-key go together")
     return config

@@ -3,6 +3,11 @@
 Fairness is round-robin over clients: each client has its own FIFO, and a freed slot goes to
 the next client in turn, so a client with twenty queued jobs delays another client's single job
 by at most one of its own. Queue positions are the order this rotation would start the jobs in.
+
+Batching: a job that starts takes along other waiting jobs with the same ``batch_key`` (the same
+stage shapes, iterations, pooling and precision), in rotation order, up to ``max_batch`` jobs and
+``max_batch_pixels``; a slot then runs the whole batch, one pass through the network for all.
+Their clients go to the back of the rotation as if their turn had come.
 """
 
 from __future__ import annotations
@@ -117,12 +122,17 @@ class QueuedUpdate:
 
 @dataclass(eq=False)
 class Job:
-    """One request's work. ``work(job)`` runs in a worker thread and feeds ``outbox``."""
+    """One request's work. ``work(jobs)`` runs in a worker thread with this job and those
+    batched with it (all sharing one ``work``), and feeds each one's ``outbox``."""
 
     client: str
-    work: Callable[[Job], None]
+    work: Callable[[list[Job]], None]
     deadline: float | None = None  # time.monotonic() seconds
     description: dict[str, Any] = field(default_factory=dict)
+    payload: Any = None  # what ``work`` needs to run this job
+    batch_key: Any = None  # jobs with equal keys (not None) may run as one batch
+    pixels: int = 0  # what the job adds to a batch
+    batch_size: int = 1  # jobs in the batch it ran in
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outbox: Outbox = field(default_factory=Outbox)
     created: float = field(default_factory=time.monotonic)
@@ -149,7 +159,8 @@ class Job:
 
 
 class Scheduler:
-    """Admits jobs into a bounded queue and runs at most ``max_running`` of them at once."""
+    """Admits jobs into a bounded queue and runs at most ``max_running`` batches of them at
+    once (a batch is one job unless ``max_batch`` > 1)."""
 
     def __init__(
         self,
@@ -157,13 +168,20 @@ class Scheduler:
         queue_capacity: int = 32,
         max_running: int = 1,
         max_per_client: int = 8,
+        max_batch: int = 1,
+        max_batch_pixels: int = 4 << 20,
         on_change: Callable[[Scheduler], None] | None = None,
     ) -> None:
-        if queue_capacity < 1 or max_running < 1 or max_per_client < 1:
-            raise ValueError("queue_capacity, max_running and max_per_client must be >= 1")
+        if min(queue_capacity, max_running, max_per_client, max_batch) < 1:
+            raise ValueError(
+                "queue_capacity, max_running, max_per_client and max_batch must be >= 1"
+            )
         self.queue_capacity = queue_capacity
         self.max_running = max_running
         self.max_per_client = max_per_client
+        self.max_batch = max_batch
+        self.max_batch_pixels = max_batch_pixels
+        self._busy = 0  # slots running a batch
         self._on_change = on_change
         self._cond = threading.Condition()
         # client -> its waiting jobs; the dict's order is the round-robin rotation.
@@ -285,46 +303,81 @@ class Scheduler:
                 job.position = position
                 job.outbox.put(QueuedUpdate(position, len(order)), droppable=True)
 
-    def _take(self) -> Job | None:
-        if self._closed or len(self._running) >= self.max_running or not self._waiting:
-            return None
-        client, queue = next(iter(self._waiting.items()))
-        job = queue.popleft()
-        del self._waiting[client]
+    def _remove(self, job: Job) -> None:
+        """Take a waiting job out of its client's queue; its client goes to the back."""
+        queue = self._waiting.pop(job.client)
+        queue.remove(job)
         if queue:
-            self._waiting[client] = queue  # to the back of the rotation
-        return job
+            self._waiting[job.client] = queue
+
+    def _take(self) -> list[Job]:
+        """The next batch: the rotation's next job and the waiting jobs that can join it."""
+        if self._closed or self._busy >= self.max_running or not self._waiting:
+            return []
+        lead = next(iter(self._waiting.values()))[0]
+        batch = [lead]
+        if lead.batch_key is not None and self.max_batch > 1:
+            pixels = lead.pixels
+            for job in self._order()[1:]:
+                if len(batch) >= self.max_batch:
+                    break
+                if job.batch_key == lead.batch_key and pixels + job.pixels <= self.max_batch_pixels:
+                    batch.append(job)
+                    pixels += job.pixels
+        for job in batch:
+            self._remove(job)
+        return batch
 
     def _worker(self) -> None:
         while True:
             with self._cond:
-                job = self._take()
-                while job is None:
+                batch = self._take()
+                while not batch:
                     if self._closed and not self._waiting:
                         return
                     self._cond.wait(0.5)
-                    job = self._take()
-                job.state = "running"
-                job.started = time.monotonic()
-                self._running.add(job)
+                    batch = self._take()
+                self._busy += 1
+                now = time.monotonic()
+                for job in batch:
+                    job.state = "running"
+                    job.started = now
+                    job.batch_size = len(batch)
+                    self._running.add(job)
                 self._publish_positions()
             self._changed()
             try:
-                job.work(job)
+                batch[0].work(batch)
             except Exception:
-                log.exception("job=%s crashed", job.id)
-                job.outbox.finish(Failure("INTERNAL", "the job failed on the server", "INTERNAL"))
+                log.exception("jobs=%s crashed", ",".join(job.id for job in batch))
+                for job in batch:
+                    job.outbox.finish(
+                        Failure("INTERNAL", "the job failed on the server", "INTERNAL")
+                    )
             finally:
+                for job in batch:
+                    self.release(job)
                 with self._cond:
-                    job.state = "done"
-                    job.finished = time.monotonic()
-                    self._durations.append(job.finished - job.started)
-                    self._running.discard(job)
-                    self._per_client[job.client] -= 1
-                    if self._per_client[job.client] <= 0:
-                        del self._per_client[job.client]
+                    self._busy -= 1
+                    # A batch holds its slot as long as one job would: one duration per slot.
+                    self._durations.append(time.monotonic() - now)
                     self._cond.notify_all()
                 self._changed()
+
+    def release(self, job: Job) -> None:
+        """A running job has ended (its batch may go on): it no longer counts as running or
+        against its client's limit. Safe to call more than once."""
+        with self._cond:
+            if job not in self._running:
+                return
+            job.state = "done"
+            job.finished = time.monotonic()
+            self._running.discard(job)
+            self._per_client[job.client] -= 1
+            if self._per_client[job.client] <= 0:
+                del self._per_client[job.client]
+            self._cond.notify_all()
+        self._changed()
 
     def _changed(self) -> None:
         if self._on_change is not None:

@@ -50,6 +50,12 @@ class ServiceConfig:
     max_per_client: int
     max_message_bytes: int
     auth_required: bool = False
+    #: Jobs that may run as one batch (1: none), and the most pixels one batch may hold.
+    max_batch: int = 1
+    max_batch_pixels: int = 4 << 20
+    #: Batch L-BFGS jobs too. Off by default: L-BFGS amplifies the last-bit differences of
+    #: batched convolutions, so its batched results are as good but not equal to solo ones.
+    batch_lbfgs: bool = False
     #: When set, each job's tensors may use at most this many bytes (a simulated device
     #: memory, to exercise out-of-memory handling where there is no GPU to fill).
     memory_budget_bytes: int | None = None
@@ -60,6 +66,7 @@ class StartedEvent:
     total_iterations: int
     height: int
     width: int
+    batch_size: int = 1
 
 
 def _status(code: grpc.StatusCode, message: str, details: list[Any] | None = None) -> grpc.Status:
@@ -122,6 +129,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 max_jobs_per_client=self.config.max_per_client,
                 max_styles=limits.max_styles,
                 max_input_pixels=limits.max_input_pixels,
+                max_batch_jobs=self.config.max_batch,
             ),
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,
@@ -174,13 +182,16 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         deadline = time.monotonic() + remaining if remaining is not None else None
         job = Job(
             client=client,
-            work=lambda job: self._run(job, parsed),
+            work=self._run_batch,
+            payload=parsed,
             deadline=deadline,
             description={
                 "size": f"{height}x{width}",
                 "iterations": parsed.options.iterations,
                 "styles": len(parsed.styles),
             },
+            batch_key=self._batch_key(parsed),
+            pixels=height * width,
         )
         try:
             self.scheduler.submit(job)
@@ -222,6 +233,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                         height=item.height,
                         width=item.width,
                         queued_seconds=job.queued_seconds,
+                        batch_size=item.batch_size,
                     )
                 )
             elif isinstance(item, Progress):
@@ -260,81 +272,128 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         return message
 
     # ------------------------------------------------------------ the worker side
-    def _run(self, job: Job, parsed: convert.ParsedRequest) -> None:
-        """Run one job in a scheduler worker; every outcome ends the job's outbox."""
+    def _batch_key(self, parsed: convert.ParsedRequest) -> Any:
+        """Jobs with equal keys may share passes; None for a job that runs alone."""
+        if self.config.max_batch <= 1:
+            return None
+        if parsed.options.optimizer != "adam" and not self.config.batch_lbfgs:
+            return None
+        return self.engine.batch_key(parsed.content, parsed.options)
+
+    def _run_batch(self, jobs: list[Job]) -> None:
+        """Run one job, or several with one batch_key, in a scheduler worker; every outcome
+        ends each job's outbox."""
         engine = self.engine
-        outcome = "ok"
-        try:
-            if job.should_stop():
-                raise Cancelled()
-            height, width = engine.output_shape(parsed.content, parsed.options)
-            job.outbox.put(StartedEvent(parsed.options.iterations, height, width))
-            budget = self.config.memory_budget_bytes
-            with MemoryBudget(budget) if budget else contextlib.nullcontext():
-                self._optimise(job, parsed)
-        except Cancelled:
-            outcome = job.stop_reason or "cancelled"
-            job.outbox.finish(stopped_failure(job.stop_reason))
-        except EngineError as exc:
-            outcome = "invalid"
-            job.outbox.finish(Failure("INVALID_ARGUMENT", f"{exc.field}: {exc.message}", "INVALID"))
-        except Exception as exc:
-            if _is_out_of_memory(exc):
-                outcome = "out_of_memory"
-                _free_device_memory()
-                job.outbox.finish(
-                    Failure(
-                        "RESOURCE_EXHAUSTED",
-                        f"the device ran out of memory for a {job.description['size']} result; "
-                        "reduce size (or num_scales/scales), the number or size of style "
-                        "images, or style_scale, or use bfloat16 precision on a GPU",
-                        "OUT_OF_MEMORY",
+        started = time.monotonic()
+        members: list[Job] = []
+        prepared = []
+        for job in jobs:
+            parsed = job.payload
+            try:
+                if job.should_stop():
+                    raise Cancelled()
+                prepared.append(
+                    engine.prepare(
+                        parsed.content,
+                        parsed.styles,
+                        parsed.options,
+                        **parsed.engine_kwargs(),
+                        preview_every=parsed.preview_interval,
+                        preview_size=parsed.preview_size,
+                        should_stop=job.should_stop,
                     )
                 )
-            else:
-                outcome = "error"
-                log.exception("job=%s failed", job.id)
-                job.outbox.finish(
-                    Failure("INTERNAL", f"the job failed on the server: {exc}", "INTERNAL")
-                )
-        finally:
-            iterations = job.description.get("done_iterations", 0)
-            duration = time.monotonic() - (job.started or time.monotonic())
-            self.metrics.job_done(outcome, duration, iterations)
+                members.append(job)
+            except Exception as exc:  # noqa: BLE001 - reported to that job's client
+                self._end(job, exc)
+        for job in members:
+            height, width = engine.output_shape(job.payload.content, job.payload.options)
+            job.outbox.put(
+                StartedEvent(job.payload.options.iterations, height, width, len(members))
+            )
+        ended: set[int] = set()
+        try:
+            budget = self.config.memory_budget_bytes
+            # The simulated device memory is per job, so a batch gets one budget per job.
+            limit = MemoryBudget(budget * len(members)) if budget else contextlib.nullcontext()
+            with limit:
+                for index, event in engine.run_batch(prepared):
+                    job = members[index]
+                    if isinstance(event, Result):
+                        job.description["done_iterations"] = event.iterations
+                        job.outbox.finish(event)
+                        self._end(job, None)
+                        ended.add(index)
+                    elif isinstance(event, Progress):
+                        job.description["done_iterations"] = event.iteration
+                        # Plain progress may be coalesced; previews give way only to newer ones.
+                        has_preview = event.preview is not None
+                        job.outbox.put(event, droppable=not has_preview, preview=has_preview)
+                    else:
+                        self._end(job, event)
+                        ended.add(index)
+        except Exception as exc:  # noqa: BLE001 - reported to every job still going
+            for index, job in enumerate(members):
+                if index not in ended:
+                    self._end(job, exc)
+        if len(jobs) > 1:
             log.info(
-                "job=%s client=%s size=%s iterations=%d/%d styles=%d queued=%.2fs "
-                "duration=%.2fs outcome=%s",
-                job.id,
-                job.client,
-                job.description.get("size"),
-                iterations,
-                parsed.options.iterations,
-                len(parsed.styles),
-                job.queued_seconds,
-                duration,
-                outcome,
+                "batch of %d jobs (%s) took %.2fs",
+                len(jobs),
+                ",".join(job.id for job in jobs),
+                time.monotonic() - started,
             )
 
-    def _optimise(self, job: Job, parsed: convert.ParsedRequest) -> None:
-        """Iterate the engine, feeding the outbox; records the iterations done."""
-        engine = self.engine
-        for event in engine.run(
-            parsed.content,
-            parsed.styles,
-            parsed.options,
-            **parsed.engine_kwargs(),
-            preview_every=parsed.preview_interval,
-            preview_size=parsed.preview_size,
-            should_stop=job.should_stop,
-        ):
-            if isinstance(event, Result):
-                job.description["done_iterations"] = event.iterations
-                job.outbox.finish(event)
-            else:
-                job.description["done_iterations"] = event.iteration
-                # Plain progress may be coalesced; previews give way only to newer ones.
-                has_preview = event.preview is not None
-                job.outbox.put(event, droppable=not has_preview, preview=has_preview)
+    def _end(self, job: Job, error: BaseException | None) -> None:
+        """Finish ``job``'s outbox for ``error`` (None: its result is already there), and
+        record the outcome."""
+        outcome = "ok"
+        if isinstance(error, Cancelled):
+            outcome = job.stop_reason or "cancelled"
+            job.outbox.finish(stopped_failure(job.stop_reason))
+        elif isinstance(error, EngineError):
+            outcome = "invalid"
+            job.outbox.finish(
+                Failure("INVALID_ARGUMENT", f"{error.field}: {error.message}", "INVALID")
+            )
+        elif error is not None and _is_out_of_memory(error):
+            outcome = "out_of_memory"
+            _free_device_memory()
+            batch = f" (in a batch of {job.batch_size} jobs)" if job.batch_size > 1 else ""
+            job.outbox.finish(
+                Failure(
+                    "RESOURCE_EXHAUSTED",
+                    f"the device ran out of memory for a {job.description['size']} "
+                    f"result{batch}; reduce size (or num_scales/scales), the number or size "
+                    "of style images, or style_scale, or use bfloat16 precision on a GPU",
+                    "OUT_OF_MEMORY",
+                )
+            )
+        elif error is not None:
+            outcome = "error"
+            log.error("job=%s failed", job.id, exc_info=error)
+            job.outbox.finish(
+                Failure("INTERNAL", f"the job failed on the server: {error}", "INTERNAL")
+            )
+        self.scheduler.release(job)
+        parsed = job.payload
+        iterations = job.description.get("done_iterations", 0)
+        duration = time.monotonic() - (job.started or time.monotonic())
+        self.metrics.job_done(outcome, duration, iterations)
+        log.info(
+            "job=%s client=%s size=%s iterations=%d/%d styles=%d batch=%d queued=%.2fs "
+            "duration=%.2fs outcome=%s",
+            job.id,
+            job.client,
+            job.description.get("size"),
+            iterations,
+            parsed.options.iterations,
+            len(parsed.styles),
+            job.batch_size,
+            job.queued_seconds,
+            duration,
+            outcome,
+        )
 
 
 def _free_device_memory() -> None:

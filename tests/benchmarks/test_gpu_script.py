@@ -22,4 +22,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert float(table["ms/iteration 32 px float32"]) > 0
     assert float(table["ms/iteration 48 px float32"]) > 0
     assert table["largest square (float32)"].startswith("128 px")
-    assert "jobs/min" in table["server, 1 clients"] and "jobs/min" in table["server, 2 clients"]
+    for clients in (1, 2):
+        for mode in ("alone", "batched"):
+            assert "jobs/min" in table[f"server, {clients} clients, Adam, {mode}"]
+    assert "jobs/min" in table["server, 2 clients, L-BFGS, batched"]

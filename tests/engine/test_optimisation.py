@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 import torch
 from impasto_server.engine import Cancelled, Engine, Progress, Result, StyleOptions, imaging
-from impasto_server.engine.losses import content_layer_loss, gram, style_layer_loss
+from impasto_server.engine.yardstick import Yardstick
 from PIL import Image
 
 
@@ -25,19 +25,7 @@ def run(engine: Engine, content, styles, **kwargs) -> tuple[Result, list[Progres
 
 def distances(engine: Engine, image: np.ndarray, content: np.ndarray, style: np.ndarray):
     """The yardstick: the paper's content and style distances under the packaged weights."""
-    h, w = image.shape[:2]
-    px = imaging.to_pixels(image)[0]
-    c = imaging.resize(imaging.to_pixels(content)[0], (h, w))
-    s = imaging.resize(
-        imaging.to_pixels(style)[0], imaging.fit_long_side(*style.shape[:2], max(h, w))
-    )
-    layers = ("conv1_1", "conv2_1", "conv3_1", "conv4_1", "conv5_1")
-    with torch.no_grad():
-        fx = engine.net(px, (*layers, "conv4_2"))
-        fc = engine.net(c, ("conv4_2",))
-        fs = engine.net(s, layers)
-    style_d = sum(style_layer_loss(gram(fx[n]), gram(fs[n])).item() for n in layers) / len(layers)
-    return content_layer_loss(fx["conv4_2"], fc["conv4_2"]).item(), style_d
+    return Yardstick(content, style, image.shape[:2], engine.net)(image)
 
 
 def test_optimisation_lowers_style_distance_by_orders_of_magnitude(engine, content, style):

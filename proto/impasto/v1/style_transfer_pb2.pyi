@@ -228,20 +228,22 @@ class Queued(_message.Message):
     def __init__(self, job_id: _Optional[str] = ..., position: _Optional[int] = ..., queue_length: _Optional[int] = ...) -> None: ...
 
 class Started(_message.Message):
-    __slots__ = ("job_id", "device", "total_iterations", "height", "width", "queued_seconds")
+    __slots__ = ("job_id", "device", "total_iterations", "height", "width", "queued_seconds", "batch_size")
     JOB_ID_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     TOTAL_ITERATIONS_FIELD_NUMBER: _ClassVar[int]
     HEIGHT_FIELD_NUMBER: _ClassVar[int]
     WIDTH_FIELD_NUMBER: _ClassVar[int]
     QUEUED_SECONDS_FIELD_NUMBER: _ClassVar[int]
+    BATCH_SIZE_FIELD_NUMBER: _ClassVar[int]
     job_id: str
     device: str
     total_iterations: int
     height: int
     width: int
     queued_seconds: float
-    def __init__(self, job_id: _Optional[str] = ..., device: _Optional[str] = ..., total_iterations: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., queued_seconds: _Optional[float] = ...) -> None: ...
+    batch_size: int
+    def __init__(self, job_id: _Optional[str] = ..., device: _Optional[str] = ..., total_iterations: _Optional[int] = ..., height: _Optional[int] = ..., width: _Optional[int] = ..., queued_seconds: _Optional[float] = ..., batch_size: _Optional[int] = ...) -> None: ...
 
 class Progress(_message.Message):
     __slots__ = ("iteration", "total_iterations", "losses", "elapsed_seconds", "eta_seconds", "scale_index", "scale_count", "preview")
@@ -306,7 +308,7 @@ class Range(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels")
+    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels", "max_batch_jobs")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -314,6 +316,7 @@ class Limits(_message.Message):
     MAX_JOBS_PER_CLIENT_FIELD_NUMBER: _ClassVar[int]
     MAX_STYLES_FIELD_NUMBER: _ClassVar[int]
     MAX_INPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
+    MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_message_bytes: int
     queue_capacity: int
@@ -321,7 +324,8 @@ class Limits(_message.Message):
     max_jobs_per_client: int
     max_styles: int
     max_input_pixels: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ...) -> None: ...
+    max_batch_jobs: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_batch_jobs: _Optional[int] = ...) -> None: ...
 
 class AllowedValues(_message.Message):
     __slots__ = ("layers", "presets", "inits", "optimizers", "poolings", "color_preservations", "precisions", "output_formats", "size", "iterations", "num_scales", "style_scale")

@@ -115,6 +115,10 @@ class Engine:
         kept = [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
         return kept[-options.iterations :]
 
+    def batch_key(self, content: np.ndarray, options: StyleOptions) -> tuple:
+        """Runs with equal keys can go through ``run_batch`` together."""
+        return _batch_key(self.stage_shapes(content, options), options)
+
     def validate(
         self,
         content: np.ndarray,
@@ -458,6 +462,20 @@ class Engine:
         return imaging.from_pixels(x, inputs.alpha, inputs.source)
 
 
+def _per_stage(iterations: int, stages: int) -> list[int]:
+    """Iterations of each stage: an even split, the remainder going to the last."""
+    per_stage = [iterations // stages] * stages
+    per_stage[-1] += iterations - sum(per_stage)
+    return per_stage
+
+
+def _batch_key(shapes: list[tuple[int, int]], options: StyleOptions) -> tuple:
+    """What runs must share to share passes: stage shapes and iterations (so they move from
+    stage to stage together), pooling and precision (so one network call serves all)."""
+    per_stage = _per_stage(options.iterations, len(shapes))
+    return (tuple(shapes), tuple(per_stage), options.pooling, options.precision)
+
+
 class PreparedRun:
     """One validated run and its progress through the coarse-to-fine schedule. Runs with equal
     ``batch_key`` (same stage shapes and iterations, pooling and precision) can share passes."""
@@ -474,11 +492,8 @@ class PreparedRun:
         self.preview_every = preview_every
         self.preview_size = preview_size
         self.should_stop = should_stop
-        stages = len(shapes)
-        per_stage = [options.iterations // stages] * stages
-        per_stage[-1] += options.iterations - sum(per_stage)
-        self.per_stage = per_stage
-        self.batch_key = (tuple(shapes), tuple(per_stage), options.pooling, options.precision)
+        self.per_stage = per_stage = _per_stage(options.iterations, len(shapes))
+        self.batch_key = _batch_key(shapes, options)
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0

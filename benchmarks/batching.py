@@ -1,0 +1,85 @@
+"""Same-shaped jobs as one batch against the same jobs one after another, in-process.
+
+    python benchmarks/batching.py [--device cpu|cuda] [--size 256] [--iterations 30] [--jobs 4]
+
+Runs ``--jobs`` jobs (each its own content crop, one style, Adam and L-BFGS) first alone, one
+after another, then together through Engine.run_batch, and prints per optimizer: seconds for
+all jobs each way and their ratio (below 1: batching pays), and how far the batched images are
+from the solo ones: the mean and largest 8-bit pixel difference, and the yardstick distances
+(impasto_server.engine.yardstick) of both, so "equally good" can be read off.
+"""
+
+from __future__ import annotations
+
+import argparse
+import platform
+import time
+
+import numpy as np
+import torch
+from impasto import samples
+from impasto_server.engine import Engine, Result, StyleOptions
+from impasto_server.engine.yardstick import Yardstick
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--device", default=None)
+    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--iterations", type=int, default=30)
+    p.add_argument("--jobs", type=int, default=4)
+    p.add_argument("--precision", default=None, help="default: the engine's")
+    args = p.parse_args()
+
+    engine = Engine(device=args.device)
+    precision = args.precision or engine.default_precision
+    full = samples.content()
+    step = max(1, (full.shape[1] - full.shape[0] // 2) // max(1, args.jobs - 1))
+    contents = [  # same shape, different pictures
+        np.ascontiguousarray(full[:, i * step : i * step + full.shape[0] // 2 + 1])[:, : full.shape[0] // 2]
+        for i in range(args.jobs)
+    ]  # fmt: skip
+    style = samples.style(size=args.size)
+    name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else (
+        platform.processor() or platform.machine())  # fmt: skip
+    print(f"device: {engine.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()}"
+          f" threads, {time.strftime('%Y-%m-%d')}; {args.jobs} jobs of {args.size} px, "
+          f"{args.iterations} iterations, {precision}")  # fmt: skip
+    print(f"{'optimizer':9} {'alone s':>8} {'batch s':>8} {'ratio':>6} {'px mean':>8} "
+          f"{'px max':>6} {'style alone':>11} {'style batch':>11}")  # fmt: skip
+    for optimizer in ("adam", "lbfgs"):
+        options = StyleOptions.from_preset(
+            "default", size=args.size, iterations=args.iterations, num_scales=1, seed=0,
+            optimizer=optimizer, precision=precision,
+        )  # fmt: skip
+        # warm up (kernels, caches, style targets)
+        list(engine.run(contents[0], [style], options.replace(iterations=2)))
+        sync = torch.cuda.synchronize if engine.device.startswith("cuda") else (lambda: None)
+        sync()
+        start = time.perf_counter()
+        alone = [list(engine.run(c, [style], options))[-1].image for c in contents]
+        sync()
+        alone_s = time.perf_counter() - start
+        start = time.perf_counter()
+        prepared = [engine.prepare(c, [style], options) for c in contents]
+        batched: list[np.ndarray] = [np.empty(0)] * len(contents)
+        for index, event in engine.run_batch(prepared):
+            if isinstance(event, BaseException):
+                raise event
+            if isinstance(event, Result):
+                batched[index] = event.image
+        sync()
+        batch_s = time.perf_counter() - start
+        diff = np.concatenate([np.abs(a.astype(int) - b).ravel() for a, b in zip(alone, batched)])
+        style_alone, style_batch = [], []
+        for c, a, b in zip(contents, alone, batched):
+            measure = Yardstick(c, style, a.shape[:2], engine.net)
+            style_alone.append(measure(a)[1])
+            style_batch.append(measure(b)[1])
+        print(f"{optimizer:9} {alone_s:8.2f} {batch_s:8.2f} {batch_s / alone_s:6.2f} "
+              f"{diff.mean():8.2f} {diff.max():6d} {np.mean(style_alone):11.3e} "
+              f"{np.mean(style_batch):11.3e}")  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
