@@ -18,7 +18,7 @@ import time
 import numpy as np
 import torch
 from impasto import samples
-from impasto_server.engine import Engine, Result, StyleOptions
+from impasto_server.engine import Engine, Progress, Result, StyleOptions
 from impasto_server.engine.yardstick import Yardstick
 
 
@@ -46,7 +46,7 @@ def main() -> None:
           f" threads, {time.strftime('%Y-%m-%d')}; {args.jobs} jobs of {args.size} px, "
           f"{args.iterations} iterations, {precision}")  # fmt: skip
     print(f"{'optimizer':9} {'alone s':>8} {'batch s':>8} {'ratio':>6} {'px mean':>8} "
-          f"{'px max':>6} {'style alone':>11} {'style batch':>11}")  # fmt: skip
+          f"{'px max':>6} {'apart at':>8} {'style alone':>11} {'style batch':>11}")  # fmt: skip
     for optimizer in ("adam", "lbfgs"):
         options = StyleOptions.from_preset(
             "default", size=args.size, iterations=args.iterations, num_scales=1, seed=0,
@@ -57,19 +57,30 @@ def main() -> None:
         sync = torch.cuda.synchronize if engine.device.startswith("cuda") else (lambda: None)
         sync()
         start = time.perf_counter()
-        alone = [list(engine.run(c, [style], options))[-1].image for c in contents]
+        runs = [list(engine.run(c, [style], options)) for c in contents]
+        alone = [events[-1].image for events in runs]
         sync()
         alone_s = time.perf_counter() - start
         start = time.perf_counter()
         prepared = [engine.prepare(c, [style], options) for c in contents]
         batched: list[np.ndarray] = [np.empty(0)] * len(contents)
+        losses: list[list[float]] = [[] for _ in contents]
         for index, event in engine.run_batch(prepared):
             if isinstance(event, BaseException):
                 raise event
+            if isinstance(event, Progress):
+                losses[index].append(event.losses["total"])
             if isinstance(event, Result):
                 batched[index] = event.image
         sync()
         batch_s = time.perf_counter() - start
+        apart = [
+            next((n for n, (a, b) in enumerate(zip(
+                [e.losses["total"] for e in events if isinstance(e, Progress)], mine), 1)
+                if abs(a - b) > 1e-5 * abs(a)), None)
+            for events, mine in zip(runs, losses)
+        ]  # fmt: skip
+        first_apart = min((n for n in apart if n is not None), default=None)
         diff = np.concatenate([np.abs(a.astype(int) - b).ravel() for a, b in zip(alone, batched)])
         style_alone, style_batch = [], []
         for c, a, b in zip(contents, alone, batched):
@@ -77,7 +88,8 @@ def main() -> None:
             style_alone.append(measure(a)[1])
             style_batch.append(measure(b)[1])
         print(f"{optimizer:9} {alone_s:8.2f} {batch_s:8.2f} {batch_s / alone_s:6.2f} "
-              f"{diff.mean():8.2f} {diff.max():6d} {np.mean(style_alone):11.3e} "
+              f"{diff.mean():8.2f} {diff.max():6d} {first_apart or '-':>8} "
+              f"{np.mean(style_alone):11.3e} "
               f"{np.mean(style_batch):11.3e}")  # fmt: skip
 
 

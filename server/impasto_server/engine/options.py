@@ -171,9 +171,9 @@ def _layers(name: str, layers: Mapping[str, float], *, allow_empty: bool) -> Non
 
 
 PRESETS: dict[str, StyleOptions] = {
-    # Tuned defaults: start from the content, max pooling (as VGG19 was trained), three
+    # Tuned defaults: start from the content, max pooling (as VGG19 was trained), four
     # coarse-to-fine scales, beta = 1e3; measured by benchmarks/time_to_quality.py.
-    "default": StyleOptions(preset="default", style_weight=1000.0, num_scales=3),
+    "default": StyleOptions(preset="default", style_weight=1000.0, num_scales=4),
     # "A Neural Algorithm of Artistic Style": white-noise start, average pooling,
     # L-BFGS, conv4_2 content, conv1_1..conv5_1 style with equal weights, alpha/beta = 1e-3.
     "paper": StyleOptions(

@@ -343,6 +343,11 @@ class Engine:
         # The images are independent along the batch axis (VGG19 has no batch statistics),
         # so the gradient of the sum with respect to each image is that of its own objective.
         objective.backward()
+        values = torch.stack([v for stage in stages for v in stage.terms.values()]).tolist()
+        for stage in stages:
+            count = len(stage.terms)
+            stage.losses = dict(zip(stage.terms, values[:count], strict=True))
+            values = values[count:]
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -576,6 +581,7 @@ class _Stage:
         self.scale = 0.0
         self.losses: dict[str, float] = {}
         self._total: torch.Tensor | None = None
+        self.terms: dict[str, torch.Tensor] = {}
         if options.optimizer == "lbfgs":
             self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
                 [self.x], lr=1.0, max_iter=1, history_size=100,
@@ -645,8 +651,9 @@ class _Stage:
         if options.tv_weight:
             terms["tv"] = options.tv_weight * tv_loss(x)
         total = sum(terms.values())
-        self.losses = {k: v.item() for k, v in terms.items()}
-        self.losses.setdefault("tv", 0.0)
-        self.losses["total"] = total.item()
+        terms.setdefault("tv", total.new_zeros(()))
+        terms["total"] = total
+        # Read back (one device sync) by the caller for all stages of a pass at once.
+        self.terms = {k: v.detach() for k, v in terms.items()}
         self._total = total
         return total / self.scale if self.scale else total
