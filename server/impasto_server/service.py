@@ -21,7 +21,7 @@ from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from impasto_server import convert
 from impasto_server.auth import client_identity
-from impasto_server.engine import Cancelled, EngineError, Progress, Result
+from impasto_server.engine import Cancelled, EngineError, Progress, Result, is_out_of_memory
 from impasto_server.memory_budget import MemoryBudget
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
@@ -87,15 +87,6 @@ def bad_request(violations: list[tuple[str, str]]) -> grpc.Status:
     )
     summary = "; ".join(f"{f}: {d}" for f, d in violations[:3])
     return _status(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", [detail])
-
-
-def _is_out_of_memory(exc: BaseException) -> bool:
-    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
-        return True
-    text = str(exc)
-    return isinstance(exc, RuntimeError) and (
-        "out of memory" in text or "can't allocate memory" in text
-    )
 
 
 class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
@@ -314,8 +305,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         ended: set[int] = set()
         try:
             budget = self.config.memory_budget_bytes
-            # The simulated device memory is per job, so a batch gets one budget per job.
-            limit = MemoryBudget(budget * len(members)) if budget else contextlib.nullcontext()
+            # The simulated device memory is one slot's, whether it runs one job or a batch.
+            limit = MemoryBudget(budget) if budget else contextlib.nullcontext()
             with limit:
                 for index, event in engine.run_batch(prepared):
                     job = members[index]
@@ -356,7 +347,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             job.outbox.finish(
                 Failure("INVALID_ARGUMENT", f"{error.field}: {error.message}", "INVALID")
             )
-        elif error is not None and _is_out_of_memory(error):
+        elif error is not None and is_out_of_memory(error):
             outcome = "out_of_memory"
             _free_device_memory()
             batch = f" (in a batch of {job.batch_size} jobs)" if job.batch_size > 1 else ""

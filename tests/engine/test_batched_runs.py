@@ -113,3 +113,34 @@ def test_runs_of_different_shapes_do_not_batch(engine, content, style):
     assert len({small.batch_key, large.batch_key, average.batch_key}) == 3
     with pytest.raises(ValueError, match="batch_key"):
         engine.run_batch([small, large])
+
+
+def test_a_batch_that_runs_out_of_memory_goes_on_one_pass_per_run(engine, content, style, caplog):
+    from impasto_server.memory_budget import MemoryBudget
+
+    options = StyleOptions(size=32, iterations=6, num_scales=1, optimizer="adam", seed=3)
+    small = np.ascontiguousarray(content[::4, ::4])
+
+    def peak(runs: int) -> int:
+        budget = MemoryBudget(1 << 40)
+        with budget:
+            events = list(engine.run_batch(
+                [engine.prepare(small, [style], options) for _ in range(runs)]))  # fmt: skip
+        assert all(not isinstance(e, Exception) for _, e in events)
+        return budget.peak
+
+    one, three = peak(1), peak(3)
+    assert three > 1.5 * one, (one, three)
+    # A "device" that holds one run's pass but not three at once.
+    with (
+        caplog.at_level("WARNING", logger="impasto_server.engine"),
+        MemoryBudget((one + three) // 2),
+    ):
+        events = list(engine.run_batch(
+            [engine.prepare(small, [style], options) for _ in range(3)]))  # fmt: skip
+    assert "ran out of memory" in caplog.text
+    results = [e for _, e in events if isinstance(e, Result)]
+    assert len(results) == 3 and all(r.iterations == 6 for r in results)
+    alone = list(engine.run(small, [style], options))[-1].image
+    for result in results:
+        assert np.abs(result.image.astype(int) - alone.astype(int)).max() <= 8

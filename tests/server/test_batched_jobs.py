@@ -120,6 +120,28 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(
     wait_until(lambda: server.scheduler.running == 0)
 
 
+def test_a_batch_too_big_for_the_device_still_finishes_every_job(
+    make_server, tiny_content, tiny_style
+):
+    # 16 MiB of simulated device memory holds one of these jobs (about 11 MiB) but not three
+    # in one pass (about 20 MiB): the batch goes on one pass per job instead of failing.
+    server = make_server(max_running=1, max_batch=4, simulated_memory_mb=16)
+    clients = [Client(server.address) for _ in range(4)]
+    try:
+        blocker = _block(clients[0], tiny_content, tiny_style)
+        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]
+        for watcher in jobs:
+            watcher.wait_for(Queued)
+        blocker.job.cancel()
+        for watcher in jobs:
+            assert watcher.done.wait(60) and watcher.error is None, watcher.error
+            assert _started(watcher).batch_size == 3
+            assert watcher.events[-1].iterations == ADAM["iterations"]
+    finally:
+        for c in clients:
+            c.close()
+
+
 def test_a_cpu_server_does_not_batch_unless_told(make_server):
     server = make_server()
     with Client(server.address) as client:

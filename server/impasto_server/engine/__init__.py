@@ -8,9 +8,9 @@ from .options import (
     EngineError,
     StyleOptions,
 )
-from .transfer import Engine
+from .transfer import Engine, is_out_of_memory
 
 __all__ = [
     "LAYER_NAMES", "PRESETS", "Cancelled", "Engine", "EngineError", "Progress", "Result",
-    "StyleOptions",
+    "StyleOptions", "is_out_of_memory",
 ]  # fmt: skip

@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import contextlib
+import gc
 import hashlib
+import logging
 import math
 import os
 import secrets
@@ -24,6 +26,17 @@ from .options import Cancelled, EngineError, StyleOptions
 from .vgg import load_feature_net
 
 Targets = dict[str, torch.Tensor]
+log = logging.getLogger("impasto_server.engine")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """Whether ``exc`` means the device (or the host) ran out of memory."""
+    if isinstance(exc, torch.OutOfMemoryError | MemoryError):
+        return True
+    text = str(exc)
+    return isinstance(exc, RuntimeError) and (
+        "out of memory" in text or "can't allocate memory" in text
+    )
 
 
 @dataclass
@@ -286,6 +299,9 @@ class Engine:
         started = time.perf_counter()
         live = list(enumerate(runs))
         first = runs[0]
+        # Set when a shared pass runs out of memory: the runs then go on one pass each, from
+        # where they are (the failed pass stepped no optimiser).
+        split = False
         for index, stage_iterations in enumerate(first.per_stage):
             staged = []
             for i, run in live:
@@ -305,14 +321,33 @@ class Engine:
                 live = [(i, run) for i, run in live if (i, run) not in stopped]
                 if not live:
                     return
-                try:
-                    self._evaluate([run.stage for _, run in live])
-                except Exception as exc:  # noqa: BLE001 - the shared pass failed: it ends them all
-                    for i, _run in live:
-                        yield i, exc
-                    return
+                errors: dict[int, BaseException] = {}
+                if not split:
+                    try:
+                        self._evaluate([run.stage for _, run in live])
+                    except Exception as exc:  # noqa: BLE001 - the shared pass failed
+                        if not (len(live) > 1 and is_out_of_memory(exc)):
+                            for i, _run in live:
+                                yield i, exc
+                            return
+                        split = True
+                    if split:  # outside the handler, so the failed pass's tensors are gone
+                        log.warning(
+                            "a batch of %d runs ran out of memory; it goes on with one pass "
+                            "per run", len(live),
+                        )  # fmt: skip
+                        self._free_memory()
+                if split:
+                    for i, run in live:
+                        try:
+                            self._evaluate([run.stage])
+                        except Exception as exc:  # noqa: BLE001 - it ends that run alone
+                            errors[i] = exc
                 stepped = []
                 for i, run in live:
+                    if i in errors:
+                        yield i, errors.pop(i)
+                        continue
                     try:
                         event = run.step(index, started)
                     except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
@@ -325,6 +360,11 @@ class Engine:
                 run.end_stage()
         for i, run in live:
             yield i, run.result(started)
+
+    def _free_memory(self) -> None:
+        gc.collect()  # a failed pass's tensors can sit in reference cycles of its traceback
+        if self._cuda:
+            torch.cuda.empty_cache()
 
     def _evaluate(self, stages: list[_Stage]) -> None:
         """One forward and backward pass over every stage's image at once; leaves each image's
@@ -580,7 +620,6 @@ class _Stage:
         self.x = engine._to_device(start).requires_grad_(True)
         self.scale = 0.0
         self.losses: dict[str, float] = {}
-        self._total: torch.Tensor | None = None
         self.terms: dict[str, torch.Tensor] = {}
         if options.optimizer == "lbfgs":
             self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
@@ -598,7 +637,7 @@ class _Stage:
                 "the optimisation diverged (a loss is not finite); lower learning_rate or the "
                 "loss weights",
             )
-        assert self.x.grad is not None and self._total is not None
+        assert self.x.grad is not None and self.terms
         # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
         # scale-free: its first step and its curvature check use absolute sizes, and at that
         # scale it either explodes or never moves. So the optimiser sees the objective divided
@@ -607,8 +646,7 @@ class _Stage:
         if not self.scale:
             self.scale = max(self.x.grad.abs().mean().item(), 1e-20)
             self.x.grad.div_(self.scale)
-        value = self._total.detach() / self.scale
-        self._total = None
+        value = self.terms["total"] / self.scale
         if self.options.optimizer == "lbfgs":
             # With max_iter=1 and no line search L-BFGS evaluates once per step, at the
             # current point: the pass that was just made (maybe shared with other runs).
@@ -653,7 +691,7 @@ class _Stage:
         total = sum(terms.values())
         terms.setdefault("tv", total.new_zeros(()))
         terms["total"] = total
-        # Read back (one device sync) by the caller for all stages of a pass at once.
+        # Read back (one device sync) by the caller for all stages of a pass at once. Only
+        # detached values are kept: a pass that fails must leave no graph behind.
         self.terms = {k: v.detach() for k, v in terms.items()}
-        self._total = total
         return total / self.scale if self.scale else total
