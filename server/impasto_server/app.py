@@ -49,6 +49,8 @@ class ServerConfig:
     #: batch costs more per job than running its jobs one after another.
     max_batch: int | None = None
     max_batch_megapixels: float = 4.0
+    #: How long a job that could batch may wait for others sent at about the same time.
+    batch_wait_ms: float = 20.0
     batch_lbfgs: bool = False
     max_jobs_per_client: int = 8
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
@@ -116,6 +118,7 @@ class Server:
             max_per_client=config.max_jobs_per_client,
             max_batch=max_batch,
             max_batch_pixels=max_batch_pixels,
+            batch_wait=config.batch_wait_ms / 1000.0,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
         )
         # Re-read when the file changes: tokens are added or revoked without a restart.
@@ -310,6 +313,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="most pixels one batch may hold, in units of 2**20 pixels",
     )  # fmt: skip
     p.add_argument(
+        "--batch-wait-ms", type=float, default=d.batch_wait_ms,
+        help="how long a job that could batch may wait for others sent at about the same "
+        "time, when batching is on",
+    )  # fmt: skip
+    p.add_argument(
         "--batch-lbfgs", action="store_true",
         help="batch L-BFGS jobs too (their results are as good, but not equal to float "
         "tolerance to running alone); by default only Adam jobs batch",
@@ -349,6 +357,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("--max-batch must be >= 1")
     if config.max_batch_megapixels <= 0:
         p.error("--max-batch-megapixels must be > 0")
+    if not 0 <= config.batch_wait_ms <= 10_000:
+        p.error("--batch-wait-ms must lie in [0, 10000]")
     if bool(config.tls_cert) != bool(config.tls_key):
         p.error("--tls-cert and --tls-key go together")
     return config

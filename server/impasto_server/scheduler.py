@@ -7,7 +7,9 @@ by at most one of its own. Queue positions are the order this rotation would sta
 Batching: a job that starts takes along other waiting jobs with the same ``batch_key`` (the same
 stage shapes, iterations, pooling and precision), in rotation order, up to ``max_batch`` jobs and
 ``max_batch_pixels``; a slot then runs the whole batch, one pass through the network for all.
-Their clients go to the back of the rotation as if their turn had come.
+Their clients go to the back of the rotation as if their turn had come. A batch that is not full
+starts only once its first job has waited ``batch_wait`` seconds since it was sent, so jobs sent
+at about the same time run together.
 """
 
 from __future__ import annotations
@@ -170,6 +172,7 @@ class Scheduler:
         max_per_client: int = 8,
         max_batch: int = 1,
         max_batch_pixels: int = 4 << 20,
+        batch_wait: float = 0.0,
         on_change: Callable[[Scheduler], None] | None = None,
     ) -> None:
         if min(queue_capacity, max_running, max_per_client, max_batch) < 1:
@@ -181,6 +184,7 @@ class Scheduler:
         self.max_per_client = max_per_client
         self.max_batch = max_batch
         self.max_batch_pixels = max_batch_pixels
+        self.batch_wait = batch_wait  # seconds a batchable job may wait for company
         self._busy = 0  # slots running a batch
         self._on_change = on_change
         self._cond = threading.Condition()
@@ -310,10 +314,11 @@ class Scheduler:
         if queue:
             self._waiting[job.client] = queue
 
-    def _take(self) -> list[Job]:
-        """The next batch: the rotation's next job and the waiting jobs that can join it."""
+    def _take(self) -> tuple[list[Job], float]:
+        """The next batch: the rotation's next job and the waiting jobs that can join it; or
+        no jobs and how long to wait before asking again."""
         if self._closed or self._busy >= self.max_running or not self._waiting:
-            return []
+            return [], 0.5
         lead = next(iter(self._waiting.values()))[0]
         batch = [lead]
         if lead.batch_key is not None and self.max_batch > 1:
@@ -324,19 +329,24 @@ class Scheduler:
                 if job.batch_key == lead.batch_key and pixels + job.pixels <= self.max_batch_pixels:
                     batch.append(job)
                     pixels += job.pixels
+            # A batch that is not full waits a moment for jobs sent at about the same time
+            # (clients whose last jobs ended together send their next ones together).
+            wait = lead.created + self.batch_wait - time.monotonic()
+            if len(batch) < self.max_batch and pixels < self.max_batch_pixels and wait > 0:
+                return [], wait
         for job in batch:
             self._remove(job)
-        return batch
+        return batch, 0.0
 
     def _worker(self) -> None:
         while True:
             with self._cond:
-                batch = self._take()
+                batch, wait = self._take()
                 while not batch:
                     if self._closed and not self._waiting:
                         return
-                    self._cond.wait(0.5)
-                    batch = self._take()
+                    self._cond.wait(wait)
+                    batch, wait = self._take()
                 self._busy += 1
                 now = time.monotonic()
                 for job in batch:

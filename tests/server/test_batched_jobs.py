@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import time
+
 import grpc
 import numpy as np
 import pytest
@@ -137,6 +139,24 @@ def test_a_batch_too_big_for_the_device_still_finishes_every_job(
             assert watcher.done.wait(60) and watcher.error is None, watcher.error
             assert _started(watcher).batch_size == 3
             assert watcher.events[-1].iterations == ADAM["iterations"]
+    finally:
+        for c in clients:
+            c.close()
+
+
+def test_jobs_sent_together_to_an_idle_server_wait_for_each_other(
+    make_server, tiny_content, tiny_style
+):
+    server = make_server(max_running=1, max_batch=4, batch_wait_ms=1500)
+    clients = [Client(server.address) for _ in range(3)]
+    try:
+        sent = time.monotonic()
+        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients]
+        for watcher in jobs:
+            assert watcher.done.wait(60) and watcher.error is None, watcher.error
+        # Nothing ran, so the first job waited for company, and all three ran as one batch.
+        assert [_started(w).batch_size for w in jobs] == [3, 3, 3]
+        assert jobs[0].first(Started) - sent < 1.5 + 1.0
     finally:
         for c in clients:
             c.close()
