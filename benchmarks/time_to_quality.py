@@ -71,6 +71,8 @@ def _impasto(content: str, style: str, size: int, spec: str, out: str) -> None:
     t0 = time.perf_counter()
     engine = Engine(device="cpu")
     setup = time.perf_counter() - t0
+    # The preset as a server on this machine runs it: in the engine's default precision.
+    overrides.setdefault("precision", engine.default_precision)
     options = StyleOptions.from_preset(preset, size=size, seed=0, **overrides)
     c = np.asarray(Image.open(content).convert("RGB"))
     s = np.asarray(Image.open(style).convert("RGB"))

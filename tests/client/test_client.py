@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from impasto import cli
 from impasto.client import Client
 from PIL import Image as PILImage
@@ -31,10 +32,14 @@ def test_several_addresses_are_balanced_round_robin(make_server, tiny_content, t
 
 def test_server_info_describes_options(client):
     info = client.server_info()
-    assert info.device == "cpu" and info.weights == "original" and info.precision == "float32"
+    # bfloat16 is the default where the CPU runs it natively (AVX512-BF16 or AMX)
+    native_bf16 = torch.ops.mkldnn._is_mkldnn_bf16_supported()
+    assert info.device == "cpu" and info.weights == "original"
+    assert info.precision == ("bfloat16" if native_bf16 else "float32")
     assert info.defaults["preset"] == "default" and "size" in info.defaults
     assert set(info.presets) == {"default", "paper"}
-    assert "conv4_2" in info.allowed["layers"] and info.allowed["precisions"] == ["float32"]
+    assert info.allowed["precisions"] == (["float32", "bfloat16"] if native_bf16 else ["float32"])
+    assert "conv4_2" in info.allowed["layers"]
     assert info.allowed["output_formats"] == ["raw", "png", "jpeg", "tiff"]
     assert info.limits["max_message_bytes"] >= 4096 * 4096 * 3 * 4
     assert client.health() == "SERVING"

@@ -232,3 +232,26 @@ def test_style_targets_are_cached(content, style):
     assert first["misses"] == 1 and second["misses"] == 1 and second["hits"] == 1
     run(engine, content, [style], pooling="average", **kw)  # another setting, another target
     assert engine.cache_stats()["misses"] == 2
+
+
+@pytest.mark.skipif(
+    not torch.ops.mkldnn._is_mkldnn_bf16_supported(), reason="this CPU has no native bfloat16"
+)
+def test_bfloat16_on_a_cpu_that_runs_it_natively(engine, content, style):
+    assert engine.supported_precisions == ("float32", "bfloat16")
+    assert engine.default_precision == "bfloat16"
+    kw = {"size": 48, "iterations": 30, "num_scales": 1, "seed": 3, "style_weight": 30.0}
+    full, _ = run(engine, content, [style], **kw)
+    half, progress = run(engine, content, [style], precision="bfloat16", **kw)
+    assert half.settings.precision == "bfloat16"
+    assert all(np.isfinite(list(p.losses.values())).all() for p in progress)
+    # Features in bfloat16, Grams and losses in float32: the same optimisation, as good.
+    start = distances(engine, content, content, style)[1]
+    style_full = distances(engine, full.image, content, style)[1]
+    style_half = distances(engine, half.image, content, style)[1]
+    assert start / style_half > 30 and style_half < 1.5 * style_full, (
+        start,
+        style_full,
+        style_half,
+    )
+    assert not np.array_equal(full.image, half.image)

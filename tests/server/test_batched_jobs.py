@@ -16,7 +16,7 @@ from job_watch import LONG, Watcher, wait_until
 # (max pooling's ties are broken by last bits, which batching changes).
 ADAM = {
     "size": 32, "iterations": 6, "num_scales": 1, "optimizer": "adam", "seed": 3,
-    "pooling": "average",
+    "pooling": "average", "precision": "float32",
 }  # fmt: skip
 
 
@@ -26,7 +26,7 @@ def _started(watcher: Watcher) -> Started:
 
 def _block(client: Client, content, style) -> Watcher:
     """A long job that holds the only slot until it is cancelled."""
-    blocker = Watcher(client.stylize(content, [style], **LONG))
+    blocker = Watcher(client.stylize(content, [style], **LONG, precision="float32"))
     blocker.wait_for(Progress)
     return blocker
 
