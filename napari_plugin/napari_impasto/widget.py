@@ -439,7 +439,7 @@ class ImpastoWidget(QWidget):
         first = self.server_info is None
         self.server_info = info
         self.server_status.setText(
-            f"{health} at {address} · {info.device} · weights {info.weights} · "
+            f"{health} at {address} · {info.device}, {info.precision} · weights {info.weights} · "
             f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}"
         )
         if first:

@@ -26,6 +26,9 @@ def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
     process = server.process
     assert process.poll() is None
     assert widget.server_status.text().startswith(f"SERVING at {server.address}")
+    # the device and the precision the server runs in by default
+    assert f"cpu, {widget.server_info.precision} ·" in widget.server_status.text()
+    assert widget.server_info.precision in ("float32", "bfloat16")
 
     viewer.close()
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)
