@@ -201,6 +201,15 @@ def compiled_ms(engine: Engine, content, style, size: int, precision: str, itera
         engine.net = plain
 
 
+class Rows(list):
+    """The table's rows; each is also printed as soon as it is measured, so a run stopped by its
+    time limit still leaves what it measured in the log."""
+
+    def append(self, row: tuple[str, str]) -> None:
+        super().append(row)
+        print(f"[{time.strftime('%H:%M:%S')}] {row[0]}: {row[1]}", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toy", action="store_true", help="tiny sizes; runs on the CPU")
@@ -217,7 +226,7 @@ def main() -> None:
         ("float32", False)]  # fmt: skip
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-    rows: list[tuple[str, str]] = []
+    rows = Rows()
     for size in sizes:
         for label, allow in precisions:
             precision = "bfloat16" if label == "bfloat16" else "float32"
@@ -255,6 +264,7 @@ def main() -> None:
                          f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
         except Exception as exc:  # noqa: BLE001 - a failed capture is a result, not a crash
             rows.append(("pass 512 px bfloat16, CUDA graph", f"failed: {exc!r}"[:120]))
+    print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:{width}}  {value}")

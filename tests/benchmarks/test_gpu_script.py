@@ -17,6 +17,9 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("device: cpu")
+    # each row as it is measured, then the whole table after the marker line
+    assert any(line.startswith("[") and "ms/iteration 32 px float32: " in line for line in lines)
+    lines = lines[lines.index("-- the table --") :]
     table = dict(line.rsplit("  ", 1) for line in lines[1:] if "  " in line)
     table = {k.strip(): v.strip() for k, v in table.items()}
     assert float(table["ms/iteration 32 px float32"]) > 0
