@@ -22,6 +22,14 @@ from impasto_server.engine import Engine, Progress, Result, StyleOptions
 from impasto_server.engine.yardstick import Yardstick
 
 
+def _first_apart(solo: list[float], batched: list[float]) -> int | None:
+    """The first iteration (1-based) whose losses differ by more than 1e-5 relative."""
+    for iteration, (a, b) in enumerate(zip(solo, batched), start=1):
+        if abs(a - b) > 1e-5 * abs(a):
+            return iteration
+    return None
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--device", default=None)
@@ -74,12 +82,9 @@ def main() -> None:
                 batched[index] = event.image
         sync()
         batch_s = time.perf_counter() - start
-        apart = [
-            next((n for n, (a, b) in enumerate(zip(
-                [e.losses["total"] for e in events if isinstance(e, Progress)], mine), 1)
-                if abs(a - b) > 1e-5 * abs(a)), None)
-            for events, mine in zip(runs, losses)
-        ]  # fmt: skip
+        solo_losses = [[e.losses["total"] for e in events if isinstance(e, Progress)]
+                       for events in runs]  # fmt: skip
+        apart = [_first_apart(solo, mine) for solo, mine in zip(solo_losses, losses)]
         first_apart = min((n for n in apart if n is not None), default=None)
         diff = np.concatenate([np.abs(a.astype(int) - b).ravel() for a, b in zip(alone, batched)])
         style_alone, style_batch = [], []

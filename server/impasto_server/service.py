@@ -297,11 +297,9 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 members.append(job)
             except Exception as exc:  # noqa: BLE001 - reported to that job's client
                 self._end(job, exc)
-        for job in members:
-            height, width = engine.output_shape(job.payload.content, job.payload.options)
-            job.outbox.put(
-                StartedEvent(job.payload.options.iterations, height, width, len(members))
-            )
+        for job, run in zip(members, prepared, strict=True):
+            height, width = run.shapes[-1]  # the last stage is the result's size
+            job.outbox.put(StartedEvent(run.options.iterations, height, width, len(members)))
         ended: set[int] = set()
         try:
             budget = self.config.memory_budget_bytes

@@ -557,11 +557,6 @@ class PreparedRun:
         self.stage: _Stage | None = None
         self.losses: dict[str, float] = {}
 
-    @property
-    def pixels(self) -> int:
-        """Pixels of the largest stage: what one more run adds to a batch's memory."""
-        return max(h * w for h, w in self.shapes)
-
     def begin_stage(self, index: int) -> None:
         engine, inputs, options = self.engine, self.inputs, self.options
         shape = self.shapes[index]
