@@ -44,6 +44,23 @@ def make_server(shared_engine: Any) -> Iterator[Callable[..., Any]]:
 
 
 @pytest.fixture
+def connect() -> Iterator[Callable[[Any, int], list[Any]]]:
+    """``connect(server, n)`` -> n clients of ``server``, each closed after the test."""
+    from impasto.client import Client
+
+    opened: list[Any] = []
+
+    def make(server: Any, n: int) -> list[Any]:
+        clients = [Client(server.address) for _ in range(n)]
+        opened.extend(clients)
+        return clients
+
+    yield make
+    for client in opened:
+        client.close()
+
+
+@pytest.fixture
 def server(make_server: Callable[..., Any]) -> Any:
     return make_server()
 

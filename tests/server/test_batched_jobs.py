@@ -32,134 +32,111 @@ def _block(client: Client, content, style) -> Watcher:
 
 
 def test_same_shaped_adam_jobs_run_as_one_batch_with_their_own_results(
-    make_server, shared_engine, tiny_content, tiny_style
+    make_server, connect, shared_engine, tiny_content, tiny_style
 ):
     server = make_server(max_running=1, max_batch=4)
-    clients = [Client(server.address) for _ in range(5)]
-    try:
-        assert clients[0].server_info().limits["max_batch_jobs"] == 4
-        blocker = _block(clients[0], tiny_content, tiny_style)
-        contents = [tiny_content, np.ascontiguousarray(tiny_content[::-1]), 255 - tiny_content]
-        weights = [1e3, 1e2, 1e4]
-        batch = [
-            Watcher(clients[1 + i].stylize(c, [tiny_style], style_weight=w, **ADAM))
-            for i, (c, w) in enumerate(zip(contents, weights))
-        ]
-        other_shape = Watcher(
-            clients[4].stylize(tiny_content, [tiny_style], **{**ADAM, "size": 40})
-        )
-        for watcher in (*batch, other_shape):
-            watcher.wait_for(Queued)
-        blocker.job.cancel()
-        for watcher in (*batch, other_shape):
-            assert watcher.done.wait(60) and watcher.error is None, watcher.error
-        assert [_started(w).batch_size for w in batch] == [3, 3, 3]
-        assert _started(other_shape).batch_size == 1
-        # Each batched job's image is the one it gets alone, within a few levels.
-        for watcher, c, w in zip(batch, contents, weights):
-            result = watcher.events[-1]
-            assert isinstance(result, Result)
-            alone = list(shared_engine.run(c, [tiny_style], StyleOptions(style_weight=w, **ADAM)))[
-                -1
-            ].image
-            difference = np.abs(result.image.astype(int) - alone.astype(int))
-            assert difference.max() <= 8 and difference.mean() < 0.5
-        assert not np.array_equal(batch[0].events[-1].image, batch[1].events[-1].image)
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 5)
+    assert clients[0].server_info().limits["max_batch_jobs"] == 4
+    blocker = _block(clients[0], tiny_content, tiny_style)
+    contents = [tiny_content, np.ascontiguousarray(tiny_content[::-1]), 255 - tiny_content]
+    weights = [1e3, 1e2, 1e4]
+    batch = [
+        Watcher(clients[1 + i].stylize(c, [tiny_style], style_weight=w, **ADAM))
+        for i, (c, w) in enumerate(zip(contents, weights))
+    ]
+    other_shape = Watcher(clients[4].stylize(tiny_content, [tiny_style], **{**ADAM, "size": 40}))
+    for watcher in (*batch, other_shape):
+        watcher.wait_for(Queued)
+    blocker.job.cancel()
+    for watcher in (*batch, other_shape):
+        assert watcher.done.wait(60) and watcher.error is None, watcher.error
+    assert [_started(w).batch_size for w in batch] == [3, 3, 3]
+    assert _started(other_shape).batch_size == 1
+    # Each batched job's image is the one it gets alone, within a few levels.
+    for watcher, c, w in zip(batch, contents, weights):
+        result = watcher.events[-1]
+        assert isinstance(result, Result)
+        solo = list(shared_engine.run(c, [tiny_style], StyleOptions(style_weight=w, **ADAM)))
+        alone = solo[-1].image
+        difference = np.abs(result.image.astype(int) - alone.astype(int))
+        assert difference.max() <= 8 and difference.mean() < 0.5
+    assert not np.array_equal(batch[0].events[-1].image, batch[1].events[-1].image)
     wait_until(lambda: server.scheduler.running == 0 and server.scheduler.queued == 0)
 
 
 @pytest.mark.parametrize("batch_lbfgs", [False, True])
 def test_lbfgs_jobs_batch_only_when_the_server_allows_it(
-    make_server, tiny_content, tiny_style, batch_lbfgs
+    make_server, connect, tiny_content, tiny_style, batch_lbfgs
 ):
     server = make_server(max_running=1, max_batch=4, batch_lbfgs=batch_lbfgs)
-    clients = [Client(server.address) for _ in range(3)]
-    try:
-        blocker = _block(clients[0], tiny_content, tiny_style)
-        lbfgs = {**ADAM, "optimizer": "lbfgs"}
-        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **lbfgs)) for c in clients[1:]]
-        for watcher in jobs:
-            watcher.wait_for(Queued)
-        blocker.job.cancel()
-        for watcher in jobs:
-            assert watcher.done.wait(60) and watcher.error is None, watcher.error
-        expected = 2 if batch_lbfgs else 1
-        assert [_started(w).batch_size for w in jobs] == [expected, expected]
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 3)
+    blocker = _block(clients[0], tiny_content, tiny_style)
+    lbfgs = {**ADAM, "optimizer": "lbfgs"}
+    jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **lbfgs)) for c in clients[1:]]
+    for watcher in jobs:
+        watcher.wait_for(Queued)
+    blocker.job.cancel()
+    for watcher in jobs:
+        assert watcher.done.wait(60) and watcher.error is None, watcher.error
+    expected = 2 if batch_lbfgs else 1
+    assert [_started(w).batch_size for w in jobs] == [expected, expected]
 
 
 def test_cancelling_one_job_of_a_batch_leaves_the_others_running(
-    make_server, tiny_content, tiny_style
+    make_server, connect, tiny_content, tiny_style
 ):
     server = make_server(max_running=1, max_batch=4)
-    clients = [Client(server.address) for _ in range(3)]
-    try:
-        blocker = _block(clients[0], tiny_content, tiny_style)
-        endless = {**ADAM, "iterations": 100_000}
-        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **endless)) for c in clients[1:]]
-        for watcher in jobs:
-            watcher.wait_for(Queued)
-        blocker.job.cancel()
-        for watcher in jobs:
-            watcher.wait_for(Progress)
-        assert _started(jobs[0]).batch_size == 2
-        jobs[0].job.cancel()
-        assert jobs[0].done.wait(10) and jobs[0].error.code == grpc.StatusCode.CANCELLED
-        before = len(jobs[1].events)
-        wait_until(lambda: len(jobs[1].events) > before + 3)
-        assert not jobs[1].done.is_set()
-        assert server.scheduler.running == 1
-        jobs[1].job.cancel()
-        assert jobs[1].done.wait(10) and jobs[1].error.code == grpc.StatusCode.CANCELLED
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 3)
+    blocker = _block(clients[0], tiny_content, tiny_style)
+    endless = {**ADAM, "iterations": 100_000}
+    jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **endless)) for c in clients[1:]]
+    for watcher in jobs:
+        watcher.wait_for(Queued)
+    blocker.job.cancel()
+    for watcher in jobs:
+        watcher.wait_for(Progress)
+    assert _started(jobs[0]).batch_size == 2
+    jobs[0].job.cancel()
+    assert jobs[0].done.wait(10) and jobs[0].error.code == grpc.StatusCode.CANCELLED
+    before = len(jobs[1].events)
+    wait_until(lambda: len(jobs[1].events) > before + 3)
+    assert not jobs[1].done.is_set()
+    assert server.scheduler.running == 1
+    jobs[1].job.cancel()
+    assert jobs[1].done.wait(10) and jobs[1].error.code == grpc.StatusCode.CANCELLED
     wait_until(lambda: server.scheduler.running == 0)
 
 
 def test_a_batch_too_big_for_the_device_still_finishes_every_job(
-    make_server, tiny_content, tiny_style
+    make_server, connect, tiny_content, tiny_style
 ):
     # 16 MiB of simulated device memory holds one of these jobs (about 11 MiB) but not three
     # in one pass (about 20 MiB): the batch goes on one pass per job instead of failing.
     server = make_server(max_running=1, max_batch=4, simulated_memory_mb=16)
-    clients = [Client(server.address) for _ in range(4)]
-    try:
-        blocker = _block(clients[0], tiny_content, tiny_style)
-        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]
-        for watcher in jobs:
-            watcher.wait_for(Queued)
-        blocker.job.cancel()
-        for watcher in jobs:
-            assert watcher.done.wait(60) and watcher.error is None, watcher.error
-            assert _started(watcher).batch_size == 3
-            assert watcher.events[-1].iterations == ADAM["iterations"]
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 4)
+    blocker = _block(clients[0], tiny_content, tiny_style)
+    jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]
+    for watcher in jobs:
+        watcher.wait_for(Queued)
+    blocker.job.cancel()
+    for watcher in jobs:
+        assert watcher.done.wait(60) and watcher.error is None, watcher.error
+        assert _started(watcher).batch_size == 3
+        assert watcher.events[-1].iterations == ADAM["iterations"]
 
 
 def test_jobs_sent_together_to_an_idle_server_wait_for_each_other(
-    make_server, tiny_content, tiny_style
+    make_server, connect, tiny_content, tiny_style
 ):
     server = make_server(max_running=1, max_batch=4, batch_wait_ms=1500)
-    clients = [Client(server.address) for _ in range(3)]
-    try:
-        sent = time.monotonic()
-        jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients]
-        for watcher in jobs:
-            assert watcher.done.wait(60) and watcher.error is None, watcher.error
-        # Nothing ran, so the first job waited for company, and all three ran as one batch.
-        assert [_started(w).batch_size for w in jobs] == [3, 3, 3]
-        assert jobs[0].first(Started) - sent < 1.5 + 1.0
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 3)
+    sent = time.monotonic()
+    jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients]
+    for watcher in jobs:
+        assert watcher.done.wait(60) and watcher.error is None, watcher.error
+    # Nothing ran, so the first job waited for company, and all three ran as one batch.
+    assert [_started(w).batch_size for w in jobs] == [3, 3, 3]
+    assert jobs[0].first(Started) - sent < 1.5 + 1.0
 
 
 def test_a_cpu_server_does_not_batch_unless_told(make_server):

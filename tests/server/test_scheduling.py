@@ -48,27 +48,23 @@ def test_cancelling_a_queued_job_removes_it(make_server, tiny_content, tiny_styl
 
 
 def test_full_queue_answers_resource_exhausted_with_retry_hint(
-    make_server, tiny_content, tiny_style
+    make_server, connect, tiny_content, tiny_style
 ):
     server = make_server(max_running=1, queue_size=1)
-    clients = [Client(server.address) for _ in range(3)]
-    try:
-        running = Watcher(clients[0].stylize(tiny_content, [tiny_style], **LONG))
-        running.wait_for(Started)
-        queued = Watcher(clients[1].stylize(tiny_content, [tiny_style], **SHORT))
-        queued.wait_for(Queued)
-        started = time.monotonic()
-        with pytest.raises(ImpastoError) as info:
-            clients[2].stylize(tiny_content, [tiny_style], **SHORT).result()
-        assert time.monotonic() - started < 1.0
-        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
-        assert "queue is full" in info.value.message
-        assert info.value.retry_after is not None and info.value.retry_after >= 1.0
-        running.job.cancel()
-        assert queued.done.wait(30) and queued.error is None
-    finally:
-        for c in clients:
-            c.close()
+    clients = connect(server, 3)
+    running = Watcher(clients[0].stylize(tiny_content, [tiny_style], **LONG))
+    running.wait_for(Started)
+    queued = Watcher(clients[1].stylize(tiny_content, [tiny_style], **SHORT))
+    queued.wait_for(Queued)
+    started = time.monotonic()
+    with pytest.raises(ImpastoError) as info:
+        clients[2].stylize(tiny_content, [tiny_style], **SHORT).result()
+    assert time.monotonic() - started < 1.0
+    assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+    assert "queue is full" in info.value.message
+    assert info.value.retry_after is not None and info.value.retry_after >= 1.0
+    running.job.cancel()
+    assert queued.done.wait(30) and queued.error is None
 
 
 def test_per_client_cap(make_server, tiny_content, tiny_style):
