@@ -21,6 +21,7 @@ import torch.nn.functional as F
 from . import imaging
 from .cache import GramCache
 from .events import Progress, Result
+from .lbfgs import LBFGS
 from .losses import content_layer_loss, gram, style_layer_loss, tv_loss
 from .options import Cancelled, EngineError, StyleOptions
 from .vgg import load_feature_net
@@ -98,6 +99,10 @@ class Engine:
             raise EngineError("device", f"{device} asked for, but CUDA is not available")
         net = load_feature_net(weights, preprocessing)
         self._cuda = self._device.type == "cuda"
+        # Images go through the network in channels_last on a GPU (cuDNN's fast layout); the
+        # CPU keeps the default layout (channels_last measured no faster there). Tests switch
+        # it on for a CPU engine to exercise the GPU's layout.
+        self.channels_last = self._cuda
         if self._cuda:
             torch.backends.cudnn.benchmark = True
             net = net.to(self._device, memory_format=torch.channels_last)
@@ -394,11 +399,21 @@ class Engine:
         # The images are independent along the batch axis (VGG19 has no batch statistics),
         # so the gradient of the sum with respect to each image is that of its own objective.
         objective.backward()
-        values = torch.stack([v for stage in stages for v in stage.terms.values()]).tolist()
+        # One read from the device for the whole pass: every stage's loss terms, and what each
+        # L-BFGS step needs to know on the host (the curvature of its new pair).
+        reads = []
+        for stage in stages:
+            reads.append(torch.stack(list(stage.terms.values())))
+            pending = stage.pending_read()
+            if pending is not None:
+                reads.append(pending)
+        values = torch.cat(reads).tolist()
         for stage in stages:
             count = len(stage.terms)
             stage.losses = dict(zip(stage.terms, values[:count], strict=True))
             values = values[count:]
+            if stage.expects_read:
+                stage.curvature, values = values[:2], values[2:]
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -430,7 +445,7 @@ class Engine:
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self._device)
-        return x.contiguous(memory_format=torch.channels_last) if self._cuda else x
+        return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _style_grams(
         self, inputs: _Inputs, index: int, content_px: torch.Tensor, long_side: int,
@@ -518,6 +533,10 @@ class Engine:
         return imaging.from_pixels(x, inputs.alpha, inputs.source)
 
 
+# torch's default, and the classic implementations' (neural-style's nCorrection).
+LBFGS_HISTORY = 100
+
+
 def _per_stage(iterations: int, stages: int) -> list[int]:
     """Iterations of each stage: an even split, the remainder going to the last."""
     per_stage = [iterations // stages] * stages
@@ -567,9 +586,8 @@ class PreparedRun:
             start = engine._initial(inputs, options, shape, content_px)
         else:
             start = imaging.resize(self.x.detach().cpu(), shape)
-        self.stage = _Stage(
-            engine, options, start, content_px, engine._regions(inputs, content_px, options)
-        )
+        regions = engine._regions(inputs, content_px, options)
+        self.stage = _Stage(engine, options, start, content_px, regions, self.per_stage[index])
 
     def step(self, index: int, started: float) -> Progress:
         """After the shared pass: this run's optimiser step, and its Progress."""
@@ -612,7 +630,7 @@ class _Stage:
 
     def __init__(
         self, engine: Engine, options: StyleOptions, start: torch.Tensor,
-        content_px: torch.Tensor, regions: list[_Region],
+        content_px: torch.Tensor, regions: list[_Region], iterations: int,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.options = options
@@ -627,13 +645,27 @@ class _Stage:
         self.scale = 0.0
         self.losses: dict[str, float] = {}
         self.terms: dict[str, torch.Tensor] = {}
+        self.lbfgs: LBFGS | None = None
+        self.adam: torch.optim.Adam | None = None
         if options.optimizer == "lbfgs":
-            self.optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
-                [self.x], lr=1.0, max_iter=1, history_size=100,
-                tolerance_grad=-1.0, tolerance_change=-1.0,
-            )  # fmt: skip
+            # torch's L-BFGS settings as before (history 100, no line search), but no more
+            # history than the stage has steps: it is allocated now, in full.
+            self.lbfgs = LBFGS(self.x, history=max(1, min(LBFGS_HISTORY, iterations - 1)))
         else:
-            self.optimizer = torch.optim.Adam([self.x], lr=options.learning_rate)
+            self.adam = torch.optim.Adam([self.x], lr=options.learning_rate)
+        self.expects_read = False
+        self.curvature: list[float] | None = None
+
+    def pending_read(self) -> torch.Tensor | None:
+        """After the backward pass: device values this stage's step needs on the host, read
+        back by the caller with the loss terms into ``curvature``."""
+        self.curvature = None
+        self.expects_read = False
+        if self.lbfgs is None or not self.scale:
+            return None  # the first step reads its gradient's scale itself
+        pending = self.lbfgs.curvature()
+        self.expects_read = pending is not None
+        return pending
 
     def step(self) -> dict[str, float]:
         """The optimiser's step, once ``objective`` was evaluated and its gradient is in x.grad."""
@@ -652,13 +684,13 @@ class _Stage:
         if not self.scale:
             self.scale = max(self.x.grad.abs().mean().item(), 1e-20)
             self.x.grad.div_(self.scale)
-        value = self.terms["total"] / self.scale
-        if self.options.optimizer == "lbfgs":
-            # With max_iter=1 and no line search L-BFGS evaluates once per step, at the
-            # current point: the pass that was just made (maybe shared with other runs).
-            self.optimizer.step(lambda: value)
+        if self.lbfgs is not None:
+            # Without a line search L-BFGS evaluates once per step, at the current point:
+            # the pass that was just made (maybe shared with other runs).
+            self.lbfgs.step(self.curvature)
         else:
-            self.optimizer.step()
+            assert self.adam is not None
+            self.adam.step()
         return dict(self.losses)
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
