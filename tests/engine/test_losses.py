@@ -48,3 +48,13 @@ def test_total_variation_by_hand():
     x = torch.tensor([[[[0.0, 255.0], [255.0, 255.0]]]])  # one channel, 0..255
     # neighbours differ by 1 (in 0..1 units) once horizontally and once vertically; 4 pixels
     assert tv_loss(x).item() == (1.0 + 1.0) / 4
+
+
+def test_gram_of_channels_last_features_equals_the_contiguous_one():
+    torch.manual_seed(2)
+    f = torch.rand(1, 5, 6, 7)
+    last = f.contiguous(memory_format=torch.channels_last)
+    assert not last.is_contiguous()
+    torch.testing.assert_close(gram(last), gram(f))
+    mask = torch.rand(1, 1, 6, 7)
+    torch.testing.assert_close(gram(last, mask), gram(f, mask))

@@ -21,8 +21,13 @@ def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
         denominator = mask.square().sum().clamp_min(1e-8)
     else:
         denominator = f.shape[2] * f.shape[3]
-    flat = f.reshape(n, -1)
-    return (flat @ flat.t()) / denominator
+    if f.is_contiguous():
+        flat = f.view(n, -1)  # (N, M)
+        g = flat @ flat.t()
+    else:  # channels_last (on a GPU): the memory is (M, N) already, so no copy
+        flat = f.permute(0, 2, 3, 1).reshape(-1, n)
+        g = flat.t() @ flat
+    return g / denominator
 
 
 def style_layer_loss(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
