@@ -8,13 +8,16 @@
    (Gram matrices and losses always float32), timed after warm-up; every iteration ends in a
    host sync (the loss is read), so wall time between iterations is device time.
 2. The largest square image one job can stylize, found by doubling then bisecting with the real
-   optimizer, and the peak device memory per megapixel.
+   optimizer (L-BFGS with its full history of 100 pairs, 2.4 KB a pixel), and the peak device
+   memory per megapixel.
 3. Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
    256 px Adam jobs: jobs per minute, once with each job alone (as many running at once as
    there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
    preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
 4. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
    ms per iteration (or per pass) with and without.
+5. One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
+   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 """
 
 from __future__ import annotations
@@ -26,10 +29,11 @@ import platform
 import threading
 import time
 
+import lbfgs_step  # beside this script
 import numpy as np
 import torch
 from impasto import samples
-from impasto_server.engine import Engine, Progress, StyleOptions
+from impasto_server.engine import Cancelled, Engine, Progress, StyleOptions
 
 
 @contextlib.contextmanager
@@ -62,15 +66,20 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
 
     def fits(side: int) -> tuple[bool, int]:
         square = np.ascontiguousarray(np.resize(content, (side, side, 3)))
+        # A stage of 101 iterations: L-BFGS's full history of 100 pairs (allocated when the
+        # stage starts), as a real job's last stage has; stopped after its third iteration.
         options = StyleOptions.from_preset(
-            "default", size=side, iterations=2, num_scales=1, precision=precision, seed=0
+            "default", size=side, iterations=101, num_scales=1, precision=precision, seed=0
         )
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        done = [0]
         try:
-            for _ in engine.run(square, [style], options):
-                pass
+            for event in engine.run(square, [style], options, should_stop=lambda: done[0] >= 3):
+                done[0] += isinstance(event, Progress)
+        except Cancelled:
+            pass
         except torch.OutOfMemoryError:
             return False, 0
         return True, torch.cuda.max_memory_allocated() if cuda else 0
@@ -233,6 +242,11 @@ def main() -> None:
             with tf32(allow) if cuda else contextlib.nullcontext():
                 ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
             rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+    step_side, history = (32, 5) if toy else (512, 100)
+    theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
+    ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
+    rows.append((f"L-BFGS step {step_side} px, history {history}: torch / impasto",
+                 f"{theirs:.2f} / {ours:.2f} ms, host reads {their_reads:.0f} / {our_reads:.0f}"))  # fmt: skip
     best = "bfloat16" if cuda else "float32"
     side, peak, capped = largest_square(
         engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
