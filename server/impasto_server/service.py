@@ -354,7 +354,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                     "RESOURCE_EXHAUSTED",
                     f"the device ran out of memory for a {job.description['size']} "
                     f"result{batch}; reduce size (or num_scales/scales), the number or size "
-                    "of style images, or style_scale, or use bfloat16 precision on a GPU",
+                    "of style images, or style_scale, or use bfloat16 precision on a GPU, or "
+                    "the Adam optimizer (L-BFGS keeps up to 200 copies of the image)",
                     "OUT_OF_MEMORY",
                 )
             )

@@ -26,6 +26,7 @@ def test_out_of_memory_fails_that_job_alone(make_server, tiny_content, tiny_styl
         assert big.done.wait(60) and small.done.wait(60)
         assert big.error is not None and big.error.code == grpc.StatusCode.RESOURCE_EXHAUSTED
         assert "ran out of memory" in big.error.message and "reduce size" in big.error.message
+        assert "the Adam optimizer" in big.error.message
         assert small.error is None and isinstance(small.events[-1], Result)
         # The server is unharmed: the next job runs normally.
         again = small_client.stylize(tiny_content, [tiny_style], **SHORT, **f32)
