@@ -7,17 +7,21 @@
    paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and bfloat16 autocast
    (Gram matrices and losses always float32), timed after warm-up; every iteration ends in a
    host sync (the loss is read), so wall time between iterations is device time.
-2. The largest square image one job can stylize, found by doubling then bisecting with the real
-   optimizer (L-BFGS with its full history of 100 pairs, 2.4 KB a pixel), and the peak device
-   memory per megapixel.
+2. One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
+   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 3. Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
    256 px Adam jobs: jobs per minute, once with each job alone (as many running at once as
    there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
    preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
-4. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
+4. The largest square image one job can stylize, found by doubling then bisecting with the real
+   optimizer (L-BFGS with its full history of 100 pairs, 2.4 KB a pixel), and the peak device
+   memory per megapixel.
+5. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
    ms per iteration (or per pass) with and without.
-5. One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
-   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
+
+The parts run in this order, so a run cut short by its time limit loses the least; a part that
+fails is a row saying so (its traceback on stderr), the others still run, and the exit status
+is 1.
 """
 
 from __future__ import annotations
@@ -26,8 +30,10 @@ import argparse
 import contextlib
 import os
 import platform
+import sys
 import threading
 import time
+import traceback
 
 import lbfgs_step  # beside this script
 import numpy as np
@@ -214,9 +220,24 @@ class Rows(list):
     """The table's rows; each is also printed as soon as it is measured, so a run stopped by its
     time limit still leaves what it measured in the log."""
 
+    failed = 0
+
     def append(self, row: tuple[str, str]) -> None:
         super().append(row)
         print(f"[{time.strftime('%H:%M:%S')}] {row[0]}: {row[1]}", flush=True)
+
+    @contextlib.contextmanager
+    def section(self, label: str):
+        """A part of the run whose failure is a row of the table (and a traceback on stderr),
+        not the end of the run: a GPU machine is lent for minutes, once."""
+        try:
+            yield
+        except Exception as exc:  # noqa: BLE001 - reported, then the next part runs
+            traceback.print_exc()
+            self.failed += 1
+            self.append((label, f"failed: {exc!r}"[:160]))
+            if torch.cuda.is_available():
+                torch.cuda.empty_cache()
 
 
 def main() -> None:
@@ -236,52 +257,66 @@ def main() -> None:
     name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
     print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
     rows = Rows()
+    # In order of what matters most, so that a run cut short by its limit loses the least.
     for size in sizes:
         for label, allow in precisions:
             precision = "bfloat16" if label == "bfloat16" else "float32"
-            with tf32(allow) if cuda else contextlib.nullcontext():
-                ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
-            rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+            with rows.section(f"ms/iteration {size} px {label}"):
+                with tf32(allow) if cuda else contextlib.nullcontext():
+                    ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
+                rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
     step_side, history = (32, 5) if toy else (512, 100)
-    theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
-    ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
-    rows.append((f"L-BFGS step {step_side} px, history {history}: torch / impasto",
-                 f"{theirs:.2f} / {ours:.2f} ms, host reads {their_reads:.0f} / {our_reads:.0f}"))  # fmt: skip
-    best = "bfloat16" if cuda else "float32"
-    side, peak, capped = largest_square(
-        engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
-    )
-    rows.append((f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else "")))
-    if cuda and side:
-        rows.append(("peak memory per megapixel", f"{peak / (side * side / 1e6) / 2**20:.0f} MiB"))
+    step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"
+    with rows.section(step_label):
+        theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
+        ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
+        rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, "
+                                 f"host reads {their_reads:.0f} / {our_reads:.0f}"))  # fmt: skip
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 4)
     base = None
     for clients in (1, 2) if toy else (1, 4, 16):
         for batch in (1, 16):
-            jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
-            base = base or jpm
-            label = "batched" if batch > 1 else "alone"
-            rows.append((f"server, {clients} clients, Adam, {label}",
-                         f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"))  # fmt: skip
+            label = f"server, {clients} clients, Adam, {'batched' if batch > 1 else 'alone'}"
+            with rows.section(label):
+                jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
+                base = base or jpm
+                rows.append((label, f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), "
+                                    f"mean batch {mean_batch:.1f}"))  # fmt: skip
     clients = 2 if toy else 16
     for batch in (1, 16):
-        jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch, "lbfgs")
-        label = "batched" if batch > 1 else "alone"
-        rows.append((f"server, {clients} clients, L-BFGS, {label}",
-                     f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"))  # fmt: skip
+        label = f"server, {clients} clients, L-BFGS, {'batched' if batch > 1 else 'alone'}"
+        with rows.section(label):
+            jpm, mean_batch = server_throughput(
+                engine, clients, jobs_each, size, its, batch, "lbfgs"
+            )
+            rows.append((label, f"{jpm:.1f} jobs/min ({jpm / (base or jpm):.2f}x), "
+                                f"mean batch {mean_batch:.1f}"))  # fmt: skip
+    best = "bfloat16" if cuda else "float32"
+    with rows.section(f"largest square ({best})"):
+        side, peak, capped = largest_square(
+            engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
+        )
+        rows.append(
+            (f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else ""))
+        )
+        if cuda and side:
+            per_mp = peak / (side * side / 1e6) / 2**20
+            rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
     if cuda:
-        ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
-        rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms/iter" if ms else "failed"))
-        try:
+        with rows.section("torch.compile 512 px bfloat16"):
+            ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
+            rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms/iter" if ms else "failed"))
+        with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
             eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
             rows.append(("pass 512 px bfloat16, eager / CUDA graph",
                          f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
-        except Exception as exc:  # noqa: BLE001 - a failed capture is a result, not a crash
-            rows.append(("pass 512 px bfloat16, CUDA graph", f"failed: {exc!r}"[:120]))
     print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
         print(f"{key:{width}}  {value}")
+    if rows.failed:
+        print(f"{rows.failed} part(s) failed; tracebacks above", file=sys.stderr)
+        sys.exit(1)
 
 
 if __name__ == "__main__":
