@@ -296,8 +296,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 )
                 members.append(job)
             except Exception as exc:  # noqa: BLE001 - reported to that job's client
+                job.batch_size = 1  # it never ran with the others
                 self._end(job, exc)
         for job, run in zip(members, prepared, strict=True):
+            # The batch that runs: the log, the Started event and an out-of-memory message
+            # all give this count.
+            job.batch_size = len(members)
             height, width = run.shapes[-1]  # the last stage is the result's size
             job.outbox.put(StartedEvent(run.options.iterations, height, width, len(members)))
         ended: set[int] = set()
