@@ -218,7 +218,10 @@ class ImpastoWidget(QWidget):
         self.iterations = QSpinBox()
         self.content_weight = _float_edit("weight of the content loss (alpha)")
         self.style_weight = _float_edit("weight of the style loss (beta)")
-        self.tv_weight = _float_edit("weight of the total-variation smoothing")
+        self.tv_weight = _float_edit(
+            "weight of the total-variation smoothing: at the default content and style weights "
+            "1e13 smooths visibly, 1e14 strongly"
+        )
         self.init = QComboBox()
         self.init.currentIndexChanged.connect(self._on_init_changed)
         self.init_layer = QComboBox()
