@@ -255,3 +255,16 @@ def test_bfloat16_on_a_cpu_that_runs_it_natively(engine, content, style):
         style_half,
     )
     assert not np.array_equal(full.image, half.image)
+
+
+def test_coarser_stages_get_more_iterations_and_every_stage_at_least_one():
+    from impasto_server.engine import transfer
+
+    shapes = [(91, 91), (128, 128), (181, 181), (256, 256)]
+    split = transfer._per_stage(150, shapes)
+    assert sum(split) == 150 and split == sorted(split, reverse=True)
+    assert split == [47, 40, 33, 30]
+    for iterations in range(4, 12):
+        small = transfer._per_stage(iterations, shapes)
+        assert sum(small) == iterations and min(small) >= 1, small
+    assert transfer._per_stage(7, [(64, 48)]) == [7]
