@@ -53,7 +53,6 @@ class LBFGS:
         self._count = 0  # pairs stored
         self._head = 0  # slot of the oldest pair once the buffer is full
         self._gamma = 1.0
-        self._steps = 0
         self._prev_grad = torch.empty(n, **kw)
         self._step: torch.Tensor | None = None  # the last step taken, s
         self._y = torch.empty(n, **kw)
@@ -105,7 +104,6 @@ class LBFGS:
         self._step = step
         self._prev_grad.copy_(grad)
         self._y_ready = False
-        self._steps += 1
 
     def _update(self, grad: torch.Tensor, ys: float, yy: float) -> torch.Tensor:
         """Store the new pair if its curvature is positive; returns (S g, Y g) over the stored

@@ -146,7 +146,8 @@ class Engine:
 
     def batch_key(self, content: np.ndarray, options: StyleOptions) -> tuple:
         """Runs with equal keys can go through ``run_batch`` together."""
-        return _batch_key(self.stage_shapes(content, options), options)
+        shapes = self.stage_shapes(content, options)
+        return _batch_key(shapes, _per_stage(options.iterations, shapes), options)
 
     def validate(
         self,
@@ -401,19 +402,20 @@ class Engine:
         objective.backward()
         # One read from the device for the whole pass: every stage's loss terms, and what each
         # L-BFGS step needs to know on the host (the curvature of its new pair).
-        reads = []
+        reads, pending = [], []
         for stage in stages:
             reads.append(torch.stack(list(stage.terms.values())))
-            pending = stage.pending_read()
-            if pending is not None:
-                reads.append(pending)
+            pending.append(stage.pending_read())
+            if pending[-1] is not None:
+                reads.append(pending[-1])
         values = torch.cat(reads).tolist()
-        for stage in stages:
+        for stage, read in zip(stages, pending, strict=True):
             count = len(stage.terms)
             stage.losses = dict(zip(stage.terms, values[:count], strict=True))
             values = values[count:]
-            if stage.expects_read:
-                stage.curvature, values = values[:2], values[2:]
+            stage.curvature = None
+            if read is not None:
+                stage.curvature, values = values[: len(read)], values[len(read) :]
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -555,10 +557,9 @@ def _per_stage(iterations: int, shapes: list[tuple[int, int]]) -> list[int]:
     return per_stage
 
 
-def _batch_key(shapes: list[tuple[int, int]], options: StyleOptions) -> tuple:
+def _batch_key(shapes: list[tuple[int, int]], per_stage: list[int], options: StyleOptions) -> tuple:
     """What runs must share to share passes: stage shapes and iterations (so they move from
     stage to stage together), pooling and precision (so one network call serves all)."""
-    per_stage = _per_stage(options.iterations, shapes)
     return (tuple(shapes), tuple(per_stage), options.pooling, options.precision)
 
 
@@ -579,7 +580,7 @@ class PreparedRun:
         self.preview_size = preview_size
         self.should_stop = should_stop
         self.per_stage = per_stage = _per_stage(options.iterations, shapes)
-        self.batch_key = _batch_key(shapes, options)
+        self.batch_key = _batch_key(shapes, per_stage, options)
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
@@ -664,19 +665,14 @@ class _Stage:
             self.lbfgs = LBFGS(self.x, history=max(1, min(LBFGS_HISTORY, iterations - 1)))
         else:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate)
-        self.expects_read = False
-        self.curvature: list[float] | None = None
+        self.curvature: list[float] | None = None  # read back with the loss terms
 
     def pending_read(self) -> torch.Tensor | None:
         """After the backward pass: device values this stage's step needs on the host, read
         back by the caller with the loss terms into ``curvature``."""
-        self.curvature = None
-        self.expects_read = False
         if self.lbfgs is None or not self.scale:
             return None  # the first step reads its gradient's scale itself
-        pending = self.lbfgs.curvature()
-        self.expects_read = pending is not None
-        return pending
+        return self.lbfgs.curvature()
 
     def step(self) -> dict[str, float]:
         """The optimiser's step, once ``objective`` was evaluated and its gradient is in x.grad."""
