@@ -31,6 +31,13 @@ def _block(client: Client, content, style) -> Watcher:
     return blocker
 
 
+def _release(blocker: Watcher, waiting) -> None:
+    """Once every job of ``waiting`` is queued, free the slot: they start as one batch."""
+    for watcher in waiting:
+        watcher.wait_for(Queued)
+    blocker.job.cancel()
+
+
 def test_same_shaped_adam_jobs_run_as_one_batch_with_their_own_results(
     make_server, connect, shared_engine, tiny_content, tiny_style
 ):
@@ -45,9 +52,7 @@ def test_same_shaped_adam_jobs_run_as_one_batch_with_their_own_results(
         for i, (c, w) in enumerate(zip(contents, weights))
     ]
     other_shape = Watcher(clients[4].stylize(tiny_content, [tiny_style], **{**ADAM, "size": 40}))
-    for watcher in (*batch, other_shape):
-        watcher.wait_for(Queued)
-    blocker.job.cancel()
+    _release(blocker, (*batch, other_shape))
     for watcher in (*batch, other_shape):
         assert watcher.done.wait(60) and watcher.error is None, watcher.error
     assert [_started(w).batch_size for w in batch] == [3, 3, 3]
@@ -73,9 +78,7 @@ def test_lbfgs_jobs_batch_only_when_the_server_allows_it(
     blocker = _block(clients[0], tiny_content, tiny_style)
     lbfgs = {**ADAM, "optimizer": "lbfgs"}
     jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **lbfgs)) for c in clients[1:]]
-    for watcher in jobs:
-        watcher.wait_for(Queued)
-    blocker.job.cancel()
+    _release(blocker, jobs)
     for watcher in jobs:
         assert watcher.done.wait(60) and watcher.error is None, watcher.error
     expected = 2 if batch_lbfgs else 1
@@ -90,9 +93,7 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(
     blocker = _block(clients[0], tiny_content, tiny_style)
     endless = {**ADAM, "iterations": 100_000}
     jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **endless)) for c in clients[1:]]
-    for watcher in jobs:
-        watcher.wait_for(Queued)
-    blocker.job.cancel()
+    _release(blocker, jobs)
     for watcher in jobs:
         watcher.wait_for(Progress)
     assert _started(jobs[0]).batch_size == 2
@@ -116,9 +117,7 @@ def test_a_batch_too_big_for_the_device_still_finishes_every_job(
     clients = connect(server, 4)
     blocker = _block(clients[0], tiny_content, tiny_style)
     jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]
-    for watcher in jobs:
-        watcher.wait_for(Queued)
-    blocker.job.cancel()
+    _release(blocker, jobs)
     for watcher in jobs:
         assert watcher.done.wait(60) and watcher.error is None, watcher.error
         assert _started(watcher).batch_size == 3
