@@ -22,7 +22,7 @@ from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 from impasto_server import convert
 from impasto_server.auth import client_identity
 from impasto_server.engine import Cancelled, EngineError, Progress, Result, is_out_of_memory
-from impasto_server.memory_budget import MemoryBudget
+from impasto_server.engine.memory_budget import MemoryBudget
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
     Failure,

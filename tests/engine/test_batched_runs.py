@@ -116,7 +116,7 @@ def test_runs_of_different_shapes_do_not_batch(engine, content, style):
 
 
 def test_a_batch_that_runs_out_of_memory_goes_on_one_pass_per_run(engine, content, style, caplog):
-    from impasto_server.memory_budget import MemoryBudget
+    from impasto_server.engine.memory_budget import MemoryBudget
 
     options = StyleOptions(size=32, iterations=6, num_scales=1, optimizer="adam", seed=3)
     small = np.ascontiguousarray(content[::4, ::4])

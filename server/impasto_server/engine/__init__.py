@@ -1,6 +1,7 @@
 """The style-transfer engine: pure PyTorch, no knowledge of gRPC."""
 
 from .events import Progress, Result
+from .memory import InsufficientMemory, MemoryPlan
 from .options import (
     LAYER_NAMES,
     PRESETS,
@@ -11,6 +12,6 @@ from .options import (
 from .transfer import Engine, is_out_of_memory
 
 __all__ = [
-    "LAYER_NAMES", "PRESETS", "Cancelled", "Engine", "EngineError", "Progress", "Result",
-    "StyleOptions", "is_out_of_memory",
+    "LAYER_NAMES", "PRESETS", "Cancelled", "Engine", "EngineError", "InsufficientMemory",
+    "MemoryPlan", "Progress", "Result", "StyleOptions", "is_out_of_memory",
 ]  # fmt: skip

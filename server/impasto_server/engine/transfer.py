@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import gc
 import hashlib
 import logging
@@ -23,8 +24,19 @@ from .cache import GramCache
 from .events import Progress, Result
 from .lbfgs import LBFGS
 from .losses import content_layer_loss, gram, style_layer_loss, tv_loss
-from .options import Cancelled, EngineError, StyleOptions
-from .vgg import load_feature_net
+from .memory import (
+    MIN_PAIRS,
+    PAIR_BYTES_PER_PIXEL,
+    PROBE_PIXELS,
+    Footprint,
+    InsufficientMemory,
+    MemoryPlan,
+    device_capacity,
+    quick_bound,
+)
+from .memory_budget import MemoryBudget
+from .options import SIZE_RANGE, Cancelled, EngineError, StyleOptions
+from .vgg import CONV_INDEX, load_feature_net
 
 Targets = dict[str, torch.Tensor]
 log = logging.getLogger("impasto_server.engine")
@@ -88,6 +100,7 @@ class Engine:
         preprocessing: str | None = None,
         max_pixels: int = 4096 * 4096,
         cache_bytes: int = 256 << 20,
+        job_memory_bytes: int | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,6 +138,11 @@ class Engine:
             self.default_precision = "bfloat16" if bf16 else "float32"
         self.max_pixels = max_pixels
         self._cache = GramCache(cache_bytes)
+        # The memory one job may use, read once the weights are on the device (jobs are
+        # checked against it before they start; see memory.py); 0 turns the check off.
+        if job_memory_bytes is None:
+            job_memory_bytes = device_capacity(self._device, cache_bytes)
+        self.job_memory_bytes = job_memory_bytes
 
     # ------------------------------------------------------------------ checks
 
@@ -139,10 +157,7 @@ class Engine:
         """(h, w) of each coarse-to-fine stage. Stages too small for VGG19 are left out, and
         the coarsest ones when there are fewer iterations than stages."""
         height, width = imaging.check_image("content", content).shape[:2]
-        shapes = [imaging.fit_long_side(height, width, s) for s in options.schedule()]
-        final = shapes[-1]
-        kept = [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
-        return kept[-options.iterations :]
+        return _stage_shapes(height, width, options)
 
     def batch_key(self, content: np.ndarray, options: StyleOptions) -> tuple:
         """Runs with equal keys can go through ``run_batch`` together."""
@@ -258,23 +273,153 @@ class Engine:
         preview_every: int = 0,
         preview_size: int = 0,
         should_stop: Callable[[], bool] | None = None,
+        memory: MemoryPlan | None = None,
     ) -> PreparedRun:
-        """Validate a run (raising EngineError) and hold it ready for ``run_batch``."""
+        """Validate a run (raising EngineError) and hold it ready for ``run_batch``. Unless
+        ``memory`` (from ``plan_memory``) is given, the run is planned against
+        ``job_memory_bytes`` here (raising InsufficientMemory)."""
         self.validate(
             content, styles, options, style_weights=style_weights, mask=mask,
             region_styles=region_styles, init_image=init_image,
         )  # fmt: skip
         if options.seed is None:
             options = options.replace(seed=secrets.randbelow(2**63))
+        inputs = self._inputs(content, styles, options, style_weights, mask, region_styles,
+                              init_image)  # fmt: skip
+        shapes = self.stage_shapes(content, options)
+        if memory is None:
+            memory = self._plan(lambda: inputs, options, shapes, self.job_memory_bytes,
+                                1 + len(inputs.region_styles))  # fmt: skip
         return PreparedRun(
-            self,
-            self._inputs(content, styles, options, style_weights, mask, region_styles, init_image),
-            options,
-            self.stage_shapes(content, options),
-            max(0, preview_every),
-            max(0, preview_size),
-            should_stop or (lambda: False),
+            self, inputs, options, shapes, max(0, preview_every), max(0, preview_size),
+            should_stop or (lambda: False), pairs=memory.pairs,
+        )  # fmt: skip
+
+    # ------------------------------------------------------------------ memory
+
+    def plan_memory(
+        self,
+        content: np.ndarray,
+        styles: Sequence[np.ndarray],
+        options: StyleOptions,
+        *,
+        capacity: int | None = None,
+        style_weights: Sequence[float] | None = None,
+        mask: np.ndarray | None = None,
+        region_styles: Mapping[int, int] | None = None,
+        init_image: np.ndarray | None = None,
+    ) -> MemoryPlan:
+        """Check a validated run against ``capacity`` bytes (default ``job_memory_bytes``;
+        0: no check): raise InsufficientMemory if it cannot fit, else return the plan to pass
+        to ``prepare``, which may keep fewer L-BFGS pairs than usual. Small runs are passed at
+        once; others are measured by running them briefly at two small sizes (see memory.py)."""
+        return self._plan(
+            lambda: self._inputs(content, styles, options, style_weights, mask, region_styles,
+                                 init_image),
+            options, self.stage_shapes(content, options),
+            self.job_memory_bytes if capacity is None else capacity,
+            1 + len(region_styles or {}),
+        )  # fmt: skip
+
+    def _plan(
+        self, inputs: Callable[[], _Inputs], options: StyleOptions,
+        shapes: list[tuple[int, int]], capacity: int, regions: int, name_largest: bool = True,
+    ) -> MemoryPlan:  # fmt: skip
+        default = _default_pairs(shapes, options)
+        pixels = max(h * w for h, w in shapes)
+        if not capacity or quick_bound(pixels, regions, options.style_scale) <= capacity:
+            return MemoryPlan(None, capacity or None, default)
+        run_inputs = inputs()
+        footprint = self.footprint(run_inputs, options, shapes[-1])
+        if footprint is None:
+            return MemoryPlan(None, capacity, default)
+        # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
+        # a CPU the job's input images (float32, full size, held for the whole run) share the
+        # memory too; on a GPU they stay in host memory.
+        extra = len(shapes) * self._target_bytes(run_inputs, options)
+        if not self._cuda:
+            extra += sum(t.nbytes for t in (run_inputs.content, *run_inputs.styles,
+                                            run_inputs.init) if t is not None)  # fmt: skip
+        footprint = dataclasses.replace(footprint, fixed=footprint.fixed + extra)
+        wanted = default or (0,) * len(shapes)
+        least = [min(want, MIN_PAIRS) for want in wanted]
+        needed = max(footprint.stage(h * w, n) for (h, w), n in zip(shapes, least, strict=True))
+        if needed > capacity:
+            largest = None
+            if name_largest:
+                height, width = run_inputs.content.shape[-2:]
+                guess = footprint.largest(height / width, least[-1], capacity)
+                if guess is not None:
+                    largest = self._largest(run_inputs, options, max(guess), capacity)
+            raise InsufficientMemory(needed, capacity, largest)
+        if default is None:
+            return MemoryPlan(needed, capacity)
+        pairs = tuple(
+            min(want, footprint.pairs_that_fit(h * w, capacity))
+            for (h, w), want in zip(shapes, default, strict=True)
         )
+        needed = max(footprint.stage(h * w, n) for (h, w), n in zip(shapes, pairs, strict=True))
+        return MemoryPlan(needed, capacity, pairs, reduced=pairs != default)
+
+    def _largest(
+        self, inputs: _Inputs, options: StyleOptions, long_side: int, capacity: int
+    ) -> tuple[int, int] | None:
+        """The result's (h, w) at the largest size from ``long_side`` down that passes the same
+        check (the line bends at small sizes, so each candidate is measured), or None."""
+        height, width = inputs.content.shape[-2:]
+        regions = 1 + len(inputs.region_styles)
+        for _ in range(8):
+            smaller = options.replace(size=long_side)
+            shapes = _stage_shapes(height, width, smaller)
+            if long_side < SIZE_RANGE[0] or min(shapes[-1]) < imaging.MIN_SIDE:
+                return None
+            try:
+                self._plan(lambda: inputs, smaller, shapes, capacity, regions, name_largest=False)
+            except InsufficientMemory:
+                long_side = math.floor(long_side * 0.95)
+            else:
+                return shapes[-1]
+        return None
+
+    def _target_bytes(self, inputs: _Inputs, options: StyleOptions) -> int:
+        """Bytes of one stage's style Grams (float32, one set per style in use)."""
+        convs = self.net.features
+        per_style = sum(4 * convs[CONV_INDEX[name]].out_channels ** 2
+                        for name in options.style_layers)  # fmt: skip
+        used = [i for i, weight in enumerate(inputs.blend)
+                if weight > 0 or i in inputs.region_styles.values()]  # fmt: skip
+        return per_style * len(used)
+
+    def footprint(
+        self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int]
+    ) -> Footprint | None:
+        """The peak memory line of one stage of ``inputs`` under ``options``, from two
+        two-iteration runs with ``shape``'s aspect ratio (tensors counted, L-BFGS pairs left
+        out): at PROBE_PIXELS, or at ``shape`` itself and half its pixels when it is smaller
+        (the line bends below them). None, logged, if a probe fails."""
+        pixels = shape[0] * shape[1]
+        targets = PROBE_PIXELS if pixels > PROBE_PIXELS[-1] else (pixels / 2, pixels)
+        points = []
+        try:
+            for target in targets:
+                height = max(imaging.MIN_SIDE, round(shape[0] * math.sqrt(target / pixels)))
+                width = max(imaging.MIN_SIDE, round(shape[1] * math.sqrt(target / pixels)))
+                probe = PreparedRun(
+                    self, inputs, options.replace(iterations=2, size=max(height, width)),
+                    [(height, width)], 0, 0, lambda: False,
+                    pairs=(1,) if options.optimizer == "lbfgs" else None, cache=False,
+                )  # fmt: skip
+                counter = MemoryBudget(1 << 62)
+                with counter:
+                    for _, event in self._drive([probe]):
+                        if isinstance(event, BaseException):
+                            raise event
+                pairs = PAIR_BYTES_PER_PIXEL if options.optimizer == "lbfgs" else 0
+                points.append((height * width, counter.peak - pairs * height * width))
+        except Exception:  # noqa: BLE001 - the job then runs unchecked, as before
+            log.warning("could not measure a job's memory; it runs unchecked", exc_info=True)
+            return None
+        return Footprint.fit(points)
 
     def run(
         self,
@@ -284,8 +429,9 @@ class Engine:
         **kwargs: Any,
     ) -> Iterator[Progress | Result]:
         """Optimise; yield a Progress per iteration and finally the Result. Takes ``prepare``'s
-        keywords. Raises EngineError at once for a bad request, and Cancelled (between
-        iterations) once ``should_stop()`` is true."""
+        keywords. Raises EngineError at once for a bad request, InsufficientMemory for one that
+        cannot fit ``job_memory_bytes``, and Cancelled (between iterations) once
+        ``should_stop()`` is true."""
         prepared = self.prepare(content, styles, options, **kwargs)
 
         def events() -> Iterator[Progress | Result]:
@@ -451,7 +597,7 @@ class Engine:
 
     def _style_grams(
         self, inputs: _Inputs, index: int, content_px: torch.Tensor, long_side: int,
-        options: StyleOptions,
+        options: StyleOptions, cache: bool = True,
     ) -> Targets:  # fmt: skip
         """Whole-image Grams of one style at one size, from the cache when seen before."""
         style = inputs.styles[index]
@@ -475,15 +621,16 @@ class Engine:
                 feats = self.net(self._to_device(px), tuple(options.style_layers), options.pooling)
             return {name: gram(f) for name, f in feats.items()}
 
-        return self._cache.get_or_compute(key, compute)
+        return self._cache.get_or_compute(key, compute) if cache else compute()
 
     def _regions(
-        self, inputs: _Inputs, content_px: torch.Tensor, options: StyleOptions
-    ) -> list[_Region]:
+        self, inputs: _Inputs, content_px: torch.Tensor, options: StyleOptions,
+        cache: bool = True,
+    ) -> list[_Region]:  # fmt: skip
         h, w = content_px.shape[-2:]
         long_side = round(max(h, w) * options.style_scale)
         per_style = {
-            i: self._style_grams(inputs, i, content_px, long_side, options)
+            i: self._style_grams(inputs, i, content_px, long_side, options, cache)
             for i, weight in enumerate(inputs.blend)
             if weight > 0 or i in inputs.region_styles.values()
         }
@@ -557,6 +704,22 @@ def _per_stage(iterations: int, shapes: list[tuple[int, int]]) -> list[int]:
     return per_stage
 
 
+def _stage_shapes(height: int, width: int, options: StyleOptions) -> list[tuple[int, int]]:
+    shapes = [imaging.fit_long_side(height, width, s) for s in options.schedule()]
+    final = shapes[-1]
+    kept = [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
+    return kept[-options.iterations :]
+
+
+def _default_pairs(shapes: list[tuple[int, int]], options: StyleOptions) -> tuple[int, ...] | None:
+    """L-BFGS pairs of each stage with memory to spare: torch's 100, but no more than the
+    stage has steps to fill (None for Adam)."""
+    if options.optimizer != "lbfgs":
+        return None
+    per_stage = _per_stage(options.iterations, shapes)
+    return tuple(max(1, min(LBFGS_HISTORY, n - 1)) for n in per_stage)
+
+
 def _batch_key(shapes: list[tuple[int, int]], per_stage: list[int], options: StyleOptions) -> tuple:
     """What runs must share to share passes: stage shapes and iterations (so they move from
     stage to stage together), pooling and precision (so one network call serves all)."""
@@ -570,7 +733,8 @@ class PreparedRun:
     def __init__(
         self, engine: Engine, inputs: _Inputs, options: StyleOptions,
         shapes: list[tuple[int, int]], preview_every: int, preview_size: int,
-        should_stop: Callable[[], bool],
+        should_stop: Callable[[], bool], *, pairs: Sequence[int] | None = None,
+        cache: bool = True,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.inputs = inputs
@@ -580,6 +744,10 @@ class PreparedRun:
         self.preview_size = preview_size
         self.should_stop = should_stop
         self.per_stage = per_stage = _per_stage(options.iterations, shapes)
+        # L-BFGS pairs of each stage (memory may have cut them short of the default).
+        self.default_pairs = _default_pairs(shapes, options)
+        self.pairs = tuple(pairs) if pairs is not None else self.default_pairs
+        self.cache = cache  # whether style targets go through the engine's cache
         self.batch_key = _batch_key(shapes, per_stage, options)
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
@@ -598,8 +766,9 @@ class PreparedRun:
             start = engine._initial(inputs, options, shape, content_px)
         else:
             start = imaging.resize(self.x.detach().cpu(), shape)
-        regions = engine._regions(inputs, content_px, options)
-        self.stage = _Stage(engine, options, start, content_px, regions, self.per_stage[index])
+        regions = engine._regions(inputs, content_px, options, self.cache)
+        history = self.pairs[index] if self.pairs else 0
+        self.stage = _Stage(engine, options, start, content_px, regions, history)
 
     def step(self, index: int, started: float) -> Progress:
         """After the shared pass: this run's optimiser step, and its Progress."""
@@ -642,7 +811,7 @@ class _Stage:
 
     def __init__(
         self, engine: Engine, options: StyleOptions, start: torch.Tensor,
-        content_px: torch.Tensor, regions: list[_Region], iterations: int,
+        content_px: torch.Tensor, regions: list[_Region], history: int,
     ) -> None:  # fmt: skip
         self.engine = engine
         self.options = options
@@ -660,9 +829,9 @@ class _Stage:
         self.lbfgs: LBFGS | None = None
         self.adam: torch.optim.Adam | None = None
         if options.optimizer == "lbfgs":
-            # torch's L-BFGS settings as before (history 100, no line search), but no more
-            # history than the stage has steps: it is allocated now, in full.
-            self.lbfgs = LBFGS(self.x, history=max(1, min(LBFGS_HISTORY, iterations - 1)))
+            # torch's L-BFGS settings (no line search) with the history the run's plan gives
+            # this stage (see _default_pairs): it is allocated now, in full.
+            self.lbfgs = LBFGS(self.x, history=history)
         else:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate)
         self.curvature: list[float] | None = None  # read back with the loss terms
