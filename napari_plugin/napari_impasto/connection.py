@@ -202,6 +202,11 @@ def _describe_reason(error: ImpastoError, where: str) -> str | None:
             "the size or the number of scales, or use fewer or smaller style layers (on a "
             f"GPU server, bfloat16 precision also helps). Server: {message}"
         )
+    if reason == "TOO_LARGE":
+        return (
+            f"impasto: this job does not fit the memory of the server at {where}, so it did "
+            f"not run. Lower the size. Server: {message}"
+        )
     if reason == "CANCELLED":
         return f"impasto: the job was cancelled on the server at {where}: {message}"
     if reason == "DEADLINE":

@@ -34,7 +34,9 @@ class ImpastoError(Exception):
     """A failed call: the gRPC status code, the server's message, the offending fields
     (from google.rpc.BadRequest), a retry hint in seconds (from google.rpc.RetryInfo) and why a
     started job ended (google.rpc.ErrorInfo reason: SHUTDOWN, OUT_OF_MEMORY, CANCELLED,
-    DEADLINE, INVALID, INTERNAL; None when the connection, not the server, ended the call)."""
+    DEADLINE, INVALID, INTERNAL; None when the connection, not the server, ended the call), or
+    TOO_LARGE for a job refused because it cannot fit the server's memory, with the ErrorInfo's
+    ``metadata`` (needed_bytes, available_bytes, largest_height, largest_width)."""
 
     def __init__(
         self,
@@ -43,9 +45,11 @@ class ImpastoError(Exception):
         field_violations: list[tuple[str, str]] | None = None,
         retry_after: float | None = None,
         reason: str | None = None,
+        metadata: dict[str, str] | None = None,
     ) -> None:
         self.code = code
         self.reason = reason
+        self.metadata = dict(metadata or {})
         self.message = message
         self.field_violations = list(field_violations or [])
         self.retry_after = retry_after
@@ -68,6 +72,7 @@ class ImpastoError(Exception):
         violations: list[tuple[str, str]] = []
         retry_after: float | None = None
         reason: str | None = None
+        metadata: dict[str, str] = {}
         try:
             status = rpc_status.from_call(error)  # type: ignore[arg-type]
         except Exception:  # noqa: BLE001 - a malformed status detail must not hide the real error
@@ -86,7 +91,15 @@ class ImpastoError(Exception):
                     error_info = error_details_pb2.ErrorInfo()
                     detail.Unpack(error_info)
                     reason = error_info.reason or None
-        return cls(code or grpc.StatusCode.UNKNOWN, message or "", violations, retry_after, reason)
+                    metadata = dict(error_info.metadata)
+        return cls(
+            code or grpc.StatusCode.UNKNOWN,
+            message or "",
+            violations,
+            retry_after,
+            reason,
+            metadata,
+        )
 
 
 # ---------------------------------------------------------------- events

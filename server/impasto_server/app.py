@@ -64,6 +64,9 @@ class ServerConfig:
     grace_seconds: float = 30.0
     log_level: str = "INFO"
     simulated_memory_mb: float | None = None
+    #: Memory one job may use, MiB; None: what the device had free at start (less the cache
+    #: and headroom), or the simulated memory when set; 0: jobs are not checked.
+    job_memory_mb: float | None = None
 
 
 #: The batch size a GPU server uses unless told otherwise.
@@ -141,6 +144,7 @@ class Server:
                 memory_budget_bytes=int(config.simulated_memory_mb * (1 << 20))
                 if config.simulated_memory_mb
                 else None,
+                job_memory_bytes=_job_memory_bytes(config),
             ),
             self.scheduler,
             self.metrics,
@@ -272,6 +276,13 @@ class Server:
         return self._stopped.wait(timeout)
 
 
+def _job_memory_bytes(config: ServerConfig) -> int | None:
+    megabytes = config.job_memory_mb
+    if megabytes is None:
+        megabytes = config.simulated_memory_mb
+    return None if megabytes is None else int(megabytes * (1 << 20))
+
+
 def _device_memory(engine: Any) -> Callable[[], float]:
     def read() -> float:
         if str(engine.device).startswith("cuda"):
@@ -347,6 +358,12 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="testing aid: fail a job whose tensors exceed this many MiB as a device "
         "out-of-memory would (exercises that path on a CPU)",
     )  # fmt: skip
+    p.add_argument(
+        "--job-memory-mb", type=float,
+        help="memory one job may use, MiB: a job whose estimated peak is larger is refused "
+        "before it is queued (default: what the device has free at start, less the cache and "
+        "some headroom; 0: no check)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
     for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
@@ -355,6 +372,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if config.max_batch is not None and config.max_batch < 1:
         p.error("--max-batch must be >= 1")
+    if config.job_memory_mb is not None and config.job_memory_mb < 0:
+        p.error("--job-memory-mb must be >= 0")
     if config.max_batch_megapixels <= 0:
         p.error("--max-batch-megapixels must be > 0")
     if not 0 <= config.batch_wait_ms <= 10_000:

@@ -6,7 +6,7 @@ Everything here is cheap (no torch): a bad request is refused before it reaches 
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -53,7 +53,8 @@ class ParsedRequest:
     output_format: str = "raw"  # raw | png | jpeg | tiff
     preview_interval: int = 0
     preview_size: int = 0
-    extra: dict[str, Any] = field(default_factory=dict)
+    #: The engine's memory plan for this job (``Engine.plan_memory``), set when it is admitted.
+    memory_plan: Any = None
 
     def engine_kwargs(self) -> dict[str, Any]:
         return {

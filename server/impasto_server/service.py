@@ -21,7 +21,14 @@ from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from impasto_server import convert
 from impasto_server.auth import client_identity
-from impasto_server.engine import Cancelled, EngineError, Progress, Result, is_out_of_memory
+from impasto_server.engine import (
+    Cancelled,
+    EngineError,
+    InsufficientMemory,
+    Progress,
+    Result,
+    is_out_of_memory,
+)
 from impasto_server.engine.memory_budget import MemoryBudget
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
@@ -59,6 +66,9 @@ class ServiceConfig:
     #: When set, each job's tensors may use at most this many bytes (a simulated device
     #: memory, to exercise out-of-memory handling where there is no GPU to fill).
     memory_budget_bytes: int | None = None
+    #: The memory one job may use, checked before it is queued (None: what the engine read
+    #: from its device at start; 0: no check).
+    job_memory_bytes: int | None = None
 
 
 @dataclass(frozen=True)
@@ -76,6 +86,25 @@ def _status(code: grpc.StatusCode, message: str, details: list[Any] | None = Non
         packed.Pack(detail)
         status.details.append(packed)
     return rpc_status.to_status(status)
+
+
+def too_large(exc: InsufficientMemory) -> grpc.Status:
+    """RESOURCE_EXHAUSTED for a job that cannot fit the memory one job may use: BadRequest
+    names options.size, ErrorInfo (reason TOO_LARGE) carries the figures."""
+    metadata = {"needed_bytes": str(exc.needed), "available_bytes": str(exc.capacity)}
+    if exc.largest is not None:
+        metadata["largest_height"], metadata["largest_width"] = map(str, exc.largest)
+    details = [
+        error_details_pb2.BadRequest(
+            field_violations=[
+                error_details_pb2.BadRequest.FieldViolation(
+                    field="options.size", description=str(exc)
+                )
+            ]
+        ),
+        error_details_pb2.ErrorInfo(reason="TOO_LARGE", domain=ERROR_DOMAIN, metadata=metadata),
+    ]
+    return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too large for this server: {exc}", details)
 
 
 def bad_request(violations: list[tuple[str, str]]) -> grpc.Status:
@@ -99,6 +128,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         self.engine: Any = None  # set once the weights are loaded
         self.accepting = True
 
+    def job_memory(self) -> int:
+        """Bytes one job may use (0: unchecked)."""
+        if self.config.job_memory_bytes is not None:
+            return self.config.job_memory_bytes
+        return self.engine.job_memory_bytes if self.engine is not None else 0
+
     # ------------------------------------------------------------ GetServerInfo
     def GetServerInfo(self, request: pb.GetServerInfoRequest, context: grpc.ServicerContext):
         from impasto_server import __version__
@@ -121,6 +156,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 max_styles=limits.max_styles,
                 max_input_pixels=limits.max_input_pixels,
                 max_batch_jobs=self.config.max_batch,
+                job_memory_bytes=self.job_memory(),
             ),
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,
@@ -167,6 +203,14 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         except EngineError as exc:
             self.metrics.rejected("invalid")
             context.abort_with_status(bad_request([(convert.wire_field(exc.field), exc.message)]))
+        try:
+            parsed.memory_plan = engine.plan_memory(
+                parsed.content, parsed.styles, parsed.options, capacity=self.job_memory(),
+                **parsed.engine_kwargs(),
+            )  # fmt: skip
+        except InsufficientMemory as exc:
+            self.metrics.rejected("too_large")
+            context.abort_with_status(too_large(exc))
 
         client = client_identity(context)
         remaining = context.time_remaining()
@@ -292,6 +336,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                         preview_every=parsed.preview_interval,
                         preview_size=parsed.preview_size,
                         should_stop=job.should_stop,
+                        memory=parsed.memory_plan,
                     )
                 )
                 members.append(job)
@@ -302,6 +347,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             # The batch that runs: the log, the Started event and an out-of-memory message
             # all give this count.
             job.batch_size = len(members)
+            plan = job.payload.memory_plan
+            if plan is not None and plan.reduced:
+                log.info(
+                    "job=%s keeps %s L-BFGS pairs per stage (of %s) to fit %d MiB",
+                    job.id, list(run.pairs), list(run.default_pairs), plan.capacity >> 20,
+                )  # fmt: skip
             height, width = run.shapes[-1]  # the last stage is the result's size
             job.outbox.put(StartedEvent(run.options.iterations, height, width, len(members)))
         ended: set[int] = set()

@@ -73,6 +73,23 @@ def test_image_too_large_for_the_server(
     assert "rejected" in message and "limit of 1024" in message
 
 
+def test_job_too_large_for_the_servers_memory(
+    make_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    server = make_server(simulated_memory_mb=64)
+    viewer, widget = dock(size=256)
+    use_remote(widget, server.address)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "failed"
+    (message,) = _errors(notifications)
+    assert "does not fit the memory of the server" in message and "Lower the size" in message
+    assert "the largest result that fits" in message
+    assert not any("impasto" in layer.metadata for layer in viewer.layers)
+    assert widget.run_button.isEnabled()
+
+
 def test_bad_option_value_is_refused_before_sending(
     dock: Any, notifications: list[Any], tiny_content: Any, tiny_style: Any
 ) -> None:

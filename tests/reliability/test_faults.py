@@ -17,8 +17,10 @@ from job_watch import LONG, SHORT, Watcher, wait_until
 
 def test_out_of_memory_fails_that_job_alone(make_server, tiny_content, tiny_style):
     # 24 MiB holds a 32 px job (about 12 MiB of tensors) but not a 128 px one (about 40 MiB),
-    # in float32 (bfloat16 would add autocast's copies of the weights).
-    server = make_server(max_running=2, simulated_memory_mb=24)
+    # in float32 (bfloat16 would add autocast's copies of the weights). With jobs checked
+    # against it (the default), the 128 px job would be refused before it ran
+    # (tests/server/test_job_memory.py); unchecked, it runs into the limit.
+    server = make_server(max_running=2, simulated_memory_mb=24, job_memory_mb=0)
     f32 = {"precision": "float32"}
     with Client(server.address) as big_client, Client(server.address) as small_client:
         big = Watcher(big_client.stylize(tiny_content, [tiny_style], size=128, iterations=3, **f32))
