@@ -14,8 +14,9 @@
    there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
    preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
 4. The largest square image one job can stylize, found by doubling then bisecting with the real
-   optimizer (L-BFGS with its full history of 100 pairs, 2.4 KB a pixel), and the peak device
-   memory per megapixel.
+   optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the engine's memory plan
+   cuts them to fit), the pairs kept at that size, the peak device memory against the plan's
+   estimate, per megapixel, and any job the plan accepted that then ran out of memory.
 5. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
    ms per iteration (or per pass) with and without.
 
@@ -39,7 +40,7 @@ import lbfgs_step  # beside this script
 import numpy as np
 import torch
 from impasto import samples
-from impasto_server.engine import Cancelled, Engine, Progress, StyleOptions
+from impasto_server.engine import Cancelled, Engine, InsufficientMemory, Progress, StyleOptions
 
 
 @contextlib.contextmanager
@@ -67,47 +68,61 @@ def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
 
 
 def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str):
-    """Double until a job fails for memory, then bisect to 64 px; returns (side, peak bytes)."""
+    """Double until a job does not fit, then bisect to 64 px. A side fits when the engine's
+    memory plan accepts the job (which may then keep fewer L-BFGS pairs) and its first three
+    iterations run; one the plan accepted that then ran out of memory is a plan miss.
+    Returns (side, what was measured at that side, plan misses, whether the cap was hit)."""
     cuda = engine.device.startswith("cuda")
+    misses: list[int] = []
 
-    def fits(side: int) -> tuple[bool, int]:
+    def fits(side: int) -> dict | None:
         square = np.ascontiguousarray(np.resize(content, (side, side, 3)))
         # A stage of 101 iterations: L-BFGS's full history of 100 pairs (allocated when the
-        # stage starts), as a real job's last stage has; stopped after its third iteration.
+        # stage starts) unless memory is short, as a long job's last stage has; stopped after
+        # its third iteration.
         options = StyleOptions.from_preset(
             "default", size=side, iterations=101, num_scales=1, precision=precision, seed=0
         )
+        try:
+            plan = engine.plan_memory(square, [style], options)
+        except InsufficientMemory:
+            return None
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated() if cuda else 0
         done = [0]
         try:
-            for event in engine.run(square, [style], options, should_stop=lambda: done[0] >= 3):
+            for event in engine.run(
+                square, [style], options, should_stop=lambda: done[0] >= 3, memory=plan
+            ):
                 done[0] += isinstance(event, Progress)
         except Cancelled:
             pass
         except torch.OutOfMemoryError:
-            return False, 0
-        return True, torch.cuda.max_memory_allocated() if cuda else 0
+            misses.append(side)
+            return None
+        peak = torch.cuda.max_memory_allocated() - before if cuda else 0
+        return {"pairs": plan.pairs[-1], "estimate": plan.needed, "peak": peak}
 
-    good, peak, side = 0, 0, start
+    good, best, side = 0, None, start
     bad = None
     while side <= limit:
-        ok, used = fits(side)
-        if not ok:
+        measured = fits(side)
+        if measured is None:
             bad = side
             break
-        good, peak = side, used
+        good, best = side, measured
         side *= 2
     if bad is not None:
         while bad - good > 64:
             middle = (good + bad) // 2 // 16 * 16
-            ok, used = fits(middle)
-            if ok:
-                good, peak = middle, used
+            measured = fits(middle)
+            if measured is not None:
+                good, best = middle, measured
             else:
                 bad = middle
-    return good, peak, bad is None
+    return good, best, misses, bad is None
 
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
@@ -293,15 +308,25 @@ def main() -> None:
                                 f"mean batch {mean_batch:.1f}"))  # fmt: skip
     best = "bfloat16" if cuda else "float32"
     with rows.section(f"largest square ({best})"):
-        side, peak, capped = largest_square(
+        side, measured, misses, capped = largest_square(
             engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
         )
         rows.append(
             (f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else ""))
         )
-        if cuda and side:
-            per_mp = peak / (side * side / 1e6) / 2**20
-            rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
+        if measured:
+            estimate, peak = measured["estimate"], measured["peak"]
+            text = f"{measured['pairs']} L-BFGS pairs"
+            if peak:
+                text += f", peak {peak / 2**30:.1f} GiB"
+            if estimate and peak:
+                text += f", plan's estimate {estimate / 2**30:.1f} GiB ({estimate / peak:.2f}x)"
+            rows.append(("  at that side", text))
+            if peak:
+                per_mp = peak / (side * side / 1e6) / 2**20
+                rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
+        rows.append(("plan misses (accepted, then out of memory)",
+                     f"{len(misses)}" + (f" at {misses} px" if misses else "")))  # fmt: skip
     if cuda:
         with rows.section("torch.compile 512 px bfloat16"):
             ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)

@@ -25,6 +25,8 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert float(table["ms/iteration 32 px float32"]) > 0
     assert float(table["ms/iteration 48 px float32"]) > 0
     assert table["largest square (float32)"].startswith("128 px")
+    assert table["at that side"] == "100 L-BFGS pairs"  # gigabytes free: no pairs cut
+    assert table["plan misses (accepted, then out of memory)"] == "0"
     step = table["L-BFGS step 32 px, history 5: torch / impasto"]
     assert step.endswith("host reads 14 / 0"), step
     for clients in (1, 2):

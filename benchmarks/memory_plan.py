@@ -1,0 +1,105 @@
+"""The memory plan against what a job really uses: for each size and precision, the plan's
+estimate of a job's peak (Engine.plan_memory, made to measure the job), the peak of the tensors
+the job then creates (counted by MemoryBudget, what the estimate models), the growth of the
+process's peak resident memory over the check and the job (what the operating system sees), and
+what the check costs: its seconds against one iteration of the job (timed under the count).
+
+The job is the default preset's last stage at that size: one stage of 31 iterations (30 L-BFGS
+pairs, as the default 150 iterations give their last stage), stopped after its fourth iteration
+(its history is allocated in full when the stage starts). Each case runs in a process of its
+own, so one case's peak resident memory does not hide the next's.
+
+    .venv/bin/python benchmarks/memory_plan.py [--sizes 256 512 1024] [--precisions ...]
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import platform
+import resource
+import subprocess
+import sys
+import time
+
+import numpy as np
+
+
+def case(size: int, precision: str) -> dict:
+    import psutil
+    import torch
+    from impasto import samples
+    from impasto_server.engine import Cancelled, Engine, Progress, StyleOptions
+    from impasto_server.engine.memory import quick_bound
+    from impasto_server.engine.memory_budget import MemoryBudget
+
+    engine = Engine(device="cpu")
+    content = np.ascontiguousarray(samples.content())
+    style = samples.style(size=512)
+    options = StyleOptions.from_preset(
+        "default", size=size, iterations=31, num_scales=1, precision=precision, seed=0
+    )
+    height, width = engine.output_shape(content, options)
+    # Below the quick bound, so that the plan measures the job rather than passing it at once.
+    capacity = quick_bound(height * width, 1, 1.0) - 1
+    rss_before = psutil.Process().memory_info().rss  # the probes' peaks are far below the job's
+    started = time.perf_counter()
+    plan = engine.plan_memory(content, [style], options, capacity=capacity)
+    plan_seconds = time.perf_counter() - started
+    counter = MemoryBudget(1 << 62)
+    times: list[float] = []
+    with counter:
+        try:
+            for event in engine.run(
+                content, [style], options, memory=plan, should_stop=lambda: len(times) >= 4
+            ):
+                if isinstance(event, Progress):
+                    times.append(time.perf_counter())
+        except Cancelled:
+            pass
+    peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
+    return {
+        "shape": [height, width],
+        "pairs": plan.pairs[-1],
+        "estimate": plan.needed,
+        "counted": counter.peak,
+        "rss_growth": max(0, peak_rss - rss_before),
+        "plan_seconds": plan_seconds,
+        "iteration_seconds": float(np.median(np.diff(times))),
+        "threads": torch.get_num_threads(),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
+    parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.case:
+        print(json.dumps(case(int(args.case[0]), args.case[1])))
+        return
+    print(f"cpu ({platform.machine()}, {platform.processor() or 'unknown'}), "
+          f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
+    print(f"{'size':>10} {'precision':>9} {'pairs':>5} {'estimate':>9} {'counted':>9} "
+          f"{'est/cnt':>7} {'rss grew':>9} {'est/rss':>7} {'check s':>7} {'s/iter':>6}")  # fmt: skip
+    mib = 1 << 20
+    for size in args.sizes:
+        for precision in args.precisions:
+            out = subprocess.run(
+                [sys.executable, __file__, "--case", str(size), precision],
+                capture_output=True, text=True, check=False,
+            )  # fmt: skip
+            if out.returncode != 0:
+                print(f"{size:>10} {precision:>9} failed: {out.stderr.strip()[-300:]}")
+                continue
+            r = json.loads(out.stdout.strip().splitlines()[-1])
+            shape = "x".join(map(str, r["shape"]))
+            print(f"{shape:>10} {precision:>9} {r['pairs']:>5} {r['estimate'] / mib:>7.0f}Mi "
+                  f"{r['counted'] / mib:>7.0f}Mi {r['estimate'] / r['counted']:>7.2f} "
+                  f"{r['rss_growth'] / mib:>7.0f}Mi {r['estimate'] / r['rss_growth']:>7.2f} "
+                  f"{r['plan_seconds']:>7.2f} {r['iteration_seconds']:>6.2f}", flush=True)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
