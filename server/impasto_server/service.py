@@ -104,7 +104,8 @@ def too_large(exc: InsufficientMemory) -> grpc.Status:
         ),
         error_details_pb2.ErrorInfo(reason="TOO_LARGE", domain=ERROR_DOMAIN, metadata=metadata),
     ]
-    return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, f"too large for this server: {exc}", details)
+    message = f"too large for this server's memory: options.size: {exc}"
+    return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, details)
 
 
 def bad_request(violations: list[tuple[str, str]]) -> grpc.Status:

@@ -112,3 +112,17 @@ def test_memory_plans_need_no_gpu_for_a_mask(engine, content, style):
     masked = engine.plan_memory(content, [style], options, capacity=256 << 20, **kwargs)
     assert masked.needed > plain.needed  # masked Grams keep masked copies of the features
     assert _peak(engine, content, style, options, masked, **kwargs) <= masked.needed
+
+
+def test_a_probe_that_fails_leaves_the_job_unchecked_and_says_so(
+    engine, content, style, monkeypatch, caplog
+):
+    def broken(*args, **kwargs):
+        raise torch.OutOfMemoryError("the device is full right now")
+
+    monkeypatch.setattr(engine, "_probe", broken)
+    options = StyleOptions(size=128, iterations=4, num_scales=1)
+    with caplog.at_level("WARNING", logger="impasto_server.engine"):
+        plan = engine.plan_memory(content, [style], options, capacity=64 << 20)
+    assert plan.needed is None and plan.pairs == (3,) and plan.capacity == 64 << 20
+    assert "could not measure a job's memory" in caplog.text

@@ -24,7 +24,8 @@ def test_a_job_too_large_for_memory_is_refused_and_the_size_it_names_fits(
         assert error.code == grpc.StatusCode.RESOURCE_EXHAUSTED and error.reason == "TOO_LARGE"
         assert job.job_id is None  # refused before it was queued: no event at all
         assert [field for field, _ in error.field_violations] == ["options.size"]
-        assert "device memory" in error.message and "24 MiB for one job" in error.message
+        assert str(error).count("the job needs about") == 1  # the field's text is the message's
+        assert "MiB of memory" in error.message and "24 MiB for one job" in error.message
         needed = int(error.metadata["needed_bytes"])
         assert int(error.metadata["available_bytes"]) == 24 << 20 < needed < 80 << 20
         height = int(error.metadata["largest_height"])

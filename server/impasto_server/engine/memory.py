@@ -47,7 +47,7 @@ class InsufficientMemory(Exception):
             else "no size fits with these options"
         )
         super().__init__(
-            f"the job needs about {_mib(needed)} MiB of device memory and this server has "
+            f"the job needs about {_mib(needed)} MiB of memory and this server has "
             f"{_mib(capacity)} MiB for one job; {fits} (a smaller style_scale, fewer styles or "
             "mask regions, bfloat16 on a GPU, or the Adam optimizer also need less)"
         )

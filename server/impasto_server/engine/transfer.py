@@ -10,6 +10,7 @@ import logging
 import math
 import os
 import secrets
+import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass
@@ -138,6 +139,9 @@ class Engine:
             self.default_precision = "bfloat16" if bf16 else "float32"
         self.max_pixels = max_pixels
         self._cache = GramCache(cache_bytes)
+        # Probes run one at a time: requests that arrive together must not add their probes'
+        # memory to a running job's on the device.
+        self._probe_lock = threading.Lock()
         # The memory one job may use, read once the weights are on the device (jobs are
         # checked against it before they start; see memory.py); 0 turns the check off.
         if job_memory_bytes is None:
@@ -399,27 +403,35 @@ class Engine:
         (the line bends below them). None, logged, if a probe fails."""
         pixels = shape[0] * shape[1]
         targets = PROBE_PIXELS if pixels > PROBE_PIXELS[-1] else (pixels / 2, pixels)
-        points = []
         try:
-            for target in targets:
-                height = max(imaging.MIN_SIDE, round(shape[0] * math.sqrt(target / pixels)))
-                width = max(imaging.MIN_SIDE, round(shape[1] * math.sqrt(target / pixels)))
-                probe = PreparedRun(
-                    self, inputs, options.replace(iterations=2, size=max(height, width)),
-                    [(height, width)], 0, 0, lambda: False,
-                    pairs=(1,) if options.optimizer == "lbfgs" else None, cache=False,
-                )  # fmt: skip
-                counter = MemoryBudget(1 << 62)
-                with counter:
-                    for _, event in self._drive([probe]):
-                        if isinstance(event, BaseException):
-                            raise event
-                pairs = PAIR_BYTES_PER_PIXEL if options.optimizer == "lbfgs" else 0
-                points.append((height * width, counter.peak - pairs * height * width))
+            with self._probe_lock:
+                points = [
+                    self._probe(inputs, options, shape, target / pixels) for target in targets
+                ]
         except Exception:  # noqa: BLE001 - the job then runs unchecked, as before
             log.warning("could not measure a job's memory; it runs unchecked", exc_info=True)
             return None
         return Footprint.fit(points)
+
+    def _probe(
+        self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int], scale: float
+    ) -> tuple[int, int]:
+        """(pixels, peak bytes counted) of two iterations of one stage at ``shape`` with
+        ``scale`` times its pixels, less its one L-BFGS pair."""
+        height = max(imaging.MIN_SIDE, round(shape[0] * math.sqrt(scale)))
+        width = max(imaging.MIN_SIDE, round(shape[1] * math.sqrt(scale)))
+        lbfgs = options.optimizer == "lbfgs"
+        probe = PreparedRun(
+            self, inputs, options.replace(iterations=2, size=max(height, width)),
+            [(height, width)], 0, 0, lambda: False, pairs=(1,) if lbfgs else None, cache=False,
+        )  # fmt: skip
+        counter = MemoryBudget(1 << 62)
+        with counter:
+            for _, event in self._drive([probe]):
+                if isinstance(event, BaseException):
+                    raise event
+        pixels = height * width
+        return pixels, counter.peak - (PAIR_BYTES_PER_PIXEL * pixels if lbfgs else 0)
 
     def run(
         self,
