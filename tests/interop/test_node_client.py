@@ -83,6 +83,27 @@ def test_refused_request_names_the_field(
     assert not out.exists()
 
 
+def test_a_job_too_large_for_memory_gets_the_reason_and_the_size_that_fits(
+    make_server: Callable[..., Any], image_files: list[Path], tmp_path: Path
+) -> None:
+    server = make_server(simulated_memory_mb=64)
+    out = tmp_path / "out.png"
+    common = [*image_files[:2], "-o", out, "--server", server.address, "--iterations", "3"]
+    done = run_node(*common, "--size", "256")
+    assert done.returncode == 1 and not out.exists()
+    assert (
+        "RESOURCE_EXHAUSTED" in done.stderr and "too large for this server's memory" in done.stderr
+    )
+    match = re.search(
+        r"reason TOO_LARGE \(.*largest_height=(\d+), largest_width=(\d+)", done.stderr
+    )
+    assert match, done.stderr
+    assert "available_bytes=67108864" in done.stderr
+    # The size it names runs.
+    again = run_node(*common, "--size", match.group(2))
+    assert again.returncode == 0, again.stderr
+
+
 def test_undecodable_image_is_refused(server: Any, image_files: list[Path], tmp_path: Path) -> None:
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")

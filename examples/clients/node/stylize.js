@@ -194,8 +194,9 @@ function loadService() {
   return grpc.loadPackageDefinition(definition).impasto.v1;
 }
 
-// google.rpc.Status and the two error details the server sends, so a refused request
-// can name its offending fields. Declared here because they are not part of our .proto.
+// google.rpc.Status and the three error details the server sends, so a refused request
+// can name its offending fields and a job its reason. Declared here because they are not part
+// of our .proto.
 const statusTypes = protobuf.Root.fromJSON({
   nested: {
     google: {
@@ -224,6 +225,13 @@ const statusTypes = protobuf.Root.fromJSON({
               },
             },
             RetryInfo: { fields: { retry_delay: { type: 'google.protobuf.Duration', id: 1 } } },
+            ErrorInfo: {
+              fields: {
+                reason: { type: 'string', id: 1 },
+                domain: { type: 'string', id: 2 },
+                metadata: { keyType: 'string', type: 'string', id: 3 },
+              },
+            },
           },
         },
       },
@@ -250,6 +258,13 @@ function describeError(error) {
           const info = statusTypes.lookupType('google.rpc.RetryInfo').decode(detail.value);
           const d = info.retry_delay || {};
           lines.push(`  retry after ${Number(d.seconds || 0) + (d.nanos || 0) / 1e9} s`);
+        } else if (name === 'google.rpc.ErrorInfo') {
+          // Why the server ended or refused the job (docs/api.md lists the reasons); for
+          // TOO_LARGE its metadata holds the largest size that fits this server's memory.
+          const info = statusTypes.lookupType('google.rpc.ErrorInfo').decode(detail.value);
+          const meta = Object.entries(info.metadata || {}).sort();
+          const extra = meta.length ? ` (${meta.map(([k, v]) => `${k}=${v}`).join(', ')})` : '';
+          lines.push(`  reason ${info.reason}${extra}`);
         }
       }
     } catch (e) {
