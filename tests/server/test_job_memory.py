@@ -43,6 +43,27 @@ def test_a_job_too_large_for_memory_is_refused_and_the_size_it_names_fits(
     assert samples == 1
 
 
+def test_a_job_that_fits_only_with_fewer_lbfgs_pairs_runs_with_fewer(
+    make_server, shared_engine, tiny_content, tiny_style, caplog
+):
+    from impasto_server.engine import StyleOptions
+
+    job = {"size": 96, "iterations": 40, "num_scales": 1, **F32}
+    options = StyleOptions.from_preset("default", seed=0, **job)
+    full = shared_engine.plan_memory(tiny_content, [tiny_style], options, capacity=256 << 20)
+    assert full.pairs == (39,)
+    # Simulated memory for the job with about 15 pairs (each 24 bytes a pixel).
+    memory = full.needed - 24 * 24 * 80 * 96
+    server = make_server(simulated_memory_mb=memory / (1 << 20))
+    with caplog.at_level("INFO", logger="impasto_server.jobs"):
+        with Client(server.address) as client:
+            result = client.stylize(tiny_content, [tiny_style], seed=0, **job).result()
+    assert result.iterations == 40  # ran to its end inside the simulated memory
+    (line,) = [r.getMessage() for r in caplog.records if "L-BFGS pairs" in r.getMessage()]
+    kept = int(line.split("keeps [")[1].split("]")[0])
+    assert 5 <= kept < 39 and "(of [39])" in line
+
+
 def test_job_memory_can_be_set_or_turned_off(make_server, tiny_content, tiny_style):
     unchecked = make_server(job_memory_mb=0)
     with Client(unchecked.address) as client:
