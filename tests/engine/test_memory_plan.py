@@ -103,7 +103,7 @@ def test_the_line_through_two_probes():
     assert Footprint.fit([(100, 5_000), (200, 4_000)]).per_pixel == 0
 
 
-def test_memory_plans_need_no_gpu_for_a_mask(engine, content, style):
+def test_a_mask_costs_memory_and_the_plan_counts_it(engine, content, style):
     labels = np.zeros(content.shape[:2], dtype=np.uint8)
     labels[:, 64:] = 1
     options = StyleOptions(size=128, iterations=3, num_scales=1, precision="float32", seed=4)

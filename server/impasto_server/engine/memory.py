@@ -27,7 +27,7 @@ MIN_PAIRS = 5
 MARGIN = 1.10
 #: Probes of a job larger than these run at these pixel counts (its aspect ratio kept).
 PROBE_PIXELS = (128 * 128, 192 * 192)
-#: A bound no job's pixel cost has come near (measured: about 2.0-2.8 KB per pixel with the
+#: A bound no job's pixel cost has come near (measured: about 1.9-2.7 KB per pixel with the
 #: default layers, plus 24 bytes per L-BFGS pair): jobs this far inside the capacity skip the
 #: probe. Scaled by the regions of a mask and by style_scale**2 (see ``quick_bound``).
 QUICK_BYTES_PER_PIXEL = 16 << 10
@@ -48,8 +48,8 @@ class InsufficientMemory(Exception):
         )
         super().__init__(
             f"the job needs about {_mib(needed)} MiB of memory and this server has "
-            f"{_mib(capacity)} MiB for one job; {fits} (a smaller style_scale, fewer styles or "
-            "mask regions, bfloat16 on a GPU, or the Adam optimizer also need less)"
+            f"{_mib(capacity)} MiB for one job; {fits} (fewer mask regions, a smaller "
+            "style_scale or, on a GPU, bfloat16 also need less)"
         )
 
 
