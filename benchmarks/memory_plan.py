@@ -9,7 +9,13 @@ pairs, as the default 150 iterations give their last stage), stopped after its f
 (its history is allocated in full when the stage starts). Each case runs in a process of its
 own, so one case's peak resident memory does not hide the next's.
 
+Then, against this machine's own memory (what the engine reads at start), the verdict on the
+default preset's full job at each --admission size (150 iterations, four stages, the default
+precision): accepted with its pairs per stage and estimate, or refused with the size it names,
+and how long the check took.
+
     .venv/bin/python benchmarks/memory_plan.py [--sizes 256 512 1024] [--precisions ...]
+                                               [--admission 2048 4096]
 """
 
 from __future__ import annotations
@@ -70,10 +76,36 @@ def case(size: int, precision: str) -> dict:
     }
 
 
+def admission(sizes: list[int]) -> None:
+    from impasto import samples
+    from impasto_server.engine import Engine, InsufficientMemory, StyleOptions
+
+    engine = Engine(device="cpu")
+    print(f"\njob memory on this machine: {engine.job_memory_bytes / 2**30:.1f} GiB; "
+          f"default preset, 150 iterations, {engine.default_precision}")  # fmt: skip
+    style = samples.style(size=512)
+    for size in sizes:
+        content = np.ascontiguousarray(np.resize(samples.content(), (size, size, 3)))
+        options = StyleOptions.from_preset(
+            "default", size=size, iterations=150, precision=engine.default_precision
+        )
+        started = time.perf_counter()
+        try:
+            plan = engine.plan_memory(content, [style], options)
+        except InsufficientMemory as exc:
+            verdict = f"refused, needs {exc.needed / 2**30:.1f} GiB; largest that fits: "
+            verdict += "x".join(map(str, exc.largest)) if exc.largest else "none"
+        else:
+            estimate = f"{plan.needed / 2**30:.1f} GiB" if plan.needed else "not measured"
+            verdict = f"accepted, pairs per stage {list(plan.pairs)}, estimate {estimate}"
+        print(f"{size:>5} px: {verdict} ({time.perf_counter() - started:.1f} s)", flush=True)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--sizes", type=int, nargs="+", default=[256, 512, 1024])
     parser.add_argument("--precisions", nargs="+", default=["float32", "bfloat16"])
+    parser.add_argument("--admission", type=int, nargs="*", default=[2048, 4096])
     parser.add_argument("--case", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.case:
@@ -99,6 +131,8 @@ def main() -> None:
                   f"{r['counted'] / mib:>7.0f}Mi {r['estimate'] / r['counted']:>7.2f} "
                   f"{r['rss_growth'] / mib:>7.0f}Mi {r['estimate'] / r['rss_growth']:>7.2f} "
                   f"{r['plan_seconds']:>7.2f} {r['iteration_seconds']:>6.2f}", flush=True)  # fmt: skip
+    if args.admission:
+        admission(args.admission)
 
 
 if __name__ == "__main__":
