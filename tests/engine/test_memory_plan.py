@@ -126,3 +126,26 @@ def test_a_probe_that_fails_leaves_the_job_unchecked_and_says_so(
         plan = engine.plan_memory(content, [style], options, capacity=64 << 20)
     assert plan.needed is None and plan.pairs == (3,) and plan.capacity == 64 << 20
     assert "could not measure a job's memory" in caplog.text
+
+
+def test_naming_the_largest_size_reuses_the_probes_above_their_sizes(engine, content, style):
+    options = StyleOptions(size=384, iterations=4, num_scales=1, optimizer="adam", seed=5,
+                           precision="float32")  # fmt: skip
+    big = np.ascontiguousarray(np.resize(content, (384, 384, 3)))
+    needed = engine.plan_memory(big, [style], options, capacity=1 << 30).needed
+    calls = []
+    probe = engine._probe
+
+    def counted(*args, **kwargs):
+        calls.append(args[2:])
+        return probe(*args, **kwargs)
+
+    engine._probe = counted
+    try:
+        with pytest.raises(InsufficientMemory) as caught:
+            engine.plan_memory(big, [style], options, capacity=needed * 2 // 3)
+    finally:
+        del engine._probe
+    height, width = caught.value.largest
+    assert 192 * 192 < height * width < 384 * 384
+    assert calls == [(128, 128), (192, 192)]  # measured once, for the job and its candidates

@@ -327,14 +327,16 @@ class Engine:
 
     def _plan(
         self, inputs: Callable[[], _Inputs], options: StyleOptions,
-        shapes: list[tuple[int, int]], capacity: int, regions: int, name_largest: bool = True,
+        shapes: list[tuple[int, int]], capacity: int, regions: int,
+        probes: dict[tuple[int, int], int] | None = None, name_largest: bool = True,
     ) -> MemoryPlan:  # fmt: skip
         default = _default_pairs(shapes, options)
         pixels = max(h * w for h, w in shapes)
         if not capacity or quick_bound(pixels, regions, options.style_scale) <= capacity:
             return MemoryPlan(None, capacity or None, default)
         run_inputs = inputs()
-        footprint = self.footprint(run_inputs, options, shapes[-1])
+        probes = {} if probes is None else probes
+        footprint = self.footprint(run_inputs, options, shapes[-1], probes)
         if footprint is None:
             return MemoryPlan(None, capacity, default)
         # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
@@ -354,7 +356,7 @@ class Engine:
                 height, width = run_inputs.content.shape[-2:]
                 guess = footprint.largest(height / width, least[-1], capacity)
                 if guess is not None:
-                    largest = self._largest(run_inputs, options, max(guess), capacity)
+                    largest = self._largest(run_inputs, options, max(guess), capacity, probes)
             raise InsufficientMemory(needed, capacity, largest)
         if default is None:
             return MemoryPlan(needed, capacity)
@@ -366,10 +368,12 @@ class Engine:
         return MemoryPlan(needed, capacity, pairs, reduced=pairs != default)
 
     def _largest(
-        self, inputs: _Inputs, options: StyleOptions, long_side: int, capacity: int
-    ) -> tuple[int, int] | None:
+        self, inputs: _Inputs, options: StyleOptions, long_side: int, capacity: int,
+        probes: dict[tuple[int, int], int],
+    ) -> tuple[int, int] | None:  # fmt: skip
         """The result's (h, w) at the largest size from ``long_side`` down that passes the same
-        check (the line bends at small sizes, so each candidate is measured), or None."""
+        check (the line bends at small sizes, so a candidate below the probes' sizes is
+        measured at its own), or None. ``probes``: peaks already measured, by probe shape."""
         height, width = inputs.content.shape[-2:]
         regions = 1 + len(inputs.region_styles)
         for _ in range(8):
@@ -378,7 +382,7 @@ class Engine:
             if long_side < SIZE_RANGE[0] or min(shapes[-1]) < imaging.MIN_SIDE:
                 return None
             try:
-                self._plan(lambda: inputs, smaller, shapes, capacity, regions, name_largest=False)
+                self._plan(lambda: inputs, smaller, shapes, capacity, regions, probes, False)
             except InsufficientMemory:
                 long_side = math.floor(long_side * 0.95)
             else:
@@ -395,31 +399,38 @@ class Engine:
         return per_style * len(used)
 
     def footprint(
-        self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int]
-    ) -> Footprint | None:
+        self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int],
+        probes: dict[tuple[int, int], int] | None = None,
+    ) -> Footprint | None:  # fmt: skip
         """The peak memory line of one stage of ``inputs`` under ``options``, from two
-        two-iteration runs with ``shape``'s aspect ratio (tensors counted, L-BFGS pairs left
-        out): at PROBE_PIXELS, or at ``shape`` itself and half its pixels when it is smaller
-        (the line bends below them). None, logged, if a probe fails."""
+        two-iteration runs (tensors counted, L-BFGS pairs left out): at PROBE_PIXELS with the
+        content's aspect ratio, or at ``shape`` itself and half its pixels when it is smaller
+        (the line bends below them). None, logged, if a probe fails. ``probes`` keeps the peaks
+        measured, by probe shape, for later calls on the same inputs and options."""
+        probes = {} if probes is None else probes
         pixels = shape[0] * shape[1]
         targets = PROBE_PIXELS if pixels > PROBE_PIXELS[-1] else (pixels / 2, pixels)
+        if pixels > PROBE_PIXELS[-1]:
+            shape = tuple(inputs.content.shape[-2:])  # the same probes for every size of it
+            pixels = shape[0] * shape[1]
+        points = []
         try:
-            with self._probe_lock:
-                points = [
-                    self._probe(inputs, options, shape, target / pixels) for target in targets
-                ]
+            for target in targets:
+                scale = math.sqrt(target / pixels)
+                height = max(imaging.MIN_SIDE, round(shape[0] * scale))
+                width = max(imaging.MIN_SIDE, round(shape[1] * scale))
+                if (height, width) not in probes:
+                    with self._probe_lock:
+                        probes[height, width] = self._probe(inputs, options, height, width)
+                points.append((height * width, probes[height, width]))
         except Exception:  # noqa: BLE001 - the job then runs unchecked, as before
             log.warning("could not measure a job's memory; it runs unchecked", exc_info=True)
             return None
         return Footprint.fit(points)
 
-    def _probe(
-        self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int], scale: float
-    ) -> tuple[int, int]:
-        """(pixels, peak bytes counted) of two iterations of one stage at ``shape`` with
-        ``scale`` times its pixels, less its one L-BFGS pair."""
-        height = max(imaging.MIN_SIDE, round(shape[0] * math.sqrt(scale)))
-        width = max(imaging.MIN_SIDE, round(shape[1] * math.sqrt(scale)))
+    def _probe(self, inputs: _Inputs, options: StyleOptions, height: int, width: int) -> int:
+        """Peak bytes counted in two iterations of one ``height`` x ``width`` stage, less its
+        one L-BFGS pair."""
         lbfgs = options.optimizer == "lbfgs"
         probe = PreparedRun(
             self, inputs, options.replace(iterations=2, size=max(height, width)),
@@ -430,8 +441,7 @@ class Engine:
             for _, event in self._drive([probe]):
                 if isinstance(event, BaseException):
                     raise event
-        pixels = height * width
-        return pixels, counter.peak - (PAIR_BYTES_PER_PIXEL * pixels if lbfgs else 0)
+        return counter.peak - (PAIR_BYTES_PER_PIXEL * height * width if lbfgs else 0)
 
     def run(
         self,
