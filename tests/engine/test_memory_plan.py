@@ -74,7 +74,7 @@ def test_a_job_that_cannot_fit_is_refused_and_the_size_it_names_fits(engine, con
     assert error.needed == measured and error.capacity == capacity
     height, width = error.largest
     assert height == width and 64 < height < 128  # the content is square
-    # prepare() plans against the engine's own capacity the same way.
+    # The size it names passes the check and runs to its end inside that memory.
     smaller = options.replace(size=width)
     plan = engine.plan_memory(content, [style], smaller, capacity=capacity)
     assert _peak(engine, content, style, smaller, plan, limit=capacity) <= capacity
