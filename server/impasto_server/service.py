@@ -95,28 +95,29 @@ def too_large(exc: InsufficientMemory) -> grpc.Status:
     if exc.largest is not None:
         metadata["largest_height"], metadata["largest_width"] = map(str, exc.largest)
     details = [
-        error_details_pb2.BadRequest(
-            field_violations=[
-                error_details_pb2.BadRequest.FieldViolation(
-                    field="options.size", description=str(exc)
-                )
-            ]
-        ),
+        _field_violations([("options.size", str(exc))]),
         error_details_pb2.ErrorInfo(reason="TOO_LARGE", domain=ERROR_DOMAIN, metadata=metadata),
     ]
     message = f"too large for this server's memory: options.size: {exc}"
     return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, details)
 
 
-def bad_request(violations: list[tuple[str, str]]) -> grpc.Status:
-    detail = error_details_pb2.BadRequest(
+def _field_violations(violations: list[tuple[str, str]]) -> error_details_pb2.BadRequest:
+    return error_details_pb2.BadRequest(
         field_violations=[
             error_details_pb2.BadRequest.FieldViolation(field=f, description=d)
             for f, d in violations
         ]
     )
+
+
+def bad_request(violations: list[tuple[str, str]]) -> grpc.Status:
     summary = "; ".join(f"{f}: {d}" for f, d in violations[:3])
-    return _status(grpc.StatusCode.INVALID_ARGUMENT, f"invalid request: {summary}", [detail])
+    return _status(
+        grpc.StatusCode.INVALID_ARGUMENT,
+        f"invalid request: {summary}",
+        [_field_violations(violations)],
+    )
 
 
 class StyleTransferService(pb_grpc.StyleTransferServiceServicer):

@@ -82,6 +82,11 @@ class _Inputs:
     init: torch.Tensor | None
     content_key: str
 
+    def styles_in_use(self) -> list[int]:
+        """The styles that make a target: blended in, or a mask region's own."""
+        return [i for i, weight in enumerate(self.blend)
+                if weight > 0 or i in self.region_styles.values()]  # fmt: skip
+
 
 def _digest(array: np.ndarray) -> str:
     h = hashlib.blake2b(digest_size=16)
@@ -336,7 +341,7 @@ class Engine:
             return MemoryPlan(None, capacity or None, default)
         run_inputs = inputs()
         probes = {} if probes is None else probes
-        footprint = self.footprint(run_inputs, options, shapes[-1], probes)
+        footprint = self._footprint(run_inputs, options, shapes[-1], probes)
         if footprint is None:
             return MemoryPlan(None, capacity, default)
         # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
@@ -394,20 +399,17 @@ class Engine:
         convs = self.net.features
         per_style = sum(4 * convs[CONV_INDEX[name]].out_channels ** 2
                         for name in options.style_layers)  # fmt: skip
-        used = [i for i, weight in enumerate(inputs.blend)
-                if weight > 0 or i in inputs.region_styles.values()]  # fmt: skip
-        return per_style * len(used)
+        return per_style * len(inputs.styles_in_use())
 
-    def footprint(
+    def _footprint(
         self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int],
-        probes: dict[tuple[int, int], int] | None = None,
+        probes: dict[tuple[int, int], int],
     ) -> Footprint | None:  # fmt: skip
         """The peak memory line of one stage of ``inputs`` under ``options``, from two
         two-iteration runs (tensors counted, L-BFGS pairs left out): at PROBE_PIXELS with the
         content's aspect ratio, or at ``shape`` itself and half its pixels when it is smaller
         (the line bends below them). None, logged, if a probe fails. ``probes`` keeps the peaks
         measured, by probe shape, for later calls on the same inputs and options."""
-        probes = {} if probes is None else probes
         pixels = shape[0] * shape[1]
         targets = PROBE_PIXELS if pixels > PROBE_PIXELS[-1] else (pixels / 2, pixels)
         if pixels > PROBE_PIXELS[-1]:
@@ -653,8 +655,7 @@ class Engine:
         long_side = round(max(h, w) * options.style_scale)
         per_style = {
             i: self._style_grams(inputs, i, content_px, long_side, options, cache)
-            for i, weight in enumerate(inputs.blend)
-            if weight > 0 or i in inputs.region_styles.values()
+            for i in inputs.styles_in_use()
         }
         blended = {
             layer: sum(inputs.blend[i] * grams[layer] for i, grams in per_style.items())
