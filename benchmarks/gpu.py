@@ -2,22 +2,23 @@
 
     python benchmarks/gpu.py                 # on a CUDA machine: the full run, a few minutes
     python benchmarks/gpu.py --toy           # tiny sizes on the CPU (the test suite runs this)
+    python benchmarks/gpu.py --only largest,compile     # some parts (names below), e.g. a rerun
 
-1. ms per iteration (one forward and input-gradient backward through VGG19 to conv5_1, the
+1. (iteration) ms per iteration (one forward and input-gradient backward through VGG19 to conv5_1, the
    paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and bfloat16 autocast
    (Gram matrices and losses always float32), timed after warm-up; every iteration ends in a
    host sync (the loss is read), so wall time between iterations is device time.
-2. One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
+2. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
-3. Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
+3. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
    256 px Adam jobs: jobs per minute, once with each job alone (as many running at once as
    there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
    preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
-4. The largest square image one job can stylize, found by doubling then bisecting with the real
+4. (largest) The largest square image one job can stylize, found by doubling then bisecting with the real
    optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the engine's memory plan
    cuts them to fit), the pairs kept at that size, the peak device memory against the plan's
    estimate, per megapixel, and any job the plan accepted that then ran out of memory.
-5. torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
+5. (compile) torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
    ms per iteration (or per pass) with and without.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
@@ -231,6 +232,9 @@ def compiled_ms(engine: Engine, content, style, size: int, precision: str, itera
         engine.net = plain
 
 
+PARTS = ("iteration", "lbfgs", "server", "largest", "compile")
+
+
 class Rows(list):
     """The table's rows; each is also printed as soon as it is measured, so a run stopped by its
     time limit still leaves what it measured in the log."""
@@ -255,58 +259,33 @@ class Rows(list):
                 torch.cuda.empty_cache()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--toy", action="store_true", help="tiny sizes; runs on the CPU")
-    parser.add_argument("--device", default=None)
-    args = parser.parse_args()
-    toy = args.toy
-    device = args.device or ("cuda" if torch.cuda.is_available() and not toy else "cpu")
-    cuda = device.startswith("cuda")
-    engine = Engine(device=device, max_pixels=16384 * 16384)
-    content, style = samples.content(), samples.style(size=256)
-    sizes = (32, 48) if toy else (512, 1024)
-    iters, warm = (3, 2) if toy else (20, 5)
-    precisions = [("float32", False), ("tf32", True), ("bfloat16", True)] if cuda else [
-        ("float32", False)]  # fmt: skip
-    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
-    rows = Rows()
-    # In order of what matters most, so that a run cut short by its limit loses the least.
-    for size in sizes:
-        for label, allow in precisions:
-            precision = "bfloat16" if label == "bfloat16" else "float32"
-            with rows.section(f"ms/iteration {size} px {label}"):
-                with tf32(allow) if cuda else contextlib.nullcontext():
-                    ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
-                rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
-    step_side, history = (32, 5) if toy else (512, 100)
-    step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"
-    with rows.section(step_label):
-        theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
-        ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
-        rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, "
-                                 f"host reads {their_reads:.0f} / {our_reads:.0f}"))  # fmt: skip
+def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
+    """Jobs per minute with 1, 4 and 16 clients, each job alone and batched (up to 16, and the
+    GPU default of GPU_MAX_BATCH at 16 clients), Adam; then L-BFGS at 16 clients."""
+    from impasto_server.app import GPU_MAX_BATCH
+
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 4)
     base = None
+    many = 2 if toy else 16
     for clients in (1, 2) if toy else (1, 4, 16):
-        for batch in (1, 16):
-            label = f"server, {clients} clients, Adam, {'batched' if batch > 1 else 'alone'}"
+        for batch in (1, GPU_MAX_BATCH, 16) if clients == many else (1, 16):
+            how = f"batched (up to {batch})" if batch > 1 else "alone"
+            label = f"server, {clients} clients, Adam, {how}"
             with rows.section(label):
                 jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
                 base = base or jpm
-                rows.append((label, f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), "
-                                    f"mean batch {mean_batch:.1f}"))  # fmt: skip
-    clients = 2 if toy else 16
+                text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
+                rows.append((label, text))
     for batch in (1, 16):
-        label = f"server, {clients} clients, L-BFGS, {'batched' if batch > 1 else 'alone'}"
+        how = f"batched (up to {batch})" if batch > 1 else "alone"
+        label = f"server, {many} clients, L-BFGS, {how}"
         with rows.section(label):
-            jpm, mean_batch = server_throughput(
-                engine, clients, jobs_each, size, its, batch, "lbfgs"
-            )
-            rows.append((label, f"{jpm:.1f} jobs/min ({jpm / (base or jpm):.2f}x), "
-                                f"mean batch {mean_batch:.1f}"))  # fmt: skip
-    best = "bfloat16" if cuda else "float32"
+            jpm, mean_batch = server_throughput(engine, many, jobs_each, size, its, batch, "lbfgs")
+            ratio = jpm / (base or jpm)
+            rows.append((label, f"{jpm:.1f} jobs/min ({ratio:.2f}x), mean batch {mean_batch:.1f}"))
+
+
+def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:
     with rows.section(f"largest square ({best})"):
         side, measured, misses, capped = largest_square(
             engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
@@ -327,7 +306,52 @@ def main() -> None:
                 rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
         rows.append(("plan misses (accepted, then out of memory)",
                      f"{len(misses)}" + (f" at {misses} px" if misses else "")))  # fmt: skip
-    if cuda:
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--toy", action="store_true", help="tiny sizes; runs on the CPU")
+    parser.add_argument("--device", default=None)
+    parser.add_argument(
+        "--only", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
+    )
+    args = parser.parse_args()
+    only = set(args.only.split(","))
+    if only - set(PARTS):
+        parser.error(f"unknown parts {sorted(only - set(PARTS))}; choose from {PARTS}")
+    toy = args.toy
+    device = args.device or ("cuda" if torch.cuda.is_available() and not toy else "cpu")
+    cuda = device.startswith("cuda")
+    engine = Engine(device=device, max_pixels=16384 * 16384)
+    content, style = samples.content(), samples.style(size=256)
+    sizes = (32, 48) if toy else (512, 1024)
+    iters, warm = (3, 2) if toy else (20, 5)
+    precisions = [("float32", False), ("tf32", True), ("bfloat16", True)] if cuda else [
+        ("float32", False)]  # fmt: skip
+    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
+    print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    rows = Rows()
+    # In order of what matters most, so that a run cut short by its limit loses the least.
+    for size in sizes if "iteration" in only else ():
+        for label, allow in precisions:
+            precision = "bfloat16" if label == "bfloat16" else "float32"
+            with rows.section(f"ms/iteration {size} px {label}"):
+                with tf32(allow) if cuda else contextlib.nullcontext():
+                    ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
+                rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+    if "lbfgs" in only:
+        step_side, history = (32, 5) if toy else (512, 100)
+        step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"
+        with rows.section(step_label):
+            theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
+            ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
+            reads = f"host reads {their_reads:.0f} / {our_reads:.0f}"
+            rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
+    if "server" in only:
+        server_part(engine, rows, toy)
+    if "largest" in only:
+        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
+    if cuda and "compile" in only:
         with rows.section("torch.compile 512 px bfloat16"):
             ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
             rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms/iter" if ms else "failed"))

@@ -1,8 +1,11 @@
 #!/usr/bin/env bash
 # The one command for a GPU machine (see docs/benchmarks.md, "On a GPU"): install the carried
-# wheels, then run benchmarks/gpu.py once, its table also written to $OUT/gpu.txt.
+# wheels, then run benchmarks/gpu.py once, its table also written to $OUT/gpu.txt, then
+# benchmarks/batching.py on the device (how far batched results are from solo ones), to
+# $OUT/batching.txt.
 #   run here first:  bash benchmarks/gpu_wheels.sh
 #   then there:      bash benchmarks/gpu_device.sh          (carry .whl)
+#   a rerun of some parts of gpu.py alone:  BATCHING=0 bash benchmarks/gpu_device.sh --only largest
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
@@ -11,5 +14,9 @@ export PYTHONPATH="/tmp/site:$PWD/proto:$PWD/server" PYTHONUNBUFFERED=1
 OUT="${OUT:-/tmp}"
 nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>/dev/null || true
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
-timeout "${GPU_BENCH_SECONDS:-480}" python3 benchmarks/gpu.py "$@" 2>&1 | tee "$OUT/gpu.txt"
-exit "${PIPESTATUS[0]}"
+timeout "${GPU_BENCH_SECONDS:-420}" python3 benchmarks/gpu.py "$@" 2>&1 | tee "$OUT/gpu.txt"
+status="${PIPESTATUS[0]}"
+if [ "${BATCHING:-1}" != 0 ]; then
+  timeout 60 python3 benchmarks/batching.py --device cuda 2>&1 | tee "$OUT/batching.txt"
+fi
+exit "$status"
