@@ -4,22 +4,27 @@
     python benchmarks/gpu.py --toy           # tiny sizes on the CPU (the test suite runs this)
     python benchmarks/gpu.py --only largest,compile     # some parts (names below), e.g. a rerun
 
-1. (iteration) ms per iteration (one forward and input-gradient backward through VGG19 to conv5_1, the
-   paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and bfloat16 autocast
-   (Gram matrices and losses always float32), timed after warm-up; every iteration ends in a
-   host sync (the loss is read), so wall time between iterations is device time.
+1. (iteration) ms per iteration (one forward and input-gradient backward through VGG19 to
+   conv5_1, the paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and
+   bfloat16 autocast (Gram matrices and losses always float32), timed after warm-up; every
+   iteration ends in a host sync (the loss is read), so wall time between iterations is device
+   time.
 2. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
-3. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients sending
-   256 px Adam jobs: jobs per minute, once with each job alone (as many running at once as
-   there are clients) and once with same-shaped jobs batched (--max-batch 16), and the default
-   preset's L-BFGS jobs batched with --batch-lbfgs at 16 clients.
-4. (largest) The largest square image one job can stylize, found by doubling then bisecting with the real
-   optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the engine's memory plan
-   cuts them to fit), the pairs kept at that size, the peak device memory against the plan's
-   estimate, per megapixel, and any job the plan accepted that then ran out of memory.
-5. (compile) torch.compile of the feature network, and a CUDA graph of one forward and backward pass:
-   ms per iteration (or per pass) with and without.
+3. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler); the
+   busiest kernels to $OUT/profile.txt.
+4. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+   CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
+5. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
+6. (largest) The largest square image one job can stylize, found by doubling then bisecting
+   with the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the
+   engine's memory plan cuts them to fit), the pairs kept at that size, the peak device memory
+   against the plan's estimate, per megapixel, and any job the plan accepted that then failed.
+7. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
+   sending 256 px Adam jobs: jobs per minute, once with each job alone (as many running at
+   once as there are clients) and once with same-shaped jobs batched (--max-batch 16, and the
+   GPU default at 16 clients), and the default preset's L-BFGS jobs batched with
+   --batch-lbfgs at 16 clients.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
@@ -68,13 +73,18 @@ def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
     return float(np.median(timed) * 1000.0)
 
 
-def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str):
-    """Double until a job does not fit, then bisect to 64 px. A side fits when the engine's
+def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str,
+                   seconds: float = 90.0, step: int = 64):  # fmt: skip
+    """Double until a job does not fit, then bisect to ``step`` px. A side fits when the engine's
     memory plan accepts the job (which may then keep fewer L-BFGS pairs) and its first three
-    iterations run; one the plan accepted that then ran out of memory is a plan miss.
-    Returns (side, what was measured at that side, plan misses, whether the cap was hit)."""
+    iterations run; one the plan accepted that then ran out of memory is a plan miss. The
+    bisection stops after ``seconds`` (the side found is then a lower bound, more than
+    ``step`` px from the first side that failed).
+    Returns (side, what was measured at that side, plan misses, other errors as (side,
+    message), the first side that failed or None where the search reached ``limit``)."""
     cuda = engine.device.startswith("cuda")
     misses: list[int] = []
+    errors: list[tuple[int, str]] = []
 
     def fits(side: int) -> dict | None:
         square = np.ascontiguousarray(np.resize(content, (side, side, 3)))
@@ -103,6 +113,9 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
         except torch.OutOfMemoryError:
             misses.append(side)
             return None
+        except RuntimeError as exc:  # a limit other than memory (say a 32-bit index): reported
+            errors.append((side, f"{exc}"[:120]))
+            return None
         peak = torch.cuda.max_memory_allocated() - before if cuda else 0
         return {"pairs": plan.pairs[-1], "estimate": plan.needed, "peak": peak}
 
@@ -115,15 +128,16 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
             break
         good, best = side, measured
         side *= 2
+    deadline = time.monotonic() + seconds
     if bad is not None:
-        while bad - good > 64:
+        while bad - good > step and time.monotonic() < deadline:
             middle = (good + bad) // 2 // 16 * 16
             measured = fits(middle)
             if measured is not None:
                 good, best = middle, measured
             else:
                 bad = middle
-    return good, best, misses, bad is None
+    return good, best, misses, errors, bad
 
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
@@ -220,10 +234,11 @@ def graphed_ms(engine: Engine, size: int, precision: str, passes: int) -> tuple[
 
 
 def compiled_ms(engine: Engine, content, style, size: int, precision: str, iterations: int,
-                warmup: int) -> float | None:  # fmt: skip
+                warmup: int, mode: str | None = None) -> float | None:  # fmt: skip
     plain = engine.net
     try:
-        engine.net = torch.compile(plain, dynamic=False)
+        torch._dynamo.reset()
+        engine.net = torch.compile(plain, dynamic=False, mode=mode)
         return ms_per_iteration(engine, content, style, size, precision, iterations, warmup)
     except Exception as exc:  # noqa: BLE001 - a missing compiler is a result, not a crash
         print(f"torch.compile failed: {exc!r}"[:200])
@@ -232,7 +247,67 @@ def compiled_ms(engine: Engine, content, style, size: int, precision: str, itera
         engine.net = plain
 
 
-PARTS = ("iteration", "lbfgs", "server", "largest", "compile")
+def autotune_part(engine: Engine, rows: Rows, content, style) -> None:
+    """cuDNN's autotuner (torch.backends.cudnn.benchmark, which the engine turns on) against
+    cuDNN's heuristics, for the default preset's 512 px job on shapes this process has not met
+    yet (each flag its own width), run twice: a server meets new shapes with every new image
+    size, stage and batch size, and pays the autotuning on the first job of each."""
+    saved = torch.backends.cudnn.benchmark
+    label = "default job 512 px, new shapes: autotuned / heuristics"
+    with rows.section(label):
+        seconds: dict[bool, list[float]] = {}
+        for flag, width in ((True, 440), (False, 456)):
+            torch.backends.cudnn.benchmark = flag
+            image = np.ascontiguousarray(np.resize(content, (512, width, 3)))
+            options = StyleOptions.from_preset("default", size=512, seed=0)
+            for _ in range(2):
+                start = time.perf_counter()
+                for _event in engine.run(image, [style], options):
+                    pass
+                seconds.setdefault(flag, []).append(time.perf_counter() - start)
+        on, off = seconds[True], seconds[False]
+        text = f"first {on[0]:.2f} / {off[0]:.2f} s, again {on[1]:.2f} / {off[1]:.2f} s"
+        rows.append((label, f"{text} ({options.iterations} iterations)"))
+    torch.backends.cudnn.benchmark = saved
+
+
+def profile_part(engine: Engine, rows: Rows, content, style) -> None:
+    """Kernels and GPU-busy time per iteration at 512 px in bfloat16 (torch.profiler): how much
+    of an iteration the device works, against the host launching its kernels. The table of
+    the busiest kernels goes to $OUT/profile.txt where OUT is set."""
+    from torch.profiler import ProfilerActivity, profile
+
+    label = "profile 512 px bfloat16, per iteration"
+    with rows.section(label):
+        iterations = 30
+        options = StyleOptions.from_preset(
+            "default", size=512, iterations=iterations, num_scales=1, precision="bfloat16",
+            seed=0,
+        )  # fmt: skip
+        for _event in engine.run(content, [style], options):  # warm
+            pass
+        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+            start = time.perf_counter()
+            for _event in engine.run(content, [style], options):
+                pass
+            wall = time.perf_counter() - start
+        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
+        busy = sum(e.time_range.elapsed_us() for e in kernels) / 1000.0
+        per = f"{busy / iterations:.2f} ms of {wall * 1000 / iterations:.2f} ms"
+        text = f"{len(kernels) / iterations:.0f} kernels, GPU busy {per}"
+        rows.append((label, f"{text} (profiled; the job's setup included)"))
+        out = os.environ.get("OUT")
+        if out:
+            averages = prof.key_averages()
+            with open(os.path.join(out, "profile.txt"), "w") as f:
+                for key in ("self_device_time_total", "self_cpu_time_total"):
+                    try:
+                        f.write(averages.table(sort_by=key, row_limit=30) + "\n")
+                    except Exception as exc:  # noqa: BLE001 - a renamed key: the other table
+                        f.write(f"{key}: {exc!r}\n")
+
+
+PARTS = ("iteration", "lbfgs", "profile", "compile", "autotune", "largest", "server")
 
 
 class Rows(list):
@@ -264,12 +339,19 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     GPU default of GPU_MAX_BATCH at 16 clients), Adam; then L-BFGS at 16 clients."""
     from impasto_server.app import GPU_MAX_BATCH
 
-    size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 4)
+    size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
     base = None
     many = 2 if toy else 16
+    with rows.section("server warm-up"):  # the base row must not pay for the first job's setup
+        server_throughput(engine, 1, 2, size, its, 1)
     for clients in (1, 2) if toy else (1, 4, 16):
-        for batch in (1, GPU_MAX_BATCH, 16) if clients == many else (1, 16):
+        # At 16 clients batched up to 16 twice: the first run meets each batch size's
+        # shapes for the first time (cuDNN autotuning), the second does not.
+        batches = (1, GPU_MAX_BATCH, 16, 16) if clients == many else (1, 16)
+        for i, batch in enumerate(batches):
             how = f"batched (up to {batch})" if batch > 1 else "alone"
+            if batch in batches[:i]:
+                how += ", again"
             label = f"server, {clients} clients, Adam, {how}"
             with rows.section(label):
                 jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
@@ -287,11 +369,21 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:
     with rows.section(f"largest square ({best})"):
-        side, measured, misses, capped = largest_square(
-            engine, content, style, 64 if toy else 1024, 128 if toy else 16384, best
+        side, measured, misses, errors, bad = largest_square(
+            engine,
+            content,
+            style,
+            64 if toy else 2048,
+            128 if toy else 16384,
+            best,
+            step=64 if toy else 256,
         )
         rows.append(
-            (f"largest square ({best})", f"{side} px" + (" (search cap)" if capped else ""))
+            (
+                f"largest square ({best})",
+                f"{side} px"
+                + (" (search cap)" if bad is None else f" (the next side tried, {bad} px, failed)"),
+            )
         )
         if measured:
             estimate, peak = measured["estimate"], measured["peak"]
@@ -306,6 +398,8 @@ def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: st
                 rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
         rows.append(("plan misses (accepted, then out of memory)",
                      f"{len(misses)}" + (f" at {misses} px" if misses else "")))  # fmt: skip
+        for at, message in errors:
+            rows.append((f"  failed at {at} px (not memory)", message))
 
 
 def main() -> None:
@@ -347,18 +441,24 @@ def main() -> None:
             ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
             reads = f"host reads {their_reads:.0f} / {our_reads:.0f}"
             rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
-    if "server" in only:
-        server_part(engine, rows, toy)
-    if "largest" in only:
-        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
+    if cuda and "profile" in only:
+        profile_part(engine, rows, content, style)
     if cuda and "compile" in only:
-        with rows.section("torch.compile 512 px bfloat16"):
-            ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm)
-            rows.append(("torch.compile 512 px bfloat16", f"{ms:.2f} ms/iter" if ms else "failed"))
         with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
             eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
             rows.append(("pass 512 px bfloat16, eager / CUDA graph",
                          f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
+        for mode in (None, "reduce-overhead"):
+            label = f"torch.compile ({mode or 'default'}) 512 px bfloat16"
+            with rows.section(label):
+                ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm, mode)
+                rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
+    if cuda and "autotune" in only:
+        autotune_part(engine, rows, content, style)
+    if "largest" in only:
+        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
+    if "server" in only:
+        server_part(engine, rows, toy)
     print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -30,6 +30,15 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     step = table["L-BFGS step 32 px, history 5: torch / impasto"]
     assert step.endswith("host reads 14 / 0"), step
     for clients in (1, 2):
-        for mode in ("alone", "batched"):
+        for mode in ("alone", "batched (up to 16)"):
             assert "jobs/min" in table[f"server, {clients} clients, Adam, {mode}"]
-    assert "jobs/min" in table["server, 2 clients, L-BFGS, batched"]
+    assert "jobs/min" in table["server, 2 clients, Adam, batched (up to 16), again"]
+    assert "jobs/min" in table["server, 2 clients, L-BFGS, batched (up to 16)"]
+    # --only runs the parts named, in the table's order
+    proc = subprocess.run(
+        [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--toy", "--only", "lbfgs"],
+        capture_output=True, text=True, timeout=300,
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    rows = proc.stdout.split("-- the table --")[1].strip().splitlines()
+    assert len(rows) == 1 and rows[0].startswith("L-BFGS step 32 px"), rows

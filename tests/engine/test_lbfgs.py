@@ -150,3 +150,37 @@ def test_the_gpu_layout_runs_on_the_cpu_with_the_same_result(content, style, opt
     assert b_progress[-1].losses["total"] == pytest.approx(a_progress[-1].losses["total"], rel=0.05)
     diff = np.abs(a.image.astype(np.float32) - b.image.astype(np.float32))
     assert diff.mean() < 2.0
+
+
+class _MatrixOperands(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the row distance (leading dimension) of every matrix that a product reads."""
+
+    PRODUCTS = frozenset({"mv", "mm", "bmm", "addmm", "addmv", "baddbmm", "dot"})
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.distances: list[int] = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func.overloadpacket.__name__ in self.PRODUCTS:
+            for arg in args:
+                if isinstance(arg, torch.Tensor) and arg.dim() >= 2:
+                    # cuBLAS takes the larger of a matrix's two strides as a 32-bit int.
+                    self.distances.append(max(arg.stride()[-2:]))
+        return func(*args, **(kwargs or {}))
+
+
+def test_products_read_the_history_with_rows_at_most_one_image_apart():
+    # cuBLAS takes a matrix's row distance as a 32-bit int: with the pairs laid out as
+    # (s_1..s_m, y_1..y_m) a product read rows history * n apart, past 2^31 at 4096 x 4096 px
+    # with 100 pairs (a RuntimeError on a GPU). Every product must read rows <= n apart.
+    f, x0 = _problem()
+    x = x0.clone().view(1, 3, 4, 5).requires_grad_(True)
+    lbfgs = LBFGS(x, history=4, lr=0.8)
+    with _MatrixOperands() as seen:
+        for _ in range(7):  # past a full history, so slots wrap around
+            _evaluate(f, x)
+            lbfgs.step()
+    assert seen.distances, "no matrix products seen"
+    n = x.numel()
+    assert max(seen.distances) <= n, seen.distances

@@ -10,10 +10,14 @@ and gamma = y.s / y.y of the newest pair. Only the arithmetic differs:
   a host read of each pair's coefficient (``add_(alpha=tensor)``), plus a few more reads per step
   (2 * history + 4 in all). On a GPU each read waits for the device's queue to drain and each
   operation is a kernel launch, against a forward and backward pass of a few milliseconds.
-- Here the pairs live in one preallocated (2, history, n) buffer and H g comes from the compact
-  representation (Byrd, Nocedal and Schnabel 1994): one batched product of the gradient with
-  the stored pairs (S g, Y g), two triangular solves of history x history, and one batched
-  product back, about twenty kernels whatever the history. The new pair's products with the
+- Here the pairs live in one preallocated (history, 2, n) buffer and H g comes from the compact
+  representation (Byrd, Nocedal and Schnabel 1994): one matrix-vector product of the stored
+  pairs with the gradient (S g, Y g), two triangular solves of history x history, and one
+  product back, about twenty kernels whatever the history. Each pair (s_i, y_i) is one
+  contiguous block of 2n values, so every product reads the buffer as a matrix whose rows are
+  n apart: cuBLAS takes that distance as a 32-bit int, and a layout with pairs (s_1..s_m, y_1..y_m)
+  would put rows history * n apart, past 2^31 from about 2.6 Mpx at 100 pairs (4096 x 4096 failed
+  so on an H200). The new pair's products with the
   stored ones follow from S g, Y g and the last step's, so the pairs are read twice a step, as
   torch's are. The one host value a step needs, the new pair's curvature, comes from
   ``curvature()``: the engine reads it back together with the loss terms, in the read it makes
@@ -47,7 +51,7 @@ class LBFGS:
         self._flat_x = x.detach().permute(self._order).view(-1)  # a view: steps move x itself
         n = self._flat_x.numel()
         kw = {"device": x.device, "dtype": x.dtype}
-        self._pairs = torch.empty((2, history, n), **kw)  # [0]: steps s_i, [1]: changes y_i
+        self._pairs = torch.empty((history, 2, n), **kw)  # [i, 0]: step s_i, [i, 1]: change y_i
         self._sy = torch.zeros((history, history), **kw)  # s_i . y_j, in slot order
         self._yy = torch.zeros((history, history), **kw)  # y_i . y_j
         self._count = 0  # pairs stored
@@ -114,9 +118,7 @@ class LBFGS:
         kept), and Y s = -lr Y H g_prev from the last step's coefficients and the kept
         products of the stored pairs. So a step reads the history twice, as torch's does."""
         k = self._count
-        # (2, k): S g, Y g. As g^T [S^T Y^T]: the form that reads a part of the buffer without
-        # copying it first (measured on the CPU).
-        uw = torch.matmul(grad, self._pairs[:, :k].transpose(1, 2))
+        uw = self._products(k, grad)  # (2, k): S g, Y g
         if ys <= CURVATURE_EPS:
             return uw
         sy_new = uw - self._uw  # (2, k): s_i . y_new, y_i . y_new
@@ -131,8 +133,8 @@ class LBFGS:
             slot = self._head
             self._head = (self._head + 1) % self.history
         assert self._step is not None
-        self._pairs[0, slot].copy_(self._step)
-        self._pairs[1, slot].copy_(self._y)
+        self._pairs[slot, 0].copy_(self._step)
+        self._pairs[slot, 1].copy_(self._y)
         self._sy[slot, :k] = ys_new  # s_new . y_j
         self._sy[:k, slot] = sy_new[0]  # s_i . y_new
         self._yy[slot, :k] = sy_new[1]
@@ -142,8 +144,13 @@ class LBFGS:
         self._gamma = ys / yy
         out = grad.new_empty((2, self._count))
         out[:, :k] = uw
-        out[:, slot] = torch.matmul(self._pairs[:, slot], grad)  # the new pair's s.g, y.g
+        out[:, slot] = torch.mv(self._pairs[slot], grad)  # the new pair's s.g, y.g
         return out
+
+    def _products(self, k: int, grad: torch.Tensor) -> torch.Tensor:
+        """(2, k): the first k slots' s_i . g and y_i . g, in one pass over them."""
+        rows = self._pairs[:k].view(2 * k, self._pairs.shape[2])  # s_0, y_0, s_1, y_1, ...
+        return torch.mv(rows, grad).view(k, 2).t()
 
     def _direction(self, grad: torch.Tensor, uw: torch.Tensor) -> torch.Tensor:
         """H g by the compact representation, from uw = (S g, Y g):
@@ -154,7 +161,6 @@ class LBFGS:
         if k == 0:
             self._coefficients = grad.new_zeros((2, 0))
             return grad.mul(gamma)
-        pairs = self._pairs[:, :k]
         sy, yy = self._sy[:k, :k], self._yy[:k, :k]
         if head:  # slots -> chronological order
             uw = uw.roll(-head, dims=1)
@@ -168,5 +174,6 @@ class LBFGS:
         if head:
             coefficients = coefficients.roll(head, dims=1)
         self._coefficients = coefficients
-        both = torch.matmul(coefficients.unsqueeze(1), pairs)  # (2, 1, n): S^T p, Y^T (-gamma a)
-        return both[0, 0].add_(both[1, 0]).add_(grad, alpha=gamma)
+        # S^T p + Y^T (-gamma a) as one product: the coefficients in the buffer's row order.
+        rows = self._pairs[:k].view(2 * k, self._pairs.shape[2])
+        return torch.mv(rows.t(), coefficients.t().reshape(-1)).add_(grad, alpha=gamma)

@@ -60,13 +60,20 @@ class FeatureNet(nn.Module):
         p = preprocessing
         self.register_buffer("_scale", torch.tensor(p.scale).view(1, 3, 1, 1), persistent=False)
         self.register_buffer("_shift", torch.tensor(p.shift).view(1, 3, 1, 1), persistent=False)
+        # The channel order as a tensor on the network's device: indexing with a Python list
+        # would copy the index to the device on every pass (a host-to-device copy that also
+        # keeps a pass from being captured as a CUDA graph).
+        self.register_buffer("_order", torch.tensor(p.order), persistent=False)
+        self._reorder = tuple(p.order) != (0, 1, 2)
         self.requires_grad_(False)
         self.eval()
 
     def forward(
         self, pixels: torch.Tensor, layers: tuple[str, ...], pooling: str = "max"
     ) -> dict[str, torch.Tensor]:
-        x = pixels[:, list(self.preprocessing.order)] * self._scale - self._shift
+        if self._reorder:
+            pixels = pixels.index_select(1, self._order)
+        x = pixels * self._scale - self._shift
         wanted = {CONV_INDEX[name] + 1: name for name in layers}  # the ReLU after each conv
         last = max(wanted)
         out: dict[str, torch.Tensor] = {}
