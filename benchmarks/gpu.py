@@ -6,7 +6,7 @@
 
 1. (iteration) ms per iteration (one forward and input-gradient backward through VGG19 to
    conv5_1, the paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and
-   bfloat16 autocast (Gram matrices and losses always float32), timed after warm-up; every
+   bfloat16 (Gram matrices and losses always float32), timed after warm-up; every
    iteration ends in a host sync (the loss is read), so wall time between iterations is device
    time.
 2. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
@@ -197,12 +197,7 @@ def graphed_ms(engine: Engine, size: int, precision: str, passes: int) -> tuple[
 
     class Objective(torch.nn.Module):
         def forward(self, image: torch.Tensor) -> torch.Tensor:
-            # A graphed callable must not use autocast's weight cache.
-            autocast = torch.autocast(
-                "cuda", dtype=dtype, enabled=precision != "float32", cache_enabled=False
-            )
-            with autocast:
-                feats = engine.net(image, layers, "max")
+            feats = engine.net(image, layers, "max", dtype)
             return sum(gram(f).square().sum() for f in feats.values())
 
     objective = Objective()

@@ -92,3 +92,38 @@ def test_bad_weight_sources_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(EngineError, match="cannot read"):
         load_feature_net(str(junk))
+
+
+class _Casts(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the dtype conversions a pass makes."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count = 0
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += func.overloadpacket.__name__ == "_to_copy"
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("pooling", ["max", "average"])
+def test_a_low_precision_pass_gives_autocasts_features_without_casting_the_weights(pooling):
+    net = load_feature_net("original")
+    layers = ("conv1_1", "conv3_1", "conv4_2", "conv5_1")
+    pixels = torch.rand(1, 3, 40, 48, generator=torch.Generator().manual_seed(0)) * 255
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        expected = net(pixels, layers, pooling)
+    net.low_precision(torch.bfloat16)  # made once, as the engine does at start
+    with _Casts() as casts:
+        got = net(pixels, layers, pooling, torch.bfloat16)
+    assert casts.count == 1  # the input, once; autocast casts every weight and bias each pass
+    for name in layers:
+        assert got[name].dtype == torch.bfloat16
+        assert torch.equal(got[name], expected[name]), name
+    # float32 (or no dtype) is the network itself
+    plain = net(pixels, layers, pooling)
+    assert torch.equal(net(pixels, layers, pooling, torch.float32)["conv5_1"], plain["conv5_1"])
+    assert plain["conv5_1"].dtype == torch.float32
+    # moving the network drops the copies (they would be on the old device)
+    net.to(torch.float64)
+    assert net._low == {}

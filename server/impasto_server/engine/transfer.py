@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import gc
 import hashlib
@@ -147,6 +146,10 @@ class Engine:
         # Probes run one at a time: requests that arrive together must not add their probes'
         # memory to a running job's on the device.
         self._probe_lock = threading.Lock()
+        if self.default_precision != "float32":
+            # The network's copy in the default precision, made now: the engine's memory, not
+            # the first job's (nor its memory probe's).
+            self.net.low_precision(self._dtype(self.default_precision))
         # The memory one job may use, read once the weights are on the device (jobs are
         # checked against it before they start; see memory.py); 0 turns the check off.
         if job_memory_bytes is None:
@@ -561,8 +564,7 @@ class Engine:
             stage.x.grad = None
         x = lead.x if len(stages) == 1 else torch.cat([stage.x for stage in stages])
         layers = tuple(dict.fromkeys(layer for stage in stages for layer in stage.layers))
-        with self._autocast(lead.options.precision):
-            feats = self.net(x, layers, lead.options.pooling)
+        feats = self.net(x, layers, lead.options.pooling, self._dtype(lead.options.precision))
         objective = x.new_zeros((), dtype=torch.float32)
         for b, stage in enumerate(stages):
             own = feats if len(stages) == 1 else {k: v[b : b + 1] for k, v in feats.items()}
@@ -609,11 +611,10 @@ class Engine:
             init=init, content_key=_digest(content),
         )  # fmt: skip
 
-    def _autocast(self, precision: str) -> contextlib.AbstractContextManager:
-        if precision == "float32":
-            return contextlib.nullcontext()
-        dtype = torch.bfloat16 if precision == "bfloat16" else torch.float16
-        return torch.autocast(device_type=self._device.type, dtype=dtype)
+    @staticmethod
+    def _dtype(precision: str) -> torch.dtype:
+        """The network's precision for a job (Gram matrices and losses are float32 always)."""
+        return {"float32": torch.float32, "bfloat16": torch.bfloat16}.get(precision, torch.float16)
 
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self._device)
@@ -641,8 +642,11 @@ class Engine:
                 px = imaging.match_luminance(px, content_px.cpu())
             elif mode == "color_statistics":
                 px = imaging.match_color_statistics(px, content_px.cpu())
-            with torch.no_grad(), self._autocast(options.precision):
-                feats = self.net(self._to_device(px), tuple(options.style_layers), options.pooling)
+            with torch.no_grad():
+                feats = self.net(
+                    self._to_device(px), tuple(options.style_layers), options.pooling,
+                    self._dtype(options.precision),
+                )  # fmt: skip
             return {name: gram(f) for name, f in feats.items()}
 
         return self._cache.get_or_compute(key, compute) if cache else compute()
@@ -841,8 +845,11 @@ class _Stage:
         self.regions = regions
         self.content_layers = tuple(options.content_layers)
         self.layers = tuple(dict.fromkeys((*self.content_layers, *options.style_layers)))
-        with torch.no_grad(), engine._autocast(options.precision):
-            feats = engine.net(engine._to_device(content_px), self.content_layers, options.pooling)
+        with torch.no_grad():
+            feats = engine.net(
+                engine._to_device(content_px), self.content_layers, options.pooling,
+                engine._dtype(options.precision),
+            )  # fmt: skip
         self.content_targets = {k: v.float() for k, v in feats.items()}
         self.layer_masks: dict[tuple[int, str], torch.Tensor] = {}
         self.x = engine._to_device(start).requires_grad_(True)
