@@ -17,11 +17,11 @@ and gamma = y.s / y.y of the newest pair. Only the arithmetic differs:
   contiguous block of 2n values, so every product reads the buffer as a matrix whose rows are
   n apart: cuBLAS takes that distance as a 32-bit int (n stays below 2^31 up to about 26700 x
   26700 px), and the layout (s_1..s_m, y_1..y_m) put rows history * n apart, past 2^31 from
-  about 2700 x 2700 px at 100 pairs (4096 x 4096 failed so on an H200). The new pair's products
-  with the stored ones follow from S g, Y g and the last step's, so the pairs are read twice a step, as
-  torch's are. The one host value a step needs, the new pair's curvature, comes from
-  ``curvature()``: the engine reads it back together with the loss terms, in the read it makes
-  anyway.
+  about 2700 x 2700 px at 100 pairs (4096 x 4096 failed so on an H200). The new pair's
+  products with the stored ones follow from S g, Y g and the last step's, so the pairs are read
+  twice a step, as torch's are. The one host value a step needs, the new pair's curvature,
+  comes from ``curvature()``: the engine reads it back together with the loss terms, in the
+  read it makes anyway.
 
 The history is allocated when the optimiser is made, so an image too large for the device fails
 at the start of its stage rather than after a hundred iterations. The image may be in any dense
