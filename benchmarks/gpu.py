@@ -21,7 +21,7 @@
    engine's memory plan cuts them to fit), the pairs kept at that size, the peak device memory
    against the plan's estimate, per megapixel, and any job the plan accepted that then failed.
 7. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
-   sending 256 px Adam jobs: jobs per minute, once with each job alone (as many running at
+   (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs per minute, once with each job alone (as many running at
    once as there are clients) and once with same-shaped jobs batched (--max-batch 16, and the
    GPU default at 16 clients), and the default preset's L-BFGS jobs batched with
    --batch-lbfgs at 16 clients.
@@ -38,7 +38,6 @@ import contextlib
 import os
 import platform
 import sys
-import threading
 import time
 import traceback
 
@@ -143,8 +142,11 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
                       batch: int, optimizer: str = "adam") -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
-    alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs."""
-    from impasto.client import Client, Started
+    alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
+    client is a process of its own (throughput_client.py), timed from when all are connected."""
+    import json
+    import subprocess
+
     from impasto_server.app import Server, ServerConfig
 
     server = Server(
@@ -156,33 +158,30 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     )  # fmt: skip
     server.start()
     server.load()
-    content = samples.content()
-    style = samples.style(size=size)
-    errors: list[BaseException] = []
-    batch_sizes: list[int] = []
-
-    def work() -> None:
-        try:
-            with Client(server.address) as client:
-                for _ in range(jobs_each):
-                    job = client.stylize(content, [style], size=size, iterations=iterations,
-                                         num_scales=1, seed=0, optimizer=optimizer)  # fmt: skip
-                    for event in job:
-                        if isinstance(event, Started):
-                            batch_sizes.append(event.batch_size)
-        except BaseException as exc:  # noqa: BLE001 - reported in the table, not raised here
-            errors.append(exc)
-
-    threads = [threading.Thread(target=work) for _ in range(clients)]
-    start = time.perf_counter()
-    for t in threads:
-        t.start()
-    for t in threads:
-        t.join()
-    seconds = time.perf_counter() - start
-    server.shutdown(grace=0.0)
-    if errors:
-        raise RuntimeError(f"{len(errors)} clients failed: {errors[0]!r}")
+    script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_client.py")
+    command = [sys.executable, script, server.address, str(jobs_each), str(size), str(iterations),
+               optimizer]  # fmt: skip
+    pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
+    procs = [subprocess.Popen(command, text=True, **pipes) for _ in range(clients)]
+    try:
+        for proc in procs:
+            if proc.stdout.readline().strip() != "ready":
+                raise RuntimeError(f"a client did not start: {proc.communicate()[1][-500:]}")
+        start = time.perf_counter()
+        for proc in procs:
+            proc.stdin.write("go\n")
+            proc.stdin.flush()
+        outputs = [proc.communicate() for proc in procs]
+        seconds = time.perf_counter() - start
+    finally:
+        for proc in procs:
+            if proc.poll() is None:
+                proc.kill()
+        server.shutdown(grace=0.0)
+    failed = [err for proc, (_, err) in zip(procs, outputs, strict=True) if proc.returncode]
+    if failed:
+        raise RuntimeError(f"{len(failed)} clients failed: {failed[0][-500:]}")
+    batch_sizes = [size for out, _ in outputs for size in json.loads(out.strip().splitlines()[-1])]
     return clients * jobs_each / seconds * 60.0, float(np.mean(batch_sizes))
 
 

@@ -1,0 +1,37 @@
+"""One client of gpu.py's server-throughput rows, in a process of its own: real clients do not
+share the server's interpreter (and its lock) as threads of the benchmark's process would.
+
+    python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER
+
+Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
+then prints the batch size each job ran in as a JSON list.
+"""
+
+from __future__ import annotations
+
+import json
+import sys
+
+
+def main() -> None:
+    address, jobs, size, iterations, optimizer = sys.argv[1:6]
+    from impasto import samples
+    from impasto.client import Client, Started
+
+    content, style = samples.content(), samples.style(size=int(size))
+    with Client(address) as client:
+        client.server_info()  # connected, and the server answers
+        print("ready", flush=True)
+        sys.stdin.readline()
+        batch_sizes = []
+        for _ in range(int(jobs)):
+            job = client.stylize(content, [style], size=int(size), iterations=int(iterations),
+                                 num_scales=1, seed=0, optimizer=optimizer)  # fmt: skip
+            for event in job:
+                if isinstance(event, Started):
+                    batch_sizes.append(event.batch_size)
+    print(json.dumps(batch_sizes), flush=True)
+
+
+if __name__ == "__main__":
+    main()
