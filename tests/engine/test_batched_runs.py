@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
+import torch
 from impasto_server.engine import Cancelled, Engine, EngineError, Progress, Result, StyleOptions
 
 
@@ -144,3 +145,69 @@ def test_a_batch_that_runs_out_of_memory_goes_on_one_pass_per_run(engine, conten
     alone = list(engine.run(small, [style], options))[-1].image
     for result in results:
         assert np.abs(result.image.astype(int) - alone.astype(int)).max() <= 8
+
+
+class _Ops(torch.utils._python_dispatch.TorchDispatchMode):
+    """Counts the operations dispatched while ``on`` (each a kernel launch or more on a GPU)."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.count, self.on = 0, False
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.count += self.on
+        return func(*args, **(kwargs or {}))
+
+
+def _operations_per_iteration(engine, content, style, runs: int) -> float:
+    options = StyleOptions.from_preset(
+        "default", size=32, iterations=6, num_scales=1, optimizer="adam", seed=0
+    )
+    prepared = [engine.prepare(content, [style], options) for _ in range(runs)]
+    ops, seen = _Ops(), 0
+    with ops:
+        for index, event in engine.run_batch(prepared):
+            if index == runs - 1 and isinstance(event, Progress):
+                seen += 1
+                ops.on = 2 <= seen < 6  # iterations 3 to 6
+    return ops.count / 4
+
+
+def test_a_batch_computes_its_runs_loss_terms_together(engine, content, style):
+    # A batch shares the network's pass; its runs' losses (Gram products, loss terms and
+    # their backward) are batched too, so a run more costs its optimiser step and little else.
+    # Each run's own losses cost about 170 operations an iteration (on a GPU, launches).
+    two, six = (_operations_per_iteration(engine, content, style, n) for n in (2, 6))
+    assert (six - two) / 4 < 40, (two, six)
+
+
+def test_runs_with_other_layers_or_a_mask_keep_their_own_losses_in_a_batch(
+    engine, content, style, red_style, blue_style
+):
+    h, w = content.shape[:2]
+    mask = np.zeros((h, w), np.uint8)
+    mask[:, w // 2 :] = 1
+    base = StyleOptions.from_preset(
+        "default", size=40, iterations=3, num_scales=1, optimizer="adam", seed=3
+    )
+    own_layers = base.replace(
+        style_layers={"conv1_1": 1.0, "conv3_1": 0.5}, content_layers={"conv3_2": 2.0}
+    )
+    unmasked = [(content, [style], base, {}), (content, [red_style], own_layers, {})]
+    masked = [*unmasked, (content, [red_style, blue_style], base,
+                          {"mask": mask, "region_styles": {0: 0, 1: 1}})]  # fmt: skip
+    for jobs in (unmasked, masked):  # batched losses; one by one (a mask is per run)
+        prepared = [engine.prepare(c, s, o, **kw) for c, s, o, kw in jobs]
+        assert len({run.batch_key for run in prepared}) == 1
+        first: dict[int, dict[str, float]] = {}
+        for i, event in engine.run_batch(prepared):
+            if isinstance(event, Progress) and event.iteration == 1:
+                first[i] = event.losses
+        for i, (c, s, o, kw) in enumerate(jobs):
+            alone = next(e for e in engine.run(c, s, o, **kw) if isinstance(e, Progress))
+            # Each term as alone (a content loss of 0, the image being the content, comes out
+            # near 0: the batched convolutions sum in another order).
+            near = 1e-6 * alone.losses["total"]
+            for term in ("content", "style", "tv", "total"):
+                expected = pytest.approx(alone.losses[term], rel=1e-5, abs=near)
+                assert first[i][term] == expected, (i, term)

@@ -48,3 +48,39 @@ def tv_loss(pixels: torch.Tensor) -> torch.Tensor:
     dx = (x[..., :, 1:] - x[..., :, :-1]).square().sum()
     dy = (x[..., 1:, :] - x[..., :-1, :]).square().sum()
     return (dx + dy) / (x.shape[-1] * x.shape[-2])
+
+
+# The same losses for runs batched along the first axis (one image each, no masks), one value
+# per run: a batch's terms in a few operations instead of a few for every run.
+
+
+def grams(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, C): ``gram`` of each of the N images of (N, C, h, w) features."""
+    f = features.float()
+    n, c = f.shape[:2]
+    if f.is_contiguous():
+        flat = f.view(n, c, -1)  # (N, C, M)
+        g = torch.bmm(flat, flat.transpose(1, 2))
+    else:  # channels_last: (N, M, C) in memory already
+        flat = f.permute(0, 2, 3, 1).reshape(n, -1, c)
+        g = torch.bmm(flat.transpose(1, 2), flat)
+    return g / (f.shape[2] * f.shape[3])
+
+
+def style_layer_losses(g: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,): ``style_layer_loss`` of each run, from (N, C, C) Grams and targets."""
+    n = g.shape[-1]
+    return (g - targets).square().sum(dim=(1, 2)) / (4.0 * n * n)
+
+
+def content_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,): ``content_layer_loss`` of each run."""
+    return 0.5 * (features.float() - targets).square().sum(dim=(1, 2, 3))
+
+
+def tv_losses(pixels: torch.Tensor) -> torch.Tensor:
+    """(N,): ``tv_loss`` of each image of (N, 3, H, W) pixels."""
+    x = pixels.float() / 255.0
+    dx = (x[..., :, 1:] - x[..., :, :-1]).square().sum(dim=(1, 2, 3))
+    dy = (x[..., 1:, :] - x[..., :-1, :]).square().sum(dim=(1, 2, 3))
+    return (dx + dy) / (x.shape[-1] * x.shape[-2])

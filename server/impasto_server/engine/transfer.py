@@ -19,7 +19,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from . import imaging
+from . import imaging, shared
 from .cache import GramCache
 from .events import Progress, Result
 from .lbfgs import LBFGS
@@ -565,26 +565,28 @@ class Engine:
         x = lead.x if len(stages) == 1 else torch.cat([stage.x for stage in stages])
         layers = tuple(dict.fromkeys(layer for stage in stages for layer in stage.layers))
         feats = self.net(x, layers, lead.options.pooling, self._dtype(lead.options.precision))
-        objective = x.new_zeros((), dtype=torch.float32)
-        for b, stage in enumerate(stages):
-            own = feats if len(stages) == 1 else {k: v[b : b + 1] for k, v in feats.items()}
-            objective = objective + stage.objective(own)
+        if len(stages) > 1 and all(shared.qualifies(stage) for stage in stages):
+            # Every term for the whole batch at once (see shared.py).
+            objective, terms = shared.objective(stages, x, feats)
+            for stage, row in zip(stages, terms, strict=True):
+                stage.terms = dict(zip(shared.TERMS, row, strict=True))
+        else:
+            objective = x.new_zeros((), dtype=torch.float32)
+            for b, stage in enumerate(stages):
+                own = feats if len(stages) == 1 else {k: v[b : b + 1] for k, v in feats.items()}
+                objective = objective + stage.objective(own)
+            terms = torch.stack([torch.stack(list(stage.terms.values())) for stage in stages])
         # The images are independent along the batch axis (VGG19 has no batch statistics),
         # so the gradient of the sum with respect to each image is that of its own objective.
         objective.backward()
         # One read from the device for the whole pass: every stage's loss terms, and what each
         # L-BFGS step needs to know on the host (the curvature of its new pair).
-        reads, pending = [], []
-        for stage in stages:
-            reads.append(torch.stack(list(stage.terms.values())))
-            pending.append(stage.pending_read())
-            if pending[-1] is not None:
-                reads.append(pending[-1])
-        values = torch.cat(reads).tolist()
-        for stage, read in zip(stages, pending, strict=True):
-            count = len(stage.terms)
-            stage.losses = dict(zip(stage.terms, values[:count], strict=True))
-            values = values[count:]
+        pending = [stage.pending_read() for stage in stages]
+        values = torch.cat([terms.reshape(-1), *(p for p in pending if p is not None)]).tolist()
+        count = len(shared.TERMS)
+        rows, values = values[: count * len(stages)], values[count * len(stages) :]
+        for i, (stage, read) in enumerate(zip(stages, pending, strict=True)):
+            stage.losses = dict(zip(shared.TERMS, rows[i * count : (i + 1) * count], strict=True))
             stage.curvature = None
             if read is not None:
                 stage.curvature, values = values[: len(read)], values[len(read) :]
@@ -856,6 +858,8 @@ class _Stage:
         self.scale = 0.0
         self.losses: dict[str, float] = {}
         self.terms: dict[str, torch.Tensor] = {}
+        # Kept by a batch's first stage: the batch's stacked targets (see shared.py).
+        self.shared: shared.SharedTargets | None = None
         self.lbfgs: LBFGS | None = None
         self.adam: torch.optim.Adam | None = None
         if options.optimizer == "lbfgs":
@@ -935,6 +939,7 @@ class _Stage:
         total = sum(terms.values())
         terms.setdefault("tv", total.new_zeros(()))
         terms["total"] = total
+        assert tuple(terms) == shared.TERMS
         # Read back (one device sync) by the caller for all stages of a pass at once. Only
         # detached values are kept: a pass that fails must leave no graph behind.
         self.terms = {k: v.detach() for k, v in terms.items()}
