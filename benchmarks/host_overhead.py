@@ -2,12 +2,13 @@
 not the arithmetic, sets the pace.
 
     python benchmarks/host_overhead.py [--device cpu|cuda] [--size 32] [--batch 1 4 16]
-                                       [--optimizers lbfgs adam]
+                                       [--optimizers lbfgs adam] [--repeats 3]
 
 On an H200 at 512 px an iteration keeps the GPU busy for about a third of its time (gpu.py's
-profile row): the rest is Python and the dispatcher launching some 300 kernels. Each dispatched
-operation here is one kernel launch or more on a GPU, so the count is a device-independent
-measure of that cost; ms per iteration at a tiny size (on any device) is its time. Prints, per
+profile row): the rest is Python and the dispatcher launching some 300 kernels. Every
+dispatched operation costs the host time; those that are not views (which alias their input)
+are one kernel launch or more each on a GPU, so the counts are a device-independent measure of
+that cost; ms per iteration at a tiny size (on any device) is its time. Prints, per
 precision the device supports and per optimizer:
 
 - one job with the network in bfloat16 through ``torch.autocast`` (how the engine ran it
@@ -21,6 +22,7 @@ from __future__ import annotations
 
 import argparse
 import platform
+import statistics
 import time
 
 import numpy as np
@@ -31,15 +33,19 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 
 class Ops(TorchDispatchMode):
-    """Counts dispatched operations while ``on``."""
+    """Counts dispatched operations while ``on``, and apart those that compute (not views,
+    which alias their input and launch nothing on a GPU)."""
 
     def __init__(self) -> None:
         super().__init__()
         self.count = 0
+        self.computing = 0
         self.on = False
 
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
-        self.count += self.on
+        if self.on:
+            self.count += 1
+            self.computing += not func.is_view
         return func(*args, **(kwargs or {}))
 
 
@@ -58,8 +64,9 @@ class Autocast(torch.nn.Module):
 
 
 def measure(engine: Engine, jobs: int, size: int, precision: str, optimizer: str,
-            warmup: int = 5, timed: int = 20) -> tuple[float, float]:  # fmt: skip
-    """(operations per iteration per job, ms per iteration) for ``jobs`` run as one batch."""
+            warmup: int = 5, timed: int = 20) -> tuple[float, float, float]:  # fmt: skip
+    """(operations, of them not views, per iteration per job; ms per iteration) for ``jobs``
+    run as one batch."""
     content, style = samples.content(), samples.style(size=size)
     options = StyleOptions.from_preset(
         "default", size=size, iterations=warmup + timed, num_scales=1, precision=precision,
@@ -75,7 +82,7 @@ def measure(engine: Engine, jobs: int, size: int, precision: str, optimizer: str
                 stamps.append(time.perf_counter())
                 ops.on = warmup <= len(stamps) < warmup + timed
     ms = float(np.median(np.diff(stamps[warmup - 1 :]))) * 1000.0
-    return ops.count / timed / jobs, ms
+    return ops.count / timed / jobs, ops.computing / timed / jobs, ms
 
 
 def main() -> None:
@@ -84,6 +91,7 @@ def main() -> None:
     p.add_argument("--size", type=int, default=32)
     p.add_argument("--batch", type=int, nargs="+", default=[1, 4, 16])
     p.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"])
+    p.add_argument("--repeats", type=int, default=3, help="rounds; the medians are printed")
     args = p.parse_args()
     engine = Engine(device=args.device)
     name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else (
@@ -92,26 +100,30 @@ def main() -> None:
           f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; "
           f"{args.size} px, default preset")  # fmt: skip
     print(f"{'precision':>9} {'optimizer':>9} {'network':>22} {'jobs':>4} "
-          f"{'ops/iter/job':>12} {'ms/iter':>8}")  # fmt: skip
+          f"{'ops/iter/job':>12} {'not views':>9} {'ms/iter':>8}")  # fmt: skip
     plain = engine.net
     for precision in engine.supported_precisions:
         if precision == "float16":
             continue
         for optimizer in args.optimizers:
-            rows = []
+            configs = [("weights cast once", jobs) for jobs in args.batch]
             if precision != "float32":
-                engine.net = Autocast(plain, engine.device)
-                try:
-                    rows.append(("autocast (as before)", 1, *measure(
-                        engine, 1, args.size, precision, optimizer)))  # fmt: skip
-                finally:
-                    engine.net = plain
-            for jobs in args.batch:
-                rows.append(("weights cast once", jobs,
-                             *measure(engine, jobs, args.size, precision, optimizer)))  # fmt: skip
-            for network, jobs, ops, ms in rows:
+                configs.insert(0, ("autocast (as before)", 1))
+            # Each configuration once per round, so the machine's drift touches all alike.
+            runs: dict[tuple[str, int], list[tuple[float, float, float]]] = {}
+            for _ in range(args.repeats):
+                for network, jobs in configs:
+                    if network.startswith("autocast"):
+                        engine.net = Autocast(plain, engine.device)
+                    try:
+                        measured = measure(engine, jobs, args.size, precision, optimizer)
+                    finally:
+                        engine.net = plain
+                    runs.setdefault((network, jobs), []).append(measured)
+            for (network, jobs), measured in runs.items():
+                ops, computing, ms = (statistics.median(column) for column in zip(*measured))
                 print(f"{precision:>9} {optimizer:>9} {network:>22} {jobs:>4} "
-                      f"{ops:>12.1f} {ms:>8.2f}")  # fmt: skip
+                      f"{ops:>12.1f} {computing:>9.1f} {ms:>8.2f}")  # fmt: skip
 
 
 if __name__ == "__main__":
