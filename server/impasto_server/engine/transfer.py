@@ -867,7 +867,7 @@ class _Stage:
             # this stage (see _default_pairs): it is allocated now, in full.
             self.lbfgs = LBFGS(self.x, history=history)
         else:
-            self.adam = torch.optim.Adam([self.x], lr=options.learning_rate)
+            self.adam = torch.optim.Adam([self.x], lr=options.learning_rate, fused=True)
         self.curvature: list[float] | None = None  # read back with the loss terms
 
     def pending_read(self) -> torch.Tensor | None:
