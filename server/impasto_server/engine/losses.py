@@ -54,23 +54,51 @@ def tv_loss(pixels: torch.Tensor) -> torch.Tensor:
 # per run: a batch's terms in a few operations instead of a few for every run.
 
 
-def grams(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, C): ``gram`` of each of the N images of (N, C, h, w) features."""
-    f = features.float()
-    n, c = f.shape[:2]
-    if f.is_contiguous():
-        flat = f.view(n, c, -1)  # (N, C, M)
-        g = torch.bmm(flat, flat.transpose(1, 2))
-    else:  # channels_last: (N, M, C) in memory already
-        flat = f.permute(0, 2, 3, 1).reshape(n, -1, c)
-        g = torch.bmm(flat.transpose(1, 2), flat)
-    return g / (f.shape[2] * f.shape[3])
+def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(N, C, h, w) features as (N, M, C) in channels_last memory (True) or (N, C, M) (False),
+    without a copy."""
+    n, c = features.shape[:2]
+    if features.is_contiguous():
+        return features.view(n, c, -1), False
+    return features.permute(0, 2, 3, 1).reshape(n, -1, c), True
 
 
-def style_layer_losses(g: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(N,): ``style_layer_loss`` of each run, from (N, C, C) Grams and targets."""
-    n = g.shape[-1]
-    return (g - targets).square().sum(dim=(1, 2)) / (4.0 * n * n)
+class _StyleLoss(torch.autograd.Function):
+    """``style_layer_losses(grams(features), targets)`` with its gradient written out:
+    E = 1/(4 C^2) sum (G - A)^2 with G = F F^T / M gives dE/dF = (G - A) F / (C^2 M) (G - A is
+    symmetric). Autograd's version keeps a float32 copy of every style layer's features for the
+    product's backward and runs about twenty operations a layer; this keeps the features as they
+    came (bfloat16 from a bfloat16 network, half the bytes) and the C x C difference, and runs
+    about ten."""
+
+    @staticmethod
+    def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+        c = features.shape[1]
+        m = features.shape[2] * features.shape[3]
+        flat, last = _positions(features.float())
+        g = torch.bmm(flat.transpose(1, 2), flat) if last else torch.bmm(flat, flat.transpose(1, 2))
+        difference = g.div_(m).sub_(targets)
+        ctx.save_for_backward(features, difference)
+        return difference.square().sum(dim=(1, 2)) / (4.0 * c * c)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
+        features, difference = ctx.saved_tensors
+        n, c, h, w = features.shape
+        scaled = difference * (grad / (c * c * h * w)).view(n, 1, 1)
+        flat, last = _positions(features.float())
+        if last:  # (N, M, C) @ (N, C, C), back to (N, C, h, w) in channels_last memory
+            out = torch.bmm(flat, scaled).view(n, h, w, c).permute(0, 3, 1, 2)
+        else:
+            out = torch.bmm(scaled, flat).view(n, c, h, w)
+        return out.to(features.dtype), None
+
+
+def style_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N,): ``style_layer_loss(gram(f), target)`` of each image of (N, C, h, w) features
+    against (N, C, C) targets, which are Gram matrices (symmetric: the gradient relies on it);
+    float32 whatever the features' precision."""
+    return _StyleLoss.apply(features, targets)
 
 
 def content_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -20,7 +20,7 @@ from typing import Any
 
 import torch
 
-from .losses import content_layer_losses, grams, style_layer_losses, tv_losses
+from .losses import content_layer_losses, style_layer_losses, tv_losses
 
 # The loss terms of a run, in the order every objective records them.
 TERMS = ("content", "style", "tv", "total")
@@ -106,7 +106,7 @@ def objective(
         content = content + weights * content_layer_losses(feats[name], targets)
     style = zero
     for name, (targets, weights) in shared.style.items():
-        style = style + weights * style_layer_losses(grams(feats[name]), targets)
+        style = style + weights * style_layer_losses(feats[name], targets)
     tv = tv_losses(x) * shared.weights[2] if shared.tv else zero
     content = content * shared.weights[0]
     style = style * shared.weights[1]

@@ -23,7 +23,7 @@ from . import imaging, shared
 from .cache import GramCache
 from .events import Progress, Result
 from .lbfgs import LBFGS
-from .losses import content_layer_loss, gram, style_layer_loss, tv_loss
+from .losses import content_layer_loss, gram, style_layer_loss, style_layer_losses, tv_loss
 from .memory import (
     MIN_PAIRS,
     PAIR_BYTES_PER_PIXEL,
@@ -526,6 +526,8 @@ class Engine:
                             "a batch of %d runs ran out of memory; it goes on with one pass "
                             "per run", len(live),
                         )  # fmt: skip
+                        for _, run in live:
+                            run.stage.shared = None  # the batch's stacked targets
                         self._free_memory()
                 if split:
                     for i, run in live:
@@ -925,11 +927,14 @@ class _Stage:
         style = x.new_zeros((), dtype=torch.float32)
         for r, region in enumerate(self.regions):
             for layer, weight in options.style_layers.items():
-                if weight:
-                    g = gram(feats[layer], self._mask(r, layer, feats[layer]))
-                    style = style + weight * region.area * style_layer_loss(
-                        g, region.targets[layer]
-                    )
+                if not weight:
+                    continue
+                mask = self._mask(r, layer, feats[layer])
+                if mask is None:
+                    loss = style_layer_losses(feats[layer], region.targets[layer][None])[0]
+                else:
+                    loss = style_layer_loss(gram(feats[layer], mask), region.targets[layer])
+                style = style + weight * region.area * loss
         terms = {
             "content": options.content_weight * content,
             "style": options.style_weight * style,
