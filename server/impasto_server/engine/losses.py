@@ -66,10 +66,10 @@ def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
 class _StyleLoss(torch.autograd.Function):
     """``style_layer_loss(gram(f), target)`` for each image of a batch, with its gradient
     written out: E = 1/(4 C^2) sum (G - A)^2 with G = F F^T / M gives dE/dF = (G - A) F /
-    (C^2 M) (G - A is symmetric). Autograd's version keeps a float32 copy of every style layer's features for the
-    product's backward and runs about twenty operations a layer; this keeps the features as they
-    came (bfloat16 from a bfloat16 network, half the bytes) and the C x C difference, and runs
-    about ten."""
+    (C^2 M) (G - A is symmetric). Autograd's version keeps a float32 copy of every style
+    layer's features for the product's backward and runs about twenty operations a layer; this
+    keeps the features as they came (bfloat16 from a bfloat16 network, half the bytes) and the
+    C x C difference, and runs about ten."""
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
