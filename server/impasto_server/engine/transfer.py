@@ -535,6 +535,8 @@ class Engine:
                             self._evaluate([run.stage])
                         except Exception as exc:  # noqa: BLE001 - it ends that run alone
                             errors[i] = exc
+                else:
+                    _adam_together([run.stage for _, run in live])
                 stepped = []
                 for i, run in live:
                     if i in errors:
@@ -835,6 +837,36 @@ class PreparedRun:
         )  # fmt: skip
 
 
+def _adam_together(stages: list[_Stage]) -> None:
+    """The Adam steps of a batch's runs that share their settings as one fused step (one
+    kernel on a GPU for all of them, not one or two for each): a temporary optimiser over their
+    images that works on each run's own state, so every run's step is the one its own
+    optimiser would take. Runs in their first iteration (whose gradient ``step`` still scales),
+    with a loss that is not finite (``step`` ends them) or alone in their settings step alone.
+    Marks the runs it stepped."""
+    groups: dict[tuple, list[_Stage]] = {}
+    for stage in stages:
+        adam = stage.adam
+        if adam is None or not stage.scale or stage.x not in adam.state:
+            continue
+        if not all(math.isfinite(v) for v in stage.losses.values()):
+            continue
+        group = adam.param_groups[0]
+        groups.setdefault((group["lr"], group["betas"], group["eps"]), []).append(stage)
+    for (lr, betas, eps), members in groups.items():
+        if len(members) < 2:
+            continue
+        together = torch.optim.Adam(
+            [stage.x for stage in members], lr=lr, betas=betas, eps=eps, fused=True
+        )
+        for stage in members:
+            assert stage.adam is not None
+            together.state[stage.x] = stage.adam.state[stage.x]  # the same tensors, updated
+        together.step()
+        for stage in members:
+            stage.adam_stepped = True
+
+
 class _Stage:
     """One size of the coarse-to-fine schedule: the image being optimised, its targets, its
     optimiser. An iteration is ``objective`` on the features of a (maybe shared) forward pass,
@@ -871,6 +903,7 @@ class _Stage:
         else:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate, fused=True)
         self.curvature: list[float] | None = None  # read back with the loss terms
+        self.adam_stepped = False
 
     def pending_read(self) -> torch.Tensor | None:
         """After the backward pass: device values this stage's step needs on the host, read
@@ -900,6 +933,8 @@ class _Stage:
             # Without a line search L-BFGS evaluates once per step, at the current point:
             # the pass that was just made (maybe shared with other runs).
             self.lbfgs.step(self.curvature)
+        elif self.adam_stepped:  # with the batch's (see _adam_together)
+            self.adam_stepped = False
         else:
             assert self.adam is not None
             self.adam.step()
