@@ -212,3 +212,21 @@ def test_runs_with_other_layers_or_a_mask_keep_their_own_losses_in_a_batch(
             for term in ("content", "style", "tv", "total"):
                 expected = pytest.approx(alone.losses[term], rel=1e-5, abs=near)
                 assert first[i][term] == expected, (i, term)
+
+
+def test_a_batchs_shared_adam_step_is_each_runs_own_to_the_bit(engine, content, style, monkeypatch):
+    from impasto_server.engine import transfer
+
+    options = StyleOptions.from_preset(
+        "default", size=40, iterations=5, num_scales=1, optimizer="adam", seed=4
+    )
+    jobs = [(content, style, options), (content, style, options.replace(seed=9, init="noise"))]
+
+    def results() -> list[np.ndarray]:
+        together = _together(engine, jobs)
+        return [together[i][-1].image for i in range(len(jobs))]
+
+    shared = results()
+    monkeypatch.setattr(transfer, "_adam_together", lambda stages: None)  # each run steps alone
+    for own, one in zip(results(), shared, strict=True):
+        assert np.array_equal(own, one)
