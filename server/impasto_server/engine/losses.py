@@ -6,6 +6,21 @@ from __future__ import annotations
 import torch
 
 
+def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
+    """(N, C, h, w) features as (N, M, C) in channels_last memory (True; on a GPU: the memory
+    is (M, C) already) or (N, C, M) (False), without a copy."""
+    n, c = features.shape[:2]
+    if features.is_contiguous():
+        return features.view(n, c, -1), False
+    return features.permute(0, 2, 3, 1).reshape(n, -1, c), True
+
+
+def _products(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, C): F F^T of each image of (N, C, h, w) features, read in their memory layout."""
+    flat, last = _positions(features)
+    return torch.bmm(flat.transpose(1, 2), flat) if last else torch.bmm(flat, flat.transpose(1, 2))
+
+
 def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
     """Gram matrix of (1, N, h, w) features divided by the number of positions M.
 
@@ -15,19 +30,12 @@ def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tens
     images while letting the style image differ in size from the content.
     """
     f = features.float()
-    n = f.shape[1]
     if mask is not None:
         f = f * mask
         denominator = mask.square().sum().clamp_min(1e-8)
     else:
         denominator = f.shape[2] * f.shape[3]
-    if f.is_contiguous():
-        flat = f.view(n, -1)  # (N, M)
-        g = flat @ flat.t()
-    else:  # channels_last (on a GPU): the memory is (M, N) already, so no copy
-        flat = f.permute(0, 2, 3, 1).reshape(-1, n)
-        g = flat.t() @ flat
-    return g / denominator
+    return _products(f)[0] / denominator
 
 
 def style_layer_loss(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -54,15 +62,6 @@ def tv_loss(pixels: torch.Tensor) -> torch.Tensor:
 # per run: a batch's terms in a few operations instead of a few for every run.
 
 
-def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
-    """(N, C, h, w) features as (N, M, C) in channels_last memory (True) or (N, C, M) (False),
-    without a copy."""
-    n, c = features.shape[:2]
-    if features.is_contiguous():
-        return features.view(n, c, -1), False
-    return features.permute(0, 2, 3, 1).reshape(n, -1, c), True
-
-
 class _StyleLoss(torch.autograd.Function):
     """``style_layer_loss(gram(f), target)`` for each image of a batch, with its gradient
     written out: E = 1/(4 C^2) sum (G - A)^2 with G = F F^T / M gives dE/dF = (G - A) F /
@@ -75,9 +74,7 @@ class _StyleLoss(torch.autograd.Function):
     def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         c = features.shape[1]
         m = features.shape[2] * features.shape[3]
-        flat, last = _positions(features.float())
-        g = torch.bmm(flat.transpose(1, 2), flat) if last else torch.bmm(flat, flat.transpose(1, 2))
-        difference = g.div_(m).sub_(targets)
+        difference = _products(features.float()).div_(m).sub_(targets)
         ctx.save_for_backward(features, difference)
         return difference.square().sum(dim=(1, 2)) / (4.0 * c * c)
 
