@@ -12,7 +12,6 @@ from the solo ones: the mean and largest 8-bit pixel difference, and the yardsti
 from __future__ import annotations
 
 import argparse
-import platform
 import time
 
 import numpy as np
@@ -20,6 +19,7 @@ import torch
 from impasto import samples
 from impasto_server.engine import Engine, Progress, Result, StyleOptions
 from impasto_server.engine.yardstick import Yardstick
+from machine import describe  # beside this script
 
 
 def _first_apart(solo: list[float], batched: list[float]) -> int | None:
@@ -48,10 +48,7 @@ def main() -> None:
         for i in range(args.jobs)
     ]  # fmt: skip
     style = samples.style(size=args.size)
-    name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else (
-        platform.processor() or platform.machine())  # fmt: skip
-    print(f"device: {engine.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()}"
-          f" threads, {time.strftime('%Y-%m-%d')}; {args.jobs} jobs of {args.size} px, "
+    print(f"device: {describe(engine.device)}; {args.jobs} jobs of {args.size} px, "
           f"{args.iterations} iterations, {precision}")  # fmt: skip
     print(f"{'optimizer':9} {'alone s':>8} {'batch s':>8} {'ratio':>6} {'px mean':>8} "
           f"{'px max':>6} {'apart at':>8} {'style alone':>11} {'style batch':>11}")  # fmt: skip

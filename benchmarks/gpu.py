@@ -36,7 +36,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import platform
 import sys
 import time
 import traceback
@@ -46,6 +45,7 @@ import numpy as np
 import torch
 from impasto import samples
 from impasto_server.engine import Cancelled, Engine, InsufficientMemory, Progress, StyleOptions
+from machine import device_name  # beside this script
 
 
 @contextlib.contextmanager
@@ -416,8 +416,8 @@ def main() -> None:
     iters, warm = (3, 2) if toy else (20, 5)
     precisions = [("float32", False), ("tf32", True), ("bfloat16", True)] if cuda else [
         ("float32", False)]  # fmt: skip
-    name = torch.cuda.get_device_name() if cuda else platform.processor() or platform.machine()
-    print(f"device: {device} ({name}); torch {torch.__version__}; {time.strftime('%Y-%m-%d')}")
+    print(f"device: {device} ({device_name(device)}); torch {torch.__version__}; "
+          f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     rows = Rows()
     # In order of what matters most, so that a run cut short by its limit loses the least.
     for size in sizes if "iteration" in only else ():

@@ -21,7 +21,6 @@ precision the device supports and per optimizer:
 from __future__ import annotations
 
 import argparse
-import platform
 import statistics
 import time
 
@@ -29,6 +28,7 @@ import numpy as np
 import torch
 from impasto import samples
 from impasto_server.engine import Engine, Progress, StyleOptions
+from machine import describe  # beside this script
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
@@ -94,11 +94,7 @@ def main() -> None:
     p.add_argument("--repeats", type=int, default=3, help="rounds; the medians are printed")
     args = p.parse_args()
     engine = Engine(device=args.device)
-    name = torch.cuda.get_device_name() if engine.device.startswith("cuda") else (
-        platform.processor() or platform.machine())  # fmt: skip
-    print(f"device: {engine.device} ({name}), torch {torch.__version__}, "
-          f"{torch.get_num_threads()} threads, {time.strftime('%Y-%m-%d')}; "
-          f"{args.size} px, default preset")  # fmt: skip
+    print(f"device: {describe(engine.device)}; {args.size} px, default preset")
     print(f"{'precision':>9} {'optimizer':>9} {'network':>22} {'jobs':>4} "
           f"{'ops/iter/job':>12} {'not views':>9} {'ms/iter':>8}")  # fmt: skip
     plain = engine.net

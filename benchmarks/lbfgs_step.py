@@ -14,13 +14,13 @@ from __future__ import annotations
 
 import argparse
 import gc
-import platform
 import statistics
 import time
 
 import torch
 from impasto_server.engine.host_reads import HostReads
 from impasto_server.engine.lbfgs import LBFGS
+from machine import describe  # beside this script
 
 
 def _sync(device: str) -> None:
@@ -82,13 +82,7 @@ def main() -> None:
     parser.add_argument("--history", type=int, nargs="+", default=[10, 100])
     parser.add_argument("--device", default="cpu")
     args = parser.parse_args()
-    name = (
-        torch.cuda.get_device_name()
-        if args.device.startswith("cuda")
-        else platform.processor() or platform.machine()
-    )
-    print(f"{args.device} ({name}), torch {torch.__version__}, {torch.get_num_threads()} threads, "
-          f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
+    print(describe(args.device))
     print(f"{'size':>5} {'history':>7} {'torch ms':>9} {'impasto ms':>10} {'ratio':>6} "
           f"{'torch reads':>11} {'impasto reads':>13}")  # fmt: skip
     for side in args.sizes:
