@@ -45,21 +45,20 @@ def style_layer_loss(g: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
 
 
 def content_layer_loss(features: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
-    """The paper's content loss: 1/2 sum (F - P)^2."""
-    return 0.5 * (features.float() - target).square().sum()
+    """The paper's content loss: 1/2 sum (F - P)^2, of (1, C, h, w) features."""
+    return content_layer_losses(features, target)[0]
 
 
 def tv_loss(pixels: torch.Tensor) -> torch.Tensor:
-    """Total variation: the sum of squared differences between neighbouring pixels (0..1 units),
-    divided by the number of pixels so its weight does not depend on the image size."""
-    x = pixels.float() / 255.0
-    dx = (x[..., :, 1:] - x[..., :, :-1]).square().sum()
-    dy = (x[..., 1:, :] - x[..., :-1, :]).square().sum()
-    return (dx + dy) / (x.shape[-1] * x.shape[-2])
+    """Total variation of (1, 3, H, W) pixels: the sum of squared differences between
+    neighbouring pixels (0..1 units), divided by the number of pixels so its weight does not
+    depend on the image size."""
+    return tv_losses(pixels)[0]
 
 
-# The same losses for runs batched along the first axis (one image each, no masks), one value
-# per run: a batch's terms in a few operations instead of a few for every run.
+# The losses of images batched along the first axis (no masks), one value per image: a batch's
+# terms in a few operations instead of a few for every run. The content and total-variation
+# losses above are these for one image.
 
 
 class _StyleLoss(torch.autograd.Function):
@@ -99,7 +98,7 @@ def style_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 
 def content_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(N,): ``content_layer_loss`` of each run."""
+    """(N,): ``content_layer_loss`` of each image of (N, C, h, w) features."""
     return 0.5 * (features.float() - targets).square().sum(dim=(1, 2, 3))
 
 
