@@ -15,10 +15,41 @@ def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return features.permute(0, 2, 3, 1).reshape(n, -1, c), True
 
 
-def _products(features: torch.Tensor) -> torch.Tensor:
-    """(N, C, C): F F^T of each image of (N, C, h, w) features, read in their memory layout."""
+def _products(features: torch.Tensor, **out_dtype: torch.dtype) -> torch.Tensor:
+    """(N, C, C): F F^T of each image of (N, C, h, w) features, read in their memory layout
+    (``out_dtype=torch.float32``: of half-precision features, summed and returned in float32)."""
     flat, last = _positions(features)
-    return torch.bmm(flat.transpose(1, 2), flat) if last else torch.bmm(flat, flat.transpose(1, 2))
+    if last:
+        return torch.bmm(flat.transpose(1, 2), flat, **out_dtype)
+    return torch.bmm(flat, flat.transpose(1, 2), **out_dtype)
+
+
+_FLOAT_PRODUCTS: dict[tuple[str, torch.dtype], bool] = {}
+
+
+def float_products(features: torch.Tensor) -> torch.Tensor:
+    """``_products`` of features in float32, from half-precision features without a float32
+    copy of them where the device can (torch's ``out_dtype`` products, CUDA only: the products
+    of 8-bit mantissas are exact in float32, so this is the float32 Gram summed in another
+    order, and a half-precision matrix product, on tensor cores). Whether it can is found out
+    once per device type and precision, on a tiny product checked against the copy's."""
+    if features.dtype not in (torch.bfloat16, torch.float16):
+        return _products(features.float())
+    key = (features.device.type, features.dtype)
+    able = _FLOAT_PRODUCTS.get(key)
+    if able is None:
+        probe = torch.arange(24.0, device=features.device).view(1, 2, 3, 4).to(features.dtype)
+        try:
+            able = all(
+                torch.equal(_products(f, out_dtype=torch.float32), _products(f.float()))
+                for f in (probe, probe.contiguous(memory_format=torch.channels_last))
+            )
+        except (NotImplementedError, RuntimeError, TypeError):  # no such product here
+            able = False
+        _FLOAT_PRODUCTS[key] = able
+    if able:
+        return _products(features, out_dtype=torch.float32)
+    return _products(features.float())
 
 
 def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -67,13 +98,18 @@ class _StyleLoss(torch.autograd.Function):
     (C^2 M) (G - A is symmetric). Autograd's version keeps a float32 copy of every style
     layer's features for the product's backward and runs about twenty operations a layer; this
     keeps the features as they came (bfloat16 from a bfloat16 network, half the bytes) and the
-    C x C difference, and runs about ten."""
+    C x C difference, and runs about ten.
+
+    With half-precision features the gradient's product runs in their precision (the C x C
+    matrix rounded to it, summed in float32 by the device's matrix product) and comes out in
+    it, as the network's backward takes it: no float32 copy of the features and no cast of the
+    result, each a pass over the layer's memory (and, on a GPU, a product on tensor cores)."""
 
     @staticmethod
     def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         c = features.shape[1]
         m = features.shape[2] * features.shape[3]
-        difference = _products(features.float()).div_(m).sub_(targets)
+        difference = float_products(features).div_(m).sub_(targets)
         ctx.save_for_backward(features, difference)
         return difference.square().sum(dim=(1, 2)) / (4.0 * c * c)
 
@@ -81,13 +117,11 @@ class _StyleLoss(torch.autograd.Function):
     def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
         features, difference = ctx.saved_tensors
         n, c, h, w = features.shape
-        scaled = difference * (grad / (c * c * h * w)).view(n, 1, 1)
-        flat, last = _positions(features.float())
+        scaled = (difference * (grad / (c * c * h * w)).view(n, 1, 1)).to(features.dtype)
+        flat, last = _positions(features)
         if last:  # (N, M, C) @ (N, C, C), back to (N, C, h, w) in channels_last memory
-            out = torch.bmm(flat, scaled).view(n, h, w, c).permute(0, 3, 1, 2)
-        else:
-            out = torch.bmm(scaled, flat).view(n, c, h, w)
-        return out.to(features.dtype), None
+            return torch.bmm(flat, scaled).view(n, h, w, c).permute(0, 3, 1, 2), None
+        return torch.bmm(scaled, flat).view(n, c, h, w), None
 
 
 def style_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -98,8 +132,9 @@ def style_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.T
 
 
 def content_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-    """(N,): ``content_layer_loss`` of each image of (N, C, h, w) features."""
-    return 0.5 * (features.float() - targets).square().sum(dim=(1, 2, 3))
+    """(N,): ``content_layer_loss`` of each image of (N, C, h, w) features against float32
+    targets (the difference is float32: no float32 copy of half-precision features first)."""
+    return 0.5 * (features - targets).square().sum(dim=(1, 2, 3))
 
 
 def tv_losses(pixels: torch.Tensor) -> torch.Tensor:
