@@ -230,3 +230,36 @@ def test_a_batchs_shared_adam_step_is_each_runs_own_to_the_bit(engine, content, 
     monkeypatch.setattr(transfer, "_adam_together", lambda stages: None)  # each run steps alone
     for own, one in zip(results(), shared, strict=True):
         assert np.array_equal(own, one)
+
+
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_a_run_alone_takes_the_batched_terms_of_its_own_objective(
+    engine, content, style, precision
+):
+    # A run without a mask is computed as a batch of one (shared.objective); its terms and
+    # gradient are those its own objective (the per-run path masked runs keep) gives.
+    from impasto_server.engine import shared
+
+    options = StyleOptions.from_preset(
+        "default", size=40, iterations=2, num_scales=1, optimizer="adam", seed=2,
+        tv_weight=1e6, init="noise", precision=precision,
+        content_layers={"conv4_2": 1.0, "conv2_2": 0.5},
+    )  # fmt: skip
+    run = engine.prepare(content, [style], options)
+    run.begin_stage(0)
+    stage = run.stage
+    stage.scale = 3.0  # as after the first step
+
+    def evaluate(objective):
+        stage.x.grad = None
+        feats = engine.net(stage.x, stage.layers, options.pooling, engine._dtype(precision))
+        value, terms = objective(feats)
+        value.backward()
+        return value.item(), terms.tolist(), stage.x.grad.clone()
+
+    batched = evaluate(lambda feats: shared.objective([stage], stage.x, feats))
+    own = evaluate(lambda feats: (stage.objective(feats), torch.stack(list(stage.terms.values()))))
+    assert batched[0] == pytest.approx(own[0], rel=1e-6)
+    assert batched[1][0] == pytest.approx(own[1], rel=1e-6)
+    assert all(batched[1][0][:3])  # every term counted (content, style, tv)
+    torch.testing.assert_close(batched[2], own[2], rtol=1e-5, atol=1e-6 * own[2].abs().max())

@@ -8,8 +8,9 @@ launches set the pace. Here each term is one batched operation for the whole bat
 of the runs are stacked once per batch and stage, their weights are vectors.
 
 Runs qualify when their style covers the whole image (one region, no mask); the engine computes
-the others one by one as before. Every run's terms and gradient are its own, as alone, up to
-float rounding (sums in another order).
+the others one by one (``_Stage.objective``). A qualifying run alone is a batch of one: its
+targets are used as they are, not copied. Every run's terms and gradient are its own, as alone,
+up to float rounding (sums in another order).
 """
 
 from __future__ import annotations
@@ -48,8 +49,10 @@ def qualifies(stage: Any) -> bool:
 def _stack(tensors: list[torch.Tensor | None], along: str) -> torch.Tensor:
     """The runs' targets of one layer along a new first axis ("new": (C, C) Grams) or the
     first axis they have ("first": (1, C, h, w) features); None (a run whose weight for the
-    layer is 0, so it has no target) as zeros."""
+    layer is 0, so it has no target) as zeros. One run's are its own tensors, not a copy."""
     like = next(t for t in tensors if t is not None)
+    if len(tensors) == 1:
+        return like[None] if along == "new" else like
     filled = [t if t is not None else torch.zeros_like(like) for t in tensors]
     return torch.stack(filled) if along == "new" else torch.cat(filled)
 

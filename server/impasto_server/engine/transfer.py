@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from . import imaging, shared
 from .cache import GramCache
 from .events import Progress, Result
+from .graphs import PassGraphs
 from .lbfgs import LBFGS
 from .losses import content_layer_loss, gram, style_layer_loss, style_layer_losses, tv_loss
 from .memory import (
@@ -106,6 +107,7 @@ class Engine:
         max_pixels: int = 4096 * 4096,
         cache_bytes: int = 256 << 20,
         job_memory_bytes: int | None = None,
+        cuda_graphs: bool = False,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -115,6 +117,10 @@ class Engine:
             raise EngineError("device", str(exc)) from exc
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError("device", f"{device} asked for, but CUDA is not available")
+        if cuda_graphs and self._device.type != "cuda":
+            raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
+        # Each batch's pass replayed as a CUDA graph (see graphs.py); off until measured.
+        self.cuda_graphs = cuda_graphs
         net = load_feature_net(weights, preprocessing)
         self._cuda = self._device.type == "cuda"
         # Images go through the network in channels_last on a GPU (cuDNN's fast layout); the
@@ -492,6 +498,7 @@ class Engine:
         # Set when a shared pass runs out of memory: the runs then go on one pass each, from
         # where they are (the failed pass stepped no optimiser).
         split = False
+        graphs = PassGraphs(self._device) if self.cuda_graphs else None
         for index, stage_iterations in enumerate(first.per_stage):
             staged = []
             for i, run in live:
@@ -514,7 +521,7 @@ class Engine:
                 errors: dict[int, BaseException] = {}
                 if not split:
                     try:
-                        self._evaluate([run.stage for _, run in live])
+                        self._evaluate([run.stage for _, run in live], graphs)
                     except Exception as exc:  # noqa: BLE001 - the shared pass failed
                         if not (len(live) > 1 and is_out_of_memory(exc)):
                             for i, _run in live:
@@ -528,6 +535,7 @@ class Engine:
                         )  # fmt: skip
                         for _, run in live:
                             run.stage.shared = None  # the batch's stacked targets
+                        graphs = None
                         self._free_memory()
                 if split:
                     for i, run in live:
@@ -560,20 +568,20 @@ class Engine:
         if self._cuda:
             torch.cuda.empty_cache()
 
-    def _evaluate(self, stages: list[_Stage]) -> None:
+    def _pass(self, stages: Sequence[_Stage]) -> torch.Tensor:
         """One forward and backward pass over every stage's image at once; leaves each image's
-        gradient of its own (scaled) objective in ``x.grad``."""
+        gradient of its own (scaled) objective in ``x.grad`` and returns the stages' loss
+        terms, (N, 4) in ``shared.TERMS`` order."""
         lead = stages[0]
         for stage in stages:
             stage.x.grad = None
         x = lead.x if len(stages) == 1 else torch.cat([stage.x for stage in stages])
         layers = tuple(dict.fromkeys(layer for stage in stages for layer in stage.layers))
         feats = self.net(x, layers, lead.options.pooling, self._dtype(lead.options.precision))
-        if len(stages) > 1 and all(shared.qualifies(stage) for stage in stages):
-            # Every term for the whole batch at once (see shared.py).
+        if all(shared.qualifies(stage) for stage in stages):
+            # Every term for the whole batch at once (see shared.py); a run alone is a batch
+            # of one (fewer operations than its own objective's scalar arithmetic).
             objective, terms = shared.objective(stages, x, feats)
-            for stage, row in zip(stages, terms, strict=True):
-                stage.terms = dict(zip(shared.TERMS, row, strict=True))
         else:
             objective = x.new_zeros((), dtype=torch.float32)
             for b, stage in enumerate(stages):
@@ -583,6 +591,21 @@ class Engine:
         # The images are independent along the batch axis (VGG19 has no batch statistics),
         # so the gradient of the sum with respect to each image is that of its own objective.
         objective.backward()
+        return terms
+
+    def _evaluate(self, stages: list[_Stage], graphs: PassGraphs | None = None) -> None:
+        """The pass of ``_pass``, replayed from ``graphs`` once the stages' objectives are
+        fixed, then the one read of its results for the host."""
+        terms = None
+        if graphs is not None:
+            if all(stage.steps >= 2 for stage in stages):  # each scale known (see graphs.py)
+                terms = graphs.run(stages, self._pass)
+            else:
+                graphs.release()
+        if terms is None:
+            terms = self._pass(stages)
+        for stage, row in zip(stages, terms, strict=True):
+            stage.terms = dict(zip(shared.TERMS, row, strict=True))
         # One read from the device for the whole pass: every stage's loss terms, and what each
         # L-BFGS step needs to know on the host (the curvature of its new pair).
         pending = [stage.pending_read() for stage in stages]
@@ -904,6 +927,7 @@ class _Stage:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate, fused=True)
         self.curvature: list[float] | None = None  # read back with the loss terms
         self.adam_stepped = False
+        self.steps = 0  # optimiser steps taken
 
     def pending_read(self) -> torch.Tensor | None:
         """After the backward pass: device values this stage's step needs on the host, read
@@ -938,6 +962,7 @@ class _Stage:
         else:
             assert self.adam is not None
             self.adam.step()
+        self.steps += 1
         return dict(self.losses)
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:

@@ -1,0 +1,87 @@
+"""A batch's forward and backward pass as one CUDA graph, replayed each iteration.
+
+On a GPU at 512 px the host's launches set an iteration's pace: some 300 kernels, the GPU busy
+about a third of the time (benchmarks/gpu.py, profile). A CUDA graph records the pass's kernels
+once and replays them with one launch. The pass is a graph's ideal: fixed shapes, its input
+the images that the optimisers move in place, and its outputs (each image's gradient and the
+loss terms) written to the same memory every time. The optimiser steps stay outside it: an Adam
+step is one fused kernel; an L-BFGS step depends on host values (which pairs it keeps).
+
+Opt-in (``Engine(cuda_graphs=True)``) until measured on a GPU (benchmarks/gpu.py). A graph is
+recorded for a batch once its runs' objectives are fixed (their scale known: from their third
+pass in a stage, so a memory probe's two passes never record one) and is dropped when the batch
+changes (a new stage, a run that ends); its memory (the pass's activations, kept between
+iterations) is not in the memory plan. A pass that cannot be recorded runs as before.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+from typing import Any
+
+import torch
+
+log = logging.getLogger("impasto_server.engine")
+
+
+class PassGraphs:
+    """The graph of one batch's pass while the batch lasts (one per ``Engine._drive``)."""
+
+    def __init__(self, device: torch.device) -> None:
+        self.device = device
+        self.enabled = True
+        self.recorded = 0  # graphs recorded so far (for tests and benchmarks)
+        self._key: tuple[int, ...] | None = None
+        self._graph: torch.cuda.CUDAGraph | None = None
+        self._terms: torch.Tensor | None = None
+
+    def release(self) -> None:
+        self._key = self._graph = self._terms = None
+
+    def run(
+        self, stages: Sequence[Any], evaluate: Callable[[Sequence[Any]], torch.Tensor]
+    ) -> torch.Tensor | None:
+        """The loss terms of ``stages`` (as ``evaluate(stages)`` returns them) from replaying
+        their pass's graph, recorded now if it is a new batch; each stage's gradient is then in
+        its ``x.grad``. None where the pass must run eagerly (recording failed once: this
+        batch goes on without graphs)."""
+        key = tuple(id(stage) for stage in stages)
+        if key != self._key:
+            self.release()
+            if not self.enabled:
+                return None
+            try:
+                self._record(key, stages, evaluate)
+            except Exception:  # the pass runs eagerly instead
+                log.warning("could not record the pass as a CUDA graph", exc_info=True)
+                self.enabled = False
+                self.release()
+                for stage in stages:
+                    stage.x.grad = None
+                return None
+        assert self._graph is not None and self._terms is not None
+        self._graph.replay()
+        return self._terms
+
+    def _record(
+        self, key: tuple[int, ...], stages: Sequence[Any],
+        evaluate: Callable[[Sequence[Any]], torch.Tensor],
+    ) -> None:  # fmt: skip
+        # As torch's documentation asks: a pass first on the side stream the recording will
+        # use (lazy initialisations and cuDNN's autotuning happen outside the recording), then
+        # the recording, with every gradient unset so the recorded backward writes them in the
+        # graph's memory, where each replay writes them again.
+        stream = torch.cuda.Stream(self.device)
+        stream.wait_stream(torch.cuda.current_stream(self.device))
+        with torch.cuda.stream(stream):
+            evaluate(stages)
+        torch.cuda.current_stream(self.device).wait_stream(stream)
+        for stage in stages:
+            stage.x.grad = None
+        graph = torch.cuda.CUDAGraph()
+        # thread_local: other threads' runs (the server's --max-running) may go on meanwhile.
+        with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
+            terms = evaluate(stages)
+        self._key, self._graph, self._terms = key, graph, terms
+        self.recorded += 1
