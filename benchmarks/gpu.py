@@ -4,6 +4,9 @@
     python benchmarks/gpu.py --toy           # tiny sizes on the CPU (the test suite runs this)
     python benchmarks/gpu.py --only largest,compile     # some parts (names below), e.g. a rerun
 
+0. (checks) Whether the style loss takes the float32 Grams of bfloat16 features without a
+   float32 copy of them (torch's out_dtype products, CUDA only), and how far its loss and
+   gradient are from float64's: the relative error of each, against that of float32 features.
 1. (iteration) ms per iteration (one forward and input-gradient backward through VGG19 to
    conv5_1, the paper's losses, one L-BFGS step) at 512 and 1024 px in float32, TF32 and
    bfloat16 (Gram matrices and losses always float32), timed after warm-up; every
@@ -13,6 +16,9 @@
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 3. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler); the
    busiest kernels to $OUT/profile.txt.
+1b. (graphs) The engine's pass replayed as a CUDA graph (Engine(cuda_graphs=True), opt-in)
+   against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px, and
+   how far the two runs' last losses are apart; the server part adds a 16-client row with it.
 4. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 5. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -36,6 +42,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import statistics
 import sys
 import time
 import traceback
@@ -301,7 +308,79 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
                         f.write(f"{key}: {exc!r}\n")
 
 
-PARTS = ("iteration", "lbfgs", "profile", "compile", "autotune", "largest", "server")
+def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int) -> None:
+    """The engine's pass replayed as a CUDA graph (Engine.cuda_graphs) against eager, in
+    bfloat16: ms per iteration at 512 and 1024 px (L-BFGS, the default preset's) and 512 px
+    (Adam), medians of 3 alternating runs, and how far the graphed run's last total loss is
+    from the eager run's (the same job: the same kernels, replayed)."""
+    for size, optimizer in ((512, "lbfgs"), (512, "adam"), (1024, "lbfgs")):
+        label = f"ms/iteration {size} px bfloat16 {optimizer}, eager / CUDA graphs"
+        with rows.section(label):
+            options = StyleOptions.from_preset(
+                "default", size=size, iterations=warmup + iterations, num_scales=1,
+                precision="bfloat16", optimizer=optimizer, seed=0,
+            )  # fmt: skip
+            times: dict[bool, list[float]] = {False: [], True: []}
+            last: dict[bool, float] = {}
+            for _ in range(3):
+                for graphed in (False, True):
+                    engine.cuda_graphs = graphed
+                    events = [e for e in engine.run(content, [style], options)
+                              if isinstance(e, Progress)]  # fmt: skip
+                    stamps = [e.elapsed for e in events]
+                    times[graphed].append(float(np.median(np.diff(stamps[warmup - 1 :]))) * 1e3)
+                    last[graphed] = events[-1].losses["total"]
+            engine.cuda_graphs = False
+            eager, graphs = (statistics.median(times[g]) for g in (False, True))
+            gap = abs(last[True] - last[False]) / abs(last[False])
+            apart = f"last loss apart by {gap:.1e} of it"
+            rows.append((label, f"{eager:.2f} / {graphs:.2f} ({eager / graphs:.2f}x); {apart}"))
+
+
+def checks_part(device: str, rows: Rows) -> None:
+    from impasto_server.engine import losses
+
+    generator = torch.Generator().manual_seed(0)
+    exact = torch.rand(2, 64, 48, 40, generator=generator, dtype=torch.float64) * 4
+    targets = losses._products(torch.rand(2, 64, 8, 8, generator=generator, dtype=torch.float64))
+    targets = targets / 64
+    reference = exact.clone().requires_grad_(True)  # the paper's E_l in float64, by autograd
+    flat = reference.flatten(2)
+    grams = flat @ flat.transpose(1, 2) / flat.shape[2]
+    expected = (grams - targets).square().sum(dim=(1, 2)) / (4 * 64 * 64)
+    expected.sum().backward()
+    expected = expected.detach()
+
+    def error(dtype: torch.dtype) -> tuple[float, float]:
+        f = exact.to(device, dtype).contiguous(memory_format=torch.channels_last)
+        f.requires_grad_(True)
+        loss = losses.style_layer_losses(f, targets.to(device, torch.float32))
+        loss.sum().backward()
+        assert f.grad is not None
+        value = float(((loss.double().cpu() - expected) / expected).abs().max())
+        grad = f.grad.double().cpu()
+        return value, float((grad - reference.grad).norm() / reference.grad.norm())
+
+    label = "style loss of bfloat16 features"
+    with rows.section(label):
+        low, high = error(torch.bfloat16), error(torch.float32)
+        able = losses._FLOAT_PRODUCTS[(torch.device(device).type, torch.bfloat16)]
+        how = "float32 out_dtype products" if able else "a float32 copy"
+        errors = f"{low[0]:.1e} / {low[1]:.1e} (float32 features {high[0]:.1e} / {high[1]:.1e})"
+        rows.append((label, f"Grams from {how}; relative error of loss / gradient {errors}"))
+
+
+PARTS = (
+    "checks",
+    "iteration",
+    "graphs",
+    "lbfgs",
+    "profile",
+    "compile",
+    "autotune",
+    "largest",
+    "server",
+)
 
 
 class Rows(list):
@@ -352,6 +431,18 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
                 base = base or jpm
                 text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
                 rows.append((label, text))
+    if engine.device.startswith("cuda"):
+        label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), CUDA graphs"
+        with rows.section(label):
+            engine.cuda_graphs = True
+            try:
+                jpm, mean_batch = server_throughput(
+                    engine, many, jobs_each, size, its, GPU_MAX_BATCH
+                )
+            finally:
+                engine.cuda_graphs = False
+            ratio = jpm / (base or jpm)
+            rows.append((label, f"{jpm:.1f} jobs/min ({ratio:.2f}x), mean batch {mean_batch:.1f}"))
     for batch in (1, 16):
         how = f"batched (up to {batch})" if batch > 1 else "alone"
         label = f"server, {many} clients, L-BFGS, {how}"
@@ -419,6 +510,8 @@ def main() -> None:
     print(f"device: {device} ({device_name(device)}); torch {torch.__version__}; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     rows = Rows()
+    if "checks" in only:
+        checks_part(device, rows)
     # In order of what matters most, so that a run cut short by its limit loses the least.
     for size in sizes if "iteration" in only else ():
         for label, allow in precisions:
@@ -427,6 +520,8 @@ def main() -> None:
                 with tf32(allow) if cuda else contextlib.nullcontext():
                     ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
                 rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+    if cuda and "graphs" in only:
+        graphs_part(engine, rows, content, style, iters, warm)
     if "lbfgs" in only:
         step_side, history = (32, 5) if toy else (512, 100)
         step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"

@@ -22,6 +22,10 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     lines = lines[lines.index("-- the table --") :]
     table = dict(line.rsplit("  ", 1) for line in lines[1:] if "  " in line)
     table = {k.strip(): v.strip() for k, v in table.items()}
+    # the style loss of bfloat16 features against float64's: bfloat16's rounding (2^-9), not more
+    check = table["style loss of bfloat16 features"]
+    low, high = (float(v) for v in check.split("loss / gradient ")[1].split(" (")[0].split(" / "))
+    assert 0 < low < 1e-3 and 0 < high < 4e-3, check
     assert float(table["ms/iteration 32 px float32"]) > 0
     assert float(table["ms/iteration 48 px float32"]) > 0
     assert table["largest square (float32)"].startswith("128 px")
