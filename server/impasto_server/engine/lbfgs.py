@@ -13,7 +13,10 @@ and gamma = y.s / y.y of the newest pair. Only the arithmetic differs:
 - Here the pairs live in one preallocated (history, 2, n) buffer and H g comes from the compact
   representation (Byrd, Nocedal and Schnabel 1994): one matrix-vector product of the stored
   pairs with the gradient (S g, Y g), two triangular solves of history x history, and one
-  product back, about twenty kernels whatever the history. Each pair (s_i, y_i) is one
+  product back (which also scales, adds gamma g and writes the step), about 25 kernels a step
+  whatever the history, the new pair's curvature included. Products of the stored pairs with
+  each other (S^T Y, Y^T Y) are one (2, history, history) matrix, updated by a row, a column
+  and a diagonal a step. Each pair (s_i, y_i) is one
   contiguous block of 2n values, so every product reads the buffer as a matrix whose rows are
   n apart: cuBLAS takes that distance as a 32-bit int (n stays below 2^31 up to about 26700 x
   26700 px), and the layout (s_1..s_m, y_1..y_m) put rows history * n apart, past 2^31 from
@@ -52,18 +55,22 @@ class LBFGS:
         n = self._flat_x.numel()
         kw = {"device": x.device, "dtype": x.dtype}
         self._pairs = torch.empty((history, 2, n), **kw)  # [i, 0]: step s_i, [i, 1]: change y_i
-        self._sy = torch.zeros((history, history), **kw)  # s_i . y_j, in slot order
-        self._yy = torch.zeros((history, history), **kw)  # y_i . y_j
+        # [0]: s_i . y_j, [1]: y_i . y_j (symmetric), in slot order.
+        self._products_sy = torch.zeros((2, history, history), **kw)
         self._count = 0  # pairs stored
         self._head = 0  # slot of the oldest pair once the buffer is full
         self._gamma = 1.0
         self._prev_grad = torch.empty(n, **kw)
-        self._step: torch.Tensor | None = None  # the last step taken, s
-        self._y = torch.empty(n, **kw)
-        self._y_ready = False
-        # From the last step: (S g, Y g) and the coefficients of H g over the stored pairs.
+        # The pair this step may store, in the layout of a slot: [0] the last step taken (s),
+        # [1] the change of gradient since (y), so its curvature is one product and storing
+        # it one copy.
+        self._new = torch.empty((2, n), **kw)
+        self._stepped = False
+        self._curvature: torch.Tensor | None = None  # (y.s, y.y) of _new, on the device
+        # From the last step: (S g, Y g) and the coefficients of H g over the stored pairs,
+        # (k, 2) in the buffer's row order (s_0, y_0, s_1, y_1, ...).
         self._uw = torch.zeros((2, 0), **kw)
-        self._coefficients = torch.zeros((2, 0), **kw)
+        self._coefficients = torch.zeros((0, 2), **kw)
 
     @property
     def stored(self) -> int:
@@ -79,35 +86,36 @@ class LBFGS:
     def curvature(self) -> torch.Tensor | None:
         """On the device, after the backward pass: (y.s, y.y) of the pair this step would store,
         or None before the first step. Read it back and pass it to ``step``."""
-        if self._step is None:
+        if not self._stepped:
             return None
-        torch.sub(self._grad(), self._prev_grad, out=self._y)
-        self._y_ready = True
-        return torch.stack([self._y.dot(self._step), self._y.dot(self._y)])
+        torch.sub(self._grad(), self._prev_grad, out=self._new[1])
+        self._curvature = torch.mv(self._new, self._new[1])
+        return self._curvature
 
     def step(self, curvature: Sequence[float] | None = None) -> None:
         """One step from the gradient in ``x.grad``. ``curvature``: the values that
         ``curvature()`` returned, read back; without them the step reads them itself (one
         device synchronisation)."""
         grad = self._grad()
-        if self._step is None:
+        step = self._new[0]
+        if not self._stepped:
             # torch's first step: steepest descent, at most lr / |g|_1 long.
             t = (1.0 / grad.abs().sum()).clamp(max=1.0) * self.lr
-            step = grad.neg().mul_(t)
+            torch.mul(grad, t.neg(), out=step)
         else:
             if curvature is None:
                 pending = self.curvature()
                 assert pending is not None
                 curvature = pending.tolist()
-            elif not self._y_ready:
+            elif self._curvature is None:
                 raise RuntimeError("curvature values given, but curvature() was not called")
             uw = self._update(grad, float(curvature[0]), float(curvature[1]))
-            step = self._direction(grad, uw).mul_(-self.lr)
+            self._direction(grad, uw, out=step)
             self._uw = uw
         self._flat_x.add_(step)
-        self._step = step
+        self._stepped = True
         self._prev_grad.copy_(grad)
-        self._y_ready = False
+        self._curvature = None
 
     def _update(self, grad: torch.Tensor, ys: float, yy: float) -> torch.Tensor:
         """Store the new pair if its curvature is positive; returns (S g, Y g) over the stored
@@ -118,62 +126,61 @@ class LBFGS:
         kept), and Y s = -lr Y H g_prev from the last step's coefficients and the kept
         products of the stored pairs. So a step reads the history twice, as torch's does."""
         k = self._count
-        uw = self._products(k, grad)  # (2, k): S g, Y g
         if ys <= CURVATURE_EPS:
-            return uw
-        sy_new = uw - self._uw  # (2, k): s_i . y_new, y_i . y_new
-        c = self._coefficients
-        ys_new = (
-            self._gamma * self._uw[1] + self._sy[:k, :k].t() @ c[0] + self._yy[:k, :k] @ c[1]
-        ).mul_(-self.lr)  # y_i . s_new
+            return self._products(k, grad)
         if k < self.history:
             slot = k
             self._count = k + 1
         else:  # the oldest pair makes way
             slot = self._head
             self._head = (self._head + 1) % self.history
-        assert self._step is not None
-        self._pairs[slot, 0].copy_(self._step)
-        self._pairs[slot, 1].copy_(self._y)
-        self._sy[slot, :k] = ys_new  # s_new . y_j
-        self._sy[:k, slot] = sy_new[0]  # s_i . y_new
-        self._yy[slot, :k] = sy_new[1]
-        self._yy[:k, slot] = sy_new[1]
-        self._sy[slot, slot] = ys
-        self._yy[slot, slot] = yy
+        self._pairs[slot].copy_(self._new)
+        uw = self._products(self._count, grad)  # the new pair's s.g, y.g in its slot
+        # Over the k slots stored before (the one the new pair took, when full, comes out
+        # wrong and is overwritten below by the new pair's own products):
+        sy_new = uw[:, :k] - self._uw  # s_i . y_new, y_i . y_new
+        m = self._products_sy
+        # y_i . s_new = -lr (gamma y_i . g_prev + sum_j (s_j . y_i) c_j + (y_j . y_i) d_j),
+        # (c, d) the last step's coefficients: one batched product over [S Y^T, Y Y^T].
+        c = self._coefficients.t().unsqueeze(1)  # (2, 1, k)
+        ys_new = torch.bmm(c, m[:, :k, :k]).sum(dim=(0, 1))
+        ys_new = ys_new.add_(self._uw[1], alpha=self._gamma).mul_(-self.lr)
+        m[:, slot, :k] = torch.stack([ys_new, sy_new[1]])  # s_new . y_j, y_new . y_j
+        m[:, :k, slot] = sy_new  # s_i . y_new, y_i . y_new
+        assert self._curvature is not None
+        m[:, slot, slot] = self._curvature  # s_new . y_new, y_new . y_new
         self._gamma = ys / yy
-        out = grad.new_empty((2, self._count))
-        out[:, :k] = uw
-        out[:, slot] = torch.mv(self._pairs[slot], grad)  # the new pair's s.g, y.g
-        return out
+        return uw
 
     def _products(self, k: int, grad: torch.Tensor) -> torch.Tensor:
         """(2, k): the first k slots' s_i . g and y_i . g, in one pass over them."""
         rows = self._pairs[:k].view(2 * k, self._pairs.shape[2])  # s_0, y_0, s_1, y_1, ...
         return torch.mv(rows, grad).view(k, 2).t()
 
-    def _direction(self, grad: torch.Tensor, uw: torch.Tensor) -> torch.Tensor:
-        """H g by the compact representation, from uw = (S g, Y g):
+    def _direction(self, grad: torch.Tensor, uw: torch.Tensor, out: torch.Tensor) -> None:
+        """-lr H g into ``out``, H g by the compact representation from uw = (S g, Y g):
         H g = gamma g + S^T p - gamma Y^T a, with a = R^-1 S g and
         p = R^-T ((D + gamma Y Y^T) a - gamma Y g), R the upper triangle of S Y^T (pairs in
         chronological order) and D its diagonal. Keeps (p, -gamma a) for the next update."""
-        k, head, gamma = self._count, self._head, self._gamma
+        k, head, gamma, lr = self._count, self._head, self._gamma, self.lr
         if k == 0:
-            self._coefficients = grad.new_zeros((2, 0))
-            return grad.mul(gamma)
-        sy, yy = self._sy[:k, :k], self._yy[:k, :k]
+            self._coefficients = grad.new_zeros((0, 2))
+            torch.mul(grad, -lr * gamma, out=out)
+            return
+        m = self._products_sy[:, :k, :k]
         if head:  # slots -> chronological order
             uw = uw.roll(-head, dims=1)
-            sy = sy.roll((-head, -head), dims=(0, 1))
-            yy = yy.roll((-head, -head), dims=(0, 1))
-        r = sy.triu()
-        a = torch.linalg.solve_triangular(r, uw[0].unsqueeze(1), upper=True)
-        rhs = sy.diagonal().unsqueeze(1) * a + gamma * (yy @ a) - gamma * uw[1].unsqueeze(1)
-        p = torch.linalg.solve_triangular(r.t(), rhs, upper=False)
-        coefficients = torch.cat([p, a.mul(-gamma)], dim=1).t()  # (2, k): for S, for Y
+            m = m.roll((-head, -head), dims=(1, 2))
+        sy, yy = m[0], m[1]
+        # (triangular solves read only the triangle they are told: no copy of it)
+        a = torch.linalg.solve_triangular(sy, uw[0].unsqueeze(1), upper=True)
+        rhs = torch.addmm(uw[1].unsqueeze(1), yy, a, beta=-gamma, alpha=gamma)
+        rhs.addcmul_(sy.diagonal().unsqueeze(1), a)
+        p = torch.linalg.solve_triangular(sy.t(), rhs, upper=False)
+        coefficients = torch.cat([p, a.mul_(-gamma)], dim=1)  # (k, 2): for s_i, for y_i
         if head:
-            coefficients = coefficients.roll(head, dims=1)
+            coefficients = coefficients.roll(head, dims=0)
         self._coefficients = coefficients
         # S^T p + Y^T (-gamma a) as one product: the coefficients in the buffer's row order.
         rows = self._pairs[:k].view(2 * k, self._pairs.shape[2])
-        return torch.mv(rows.t(), coefficients.t().reshape(-1)).add_(grad, alpha=gamma)
+        torch.addmv(grad, rows.t(), coefficients.view(-1), beta=-lr * gamma, alpha=-lr, out=out)
