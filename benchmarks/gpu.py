@@ -12,25 +12,26 @@
    bfloat16 (Gram matrices and losses always float32), timed after warm-up; every
    iteration ends in a host sync (the loss is read), so wall time between iterations is device
    time.
-2. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
-   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
-3. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler); the
-   busiest kernels to $OUT/profile.txt.
-1b. (graphs) The engine's pass replayed as a CUDA graph (Engine(cuda_graphs=True), opt-in)
+2. (graphs) The engine's pass replayed as a CUDA graph (Engine(cuda_graphs=True), opt-in)
    against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px, and
    how far the two runs' last losses are apart; the server part adds a 16-client row with it.
-4. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
-   CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
-5. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
+3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
+   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
+4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler); the
+   busiest kernels to $OUT/profile.txt.
+5. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
+   (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
+   per minute, once with each job alone (as many running at once as there are clients) and
+   once with same-shaped jobs batched (--max-batch 16, and the GPU default at 16 clients, also
+   with CUDA graphs), and the default preset's L-BFGS jobs batched with --batch-lbfgs at 16
+   clients.
 6. (largest) The largest square image one job can stylize, found by doubling then bisecting
    with the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the
    engine's memory plan cuts them to fit), the pairs kept at that size, the peak device memory
    against the plan's estimate, per megapixel, and any job the plan accepted that then failed.
-7. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
-   (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs per minute, once with each job alone (as many running at
-   once as there are clients) and once with same-shaped jobs batched (--max-batch 16, and the
-   GPU default at 16 clients), and the default preset's L-BFGS jobs batched with
-   --batch-lbfgs at 16 clients.
+7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+   CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
+8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
@@ -376,10 +377,10 @@ PARTS = (
     "graphs",
     "lbfgs",
     "profile",
+    "server",
+    "largest",
     "compile",
     "autotune",
-    "largest",
-    "server",
 )
 
 
@@ -532,6 +533,10 @@ def main() -> None:
             rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
     if cuda and "profile" in only:
         profile_part(engine, rows, content, style)
+    if "server" in only:
+        server_part(engine, rows, toy)
+    if "largest" in only:
+        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
     if cuda and "compile" in only:
         with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
             eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
@@ -544,10 +549,6 @@ def main() -> None:
                 rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
     if cuda and "autotune" in only:
         autotune_part(engine, rows, content, style)
-    if "largest" in only:
-        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
-    if "server" in only:
-        server_part(engine, rows, toy)
     print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:
