@@ -6,7 +6,7 @@ import torch
 from impasto_server.engine.losses import (
     _products,
     content_layer_loss,
-    float_products,
+    gram_differences,
     gram,
     style_layer_loss,
     style_layer_losses,
@@ -111,12 +111,15 @@ def test_style_losses_keep_bfloat16_features_not_a_float32_copy_for_the_backward
     torch.testing.assert_close(features.grad.float(), rounded, rtol=1.6e-2, atol=1e-5)
 
 
-def test_float32_grams_of_bfloat16_features_are_those_of_their_float32_copy():
+def test_gram_differences_of_bfloat16_features_are_those_of_their_float32_copy():
     # Without a float32 copy where the device has products with float32 output (CUDA), with
-    # one elsewhere: either way the same float32 Gram (bf16 x bf16 products are exact in float32).
+    # one elsewhere: either way the float32 Gram (bf16 x bf16 products are exact in float32),
+    # divided by the positions, less the target.
     features = (torch.rand(2, 6, 5, 7) * 4).to(torch.bfloat16)
+    targets = torch.rand(2, 6, 6)
     for layout in (torch.contiguous_format, torch.channels_last):
         f = features.contiguous(memory_format=layout)
-        got = float_products(f)
+        got = gram_differences(f, targets)
         assert got.dtype == torch.float32
-        torch.testing.assert_close(got, _products(f.float()), rtol=1e-6, atol=1e-6)
+        expected = _products(f.float()) / 35 - targets
+        torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)

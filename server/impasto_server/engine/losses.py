@@ -24,32 +24,49 @@ def _products(features: torch.Tensor, **out_dtype: torch.dtype) -> torch.Tensor:
     return torch.bmm(flat, flat.transpose(1, 2), **out_dtype)
 
 
-_FLOAT_PRODUCTS: dict[tuple[str, torch.dtype], bool] = {}
+_HALF_PRODUCTS: dict[tuple[str, torch.dtype], bool] = {}
 
 
-def float_products(features: torch.Tensor) -> torch.Tensor:
-    """``_products`` of features in float32, from half-precision features without a float32
-    copy of them where the device can (torch's ``out_dtype`` products, CUDA only: the products
-    of 8-bit mantissas are exact in float32, so this is the float32 Gram summed in another
-    order, and a half-precision matrix product, on tensor cores). Whether it can is found out
-    once per device type and precision, on a tiny product checked against the copy's."""
+def _pair(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The two factors of F F^T, read in the features' memory layout (see ``_products``)."""
+    flat, last = _positions(features)
+    return (flat.transpose(1, 2), flat) if last else (flat, flat.transpose(1, 2))
+
+
+def _differences(features: torch.Tensor, targets: torch.Tensor, half: bool) -> torch.Tensor:
+    m = features.shape[2] * features.shape[3]
+    if not half:
+        return torch.baddbmm(targets, *_pair(features.float()), beta=-1.0, alpha=1.0 / m)
+    return torch.baddbmm(
+        targets, *_pair(features), beta=-1.0, alpha=1.0 / m, out_dtype=torch.float32
+    )
+
+
+def gram_differences(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+    """(N, C, C) in float32: the M-normalised Gram matrix of each image of (N, C, h, w)
+    features less its (N, C, C) float32 target, in one matrix product that scales and subtracts
+    as it sums. From half-precision features without a float32 copy of them where the device
+    can (torch's ``out_dtype`` products, CUDA only: the products of 8-bit mantissas are exact in
+    float32, so this is the float32 Gram summed in another order, and a half-precision matrix
+    product, on tensor cores). Whether it can is found out once per device type and precision,
+    on a tiny product checked against the copy's."""
     if features.dtype not in (torch.bfloat16, torch.float16):
-        return _products(features.float())
+        return _differences(features, targets, half=False)
     key = (features.device.type, features.dtype)
-    able = _FLOAT_PRODUCTS.get(key)
+    able = _HALF_PRODUCTS.get(key)
     if able is None:
-        probe = torch.arange(24.0, device=features.device).view(1, 2, 3, 4).to(features.dtype)
+        device = features.device
+        probe = torch.arange(24.0, device=device).view(1, 2, 3, 4).to(features.dtype)
+        target = torch.tensor([[[1.0, 2.0], [2.0, 3.0]]], device=device)
         try:
             able = all(
-                torch.equal(_products(f, out_dtype=torch.float32), _products(f.float()))
+                torch.allclose(_differences(f, target, True), _differences(f, target, False))
                 for f in (probe, probe.contiguous(memory_format=torch.channels_last))
             )
         except (NotImplementedError, RuntimeError, TypeError):  # no such product here
             able = False
-        _FLOAT_PRODUCTS[key] = able
-    if able:
-        return _products(features, out_dtype=torch.float32)
-    return _products(features.float())
+        _HALF_PRODUCTS[key] = able
+    return _differences(features, targets, half=able)
 
 
 def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
@@ -108,8 +125,7 @@ class _StyleLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
         c = features.shape[1]
-        m = features.shape[2] * features.shape[3]
-        difference = float_products(features).div_(m).sub_(targets)
+        difference = gram_differences(features, targets)
         ctx.save_for_backward(features, difference)
         return difference.square().sum(dim=(1, 2)) / (4.0 * c * c)
 
