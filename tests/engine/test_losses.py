@@ -6,8 +6,8 @@ import torch
 from impasto_server.engine.losses import (
     _products,
     content_layer_loss,
-    gram_differences,
     gram,
+    gram_differences,
     style_layer_loss,
     style_layer_losses,
     tv_loss,
