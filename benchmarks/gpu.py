@@ -365,8 +365,8 @@ def checks_part(device: str, rows: Rows) -> None:
     label = "style loss of bfloat16 features"
     with rows.section(label):
         low, high = error(torch.bfloat16), error(torch.float32)
-        able = losses._HALF_PRODUCTS[(torch.device(device).type, torch.bfloat16)]
-        how = "float32 out_dtype products" if able else "a float32 copy"
+        how = losses._HALF_PRODUCTS[(torch.device(device).type, torch.bfloat16)]
+        how = {"copy": "a float32 copy"}.get(how, f"{how} with out_dtype float32")
         errors = f"{low[0]:.1e} / {low[1]:.1e} (float32 features {high[0]:.1e} / {high[1]:.1e})"
         rows.append((label, f"Grams from {how}; relative error of loss / gradient {errors}"))
 

@@ -123,3 +123,30 @@ def test_gram_differences_of_bfloat16_features_are_those_of_their_float32_copy()
         assert got.dtype == torch.float32
         expected = _products(f.float()) / 35 - targets
         torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
+
+
+def test_the_first_half_precision_product_a_device_gets_right_is_kept(monkeypatch):
+    # As on a device whose torch has bmm with a float32 output but not baddbmm: the probe
+    # falls through to it; one whose products come out wrong falls through to the copy.
+    from impasto_server.engine import losses
+
+    real = losses._differences
+
+    def device(broken: set[str], wrong: set[str]):
+        def differences(features, targets, how):
+            if how in broken:
+                raise RuntimeError(f"no {how} with out_dtype here")
+            result = real(features, targets, "copy")
+            return result + 1 if how in wrong else result
+
+        return differences
+
+    cpu = torch.device("cpu")
+    monkeypatch.setattr(losses, "_differences", device({"baddbmm"}, set()))
+    assert losses._half_products(cpu, torch.bfloat16) == "bmm"
+    monkeypatch.setattr(losses, "_differences", device(set(), {"baddbmm"}))
+    assert losses._half_products(cpu, torch.bfloat16) == "bmm"
+    monkeypatch.setattr(losses, "_differences", device({"baddbmm"}, {"bmm"}))
+    assert losses._half_products(cpu, torch.bfloat16) == "copy"
+    monkeypatch.setattr(losses, "_differences", real)
+    assert losses._half_products(cpu, torch.bfloat16) == "copy"  # this CPU has neither

@@ -1,5 +1,6 @@
-"""The paper's loss terms. Everything here runs in float32, whatever the network's precision:
-Gram matrices of half-precision features overflow."""
+"""The paper's loss terms. Gram matrices, differences and loss values are float32, whatever
+the network's precision: Gram matrices of half-precision features overflow. (The style loss's
+gradient goes back to half-precision features in their precision, see ``_StyleLoss``.)"""
 
 from __future__ import annotations
 
@@ -15,31 +16,31 @@ def _positions(features: torch.Tensor) -> tuple[torch.Tensor, bool]:
     return features.permute(0, 2, 3, 1).reshape(n, -1, c), True
 
 
-def _products(features: torch.Tensor, **out_dtype: torch.dtype) -> torch.Tensor:
-    """(N, C, C): F F^T of each image of (N, C, h, w) features, read in their memory layout
-    (``out_dtype=torch.float32``: of half-precision features, summed and returned in float32)."""
-    flat, last = _positions(features)
-    if last:
-        return torch.bmm(flat.transpose(1, 2), flat, **out_dtype)
-    return torch.bmm(flat, flat.transpose(1, 2), **out_dtype)
-
-
-_HALF_PRODUCTS: dict[tuple[str, torch.dtype], bool] = {}
-
-
 def _pair(features: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-    """The two factors of F F^T, read in the features' memory layout (see ``_products``)."""
+    """The two factors of F F^T for (N, C, h, w) features, read in their memory layout."""
     flat, last = _positions(features)
     return (flat.transpose(1, 2), flat) if last else (flat, flat.transpose(1, 2))
 
 
-def _differences(features: torch.Tensor, targets: torch.Tensor, half: bool) -> torch.Tensor:
+def _products(features: torch.Tensor) -> torch.Tensor:
+    """(N, C, C): F F^T of each image of (N, C, h, w) features."""
+    return torch.bmm(*_pair(features))
+
+
+# How a device takes the Grams of half-precision features, by (device type, dtype): "baddbmm"
+# or "bmm" (products with float32 output, the second then scaled and subtracted apart), or
+# "copy" (a float32 copy of the features first).
+_HALF_PRODUCTS: dict[tuple[str, torch.dtype], str] = {}
+
+
+def _differences(features: torch.Tensor, targets: torch.Tensor, how: str) -> torch.Tensor:
     m = features.shape[2] * features.shape[3]
-    if not half:
-        return torch.baddbmm(targets, *_pair(features.float()), beta=-1.0, alpha=1.0 / m)
-    return torch.baddbmm(
-        targets, *_pair(features), beta=-1.0, alpha=1.0 / m, out_dtype=torch.float32
-    )
+    if how == "baddbmm":
+        factors = _pair(features)
+        return torch.baddbmm(targets, *factors, beta=-1.0, alpha=1.0 / m, out_dtype=torch.float32)
+    if how == "bmm":
+        return torch.bmm(*_pair(features), out_dtype=torch.float32).div_(m).sub_(targets)
+    return torch.baddbmm(targets, *_pair(features.float()), beta=-1.0, alpha=1.0 / m)
 
 
 def gram_differences(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
@@ -48,25 +49,30 @@ def gram_differences(features: torch.Tensor, targets: torch.Tensor) -> torch.Ten
     as it sums. From half-precision features without a float32 copy of them where the device
     can (torch's ``out_dtype`` products, CUDA only: the products of 8-bit mantissas are exact in
     float32, so this is the float32 Gram summed in another order, and a half-precision matrix
-    product, on tensor cores). Whether it can is found out once per device type and precision,
-    on a tiny product checked against the copy's."""
+    product, on tensor cores). How the device can is found out once per device type and
+    precision, on a tiny product checked against the copy's."""
     if features.dtype not in (torch.bfloat16, torch.float16):
-        return _differences(features, targets, half=False)
+        return _differences(features, targets, "copy")
     key = (features.device.type, features.dtype)
-    able = _HALF_PRODUCTS.get(key)
-    if able is None:
-        device = features.device
-        probe = torch.arange(24.0, device=device).view(1, 2, 3, 4).to(features.dtype)
-        target = torch.tensor([[[1.0, 2.0], [2.0, 3.0]]], device=device)
+    how = _HALF_PRODUCTS.get(key)
+    if how is None:
+        how = _HALF_PRODUCTS[key] = _half_products(features.device, features.dtype)
+    return _differences(features, targets, how)
+
+
+def _half_products(device: torch.device, dtype: torch.dtype) -> str:
+    probe = torch.arange(24.0, device=device).view(1, 2, 3, 4).to(dtype)
+    target = torch.tensor([[[1.0, 2.0], [2.0, 3.0]]], device=device)
+    for how in ("baddbmm", "bmm"):
         try:
-            able = all(
-                torch.allclose(_differences(f, target, True), _differences(f, target, False))
+            if all(
+                torch.allclose(_differences(f, target, how), _differences(f, target, "copy"))
                 for f in (probe, probe.contiguous(memory_format=torch.channels_last))
-            )
+            ):
+                return how
         except (NotImplementedError, RuntimeError, TypeError):  # no such product here
-            able = False
-        _HALF_PRODUCTS[key] = able
-    return _differences(features, targets, half=able)
+            pass
+    return "copy"
 
 
 def gram(features: torch.Tensor, mask: torch.Tensor | None = None) -> torch.Tensor:
