@@ -42,6 +42,7 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import logging
 import os
 import statistics
 import sys
@@ -309,6 +310,29 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
                         f.write(f"{key}: {exc!r}\n")
 
 
+@contextlib.contextmanager
+def graph_failures():
+    """The engine's warnings that a pass could not be recorded as a CUDA graph (it then runs
+    eagerly: a row must not pass that off as a graph's time); raises after the block if any."""
+    seen: list[logging.LogRecord] = []
+
+    class Catch(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "CUDA graph" in record.getMessage():
+                seen.append(record)
+
+    handler, logger = Catch(logging.WARNING), logging.getLogger("impasto_server.engine")
+    logger.addHandler(handler)
+    try:
+        yield seen
+    finally:
+        logger.removeHandler(handler)
+    if seen:
+        exc_info = seen[0].exc_info
+        cause = exc_info[1] if exc_info else None
+        raise RuntimeError(f"{len(seen)} pass(es) not recorded as CUDA graphs: {cause!r}")
+
+
 def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int) -> None:
     """The engine's pass replayed as a CUDA graph (Engine.cuda_graphs) against eager, in
     bfloat16: ms per iteration at 512 and 1024 px (L-BFGS, the default preset's) and 512 px
@@ -323,15 +347,17 @@ def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, war
             )  # fmt: skip
             times: dict[bool, list[float]] = {False: [], True: []}
             last: dict[bool, float] = {}
-            for _ in range(3):
-                for graphed in (False, True):
-                    engine.cuda_graphs = graphed
-                    events = [e for e in engine.run(content, [style], options)
-                              if isinstance(e, Progress)]  # fmt: skip
-                    stamps = [e.elapsed for e in events]
-                    times[graphed].append(float(np.median(np.diff(stamps[warmup - 1 :]))) * 1e3)
-                    last[graphed] = events[-1].losses["total"]
-            engine.cuda_graphs = False
+            with graph_failures():
+                for _ in range(3):
+                    for graphed in (False, True):
+                        engine.cuda_graphs = graphed
+                        events = [e for e in engine.run(content, [style], options)
+                                  if isinstance(e, Progress)]  # fmt: skip
+                        stamps = [e.elapsed for e in events]
+                        median = float(np.median(np.diff(stamps[warmup - 1 :])))
+                        times[graphed].append(median * 1e3)
+                        last[graphed] = events[-1].losses["total"]
+                engine.cuda_graphs = False
             eager, graphs = (statistics.median(times[g]) for g in (False, True))
             gap = abs(last[True] - last[False]) / abs(last[False])
             apart = f"last loss apart by {gap:.1e} of it"
@@ -434,7 +460,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
                 rows.append((label, text))
     if engine.device.startswith("cuda"):
         label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), CUDA graphs"
-        with rows.section(label):
+        with rows.section(label), graph_failures():
             engine.cuda_graphs = True
             try:
                 jpm, mean_batch = server_throughput(
