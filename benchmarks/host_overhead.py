@@ -6,9 +6,9 @@ not the arithmetic, sets the pace.
 
 On an H200 at 512 px an iteration keeps the GPU busy for about a third of its time (gpu.py's
 profile row): the rest is Python and the dispatcher launching some 300 kernels. Every
-dispatched operation costs the host time; those that are not views (which alias their input)
-are one kernel launch or more each on a GPU, so the counts are a device-independent measure of
-that cost; ms per iteration at a tiny size (on any device) is its time. Prints, per
+dispatched operation costs the host time; those that are neither views (which alias their
+input) nor allocations ("kernels" below) are one kernel launch or more each on a GPU, so the
+counts are a device-independent measure of that cost; ms per iteration at a tiny size (on any device) is its time. Prints, per
 precision the device supports and per optimizer:
 
 - one job with the network in bfloat16 through ``torch.autocast`` (how the engine ran it
@@ -32,9 +32,13 @@ from machine import describe  # beside this script
 from torch.utils._python_dispatch import TorchDispatchMode
 
 
+# Operations that only allocate memory (from the caching allocator on a GPU): no kernel.
+ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
+
+
 class Ops(TorchDispatchMode):
     """Counts dispatched operations while ``on``, and apart those that compute (not views,
-    which alias their input and launch nothing on a GPU)."""
+    which alias their input, nor allocations: neither launches anything on a GPU)."""
 
     def __init__(self) -> None:
         super().__init__()
@@ -45,7 +49,7 @@ class Ops(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         if self.on:
             self.count += 1
-            self.computing += not func.is_view
+            self.computing += not (func.is_view or func.overloadpacket.__name__ in ALLOCATIONS)
         return func(*args, **(kwargs or {}))
 
 
@@ -65,7 +69,7 @@ class Autocast(torch.nn.Module):
 
 def measure(engine: Engine, jobs: int, size: int, precision: str, optimizer: str,
             warmup: int = 5, timed: int = 20) -> tuple[float, float, float]:  # fmt: skip
-    """(operations, of them not views, per iteration per job; ms per iteration) for ``jobs``
+    """(operations, of them kernels, per iteration per job; ms per iteration) for ``jobs``
     run as one batch."""
     content, style = samples.content(), samples.style(size=size)
     options = StyleOptions.from_preset(
@@ -96,7 +100,7 @@ def main() -> None:
     engine = Engine(device=args.device)
     print(f"device: {describe(engine.device)}; {args.size} px, default preset")
     print(f"{'precision':>9} {'optimizer':>9} {'network':>22} {'jobs':>4} "
-          f"{'ops/iter/job':>12} {'not views':>9} {'ms/iter':>8}")  # fmt: skip
+          f"{'ops/iter/job':>12} {'kernels':>9} {'ms/iter':>8}")  # fmt: skip
     plain = engine.net
     for precision in engine.supported_precisions:
         if precision == "float16":

@@ -98,7 +98,7 @@ def test_style_losses_keep_bfloat16_features_not_a_float32_copy_for_the_backward
     features = (torch.rand(2, 8, 16, 16) * 4).to(torch.bfloat16).requires_grad_(True)
     targets = gram(torch.rand(1, 8, 5, 5)).expand(2, 8, 8)  # Grams: symmetric
     loss = style_layer_losses(features, targets)
-    saved = loss.grad_fn.saved_tensors
+    saved = [t for t in loss.grad_fn.saved_tensors if t is not None]  # (no weights given)
     assert {t.dtype for t in saved} == {torch.bfloat16, torch.float32}
     big = [t for t in saved if t.numel() == features.numel()]
     assert len(big) == 1 and big[0].dtype == torch.bfloat16
@@ -150,3 +150,19 @@ def test_the_first_half_precision_product_a_device_gets_right_is_kept(monkeypatc
     assert losses._half_products(cpu, torch.bfloat16) == "copy"
     monkeypatch.setattr(losses, "_differences", real)
     assert losses._half_products(cpu, torch.bfloat16) == "copy"  # this CPU has neither
+
+
+def test_weighted_style_losses_are_the_weights_times_the_losses_and_so_is_their_gradient():
+    g = torch.Generator().manual_seed(1)
+    features = torch.rand(3, 4, 5, 6, generator=g, dtype=torch.float64) * 3
+    targets = torch.stack([gram(torch.rand(1, 4, 6, 5, generator=g)) for _ in range(3)])
+    weights = torch.tensor([0.5, 0.0, 3.0])
+    f = features.clone().requires_grad_(True)
+    r = features.clone().requires_grad_(True)
+    got = style_layer_losses(f, targets, weights)
+    expected = style_layer_losses(r, targets) * weights
+    torch.testing.assert_close(got, expected)
+    got.sum().backward()
+    expected.sum().backward()
+    torch.testing.assert_close(f.grad, r.grad)
+    assert f.grad[1].abs().max() == 0  # a weight of 0: no gradient

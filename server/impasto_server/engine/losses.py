@@ -129,28 +129,46 @@ class _StyleLoss(torch.autograd.Function):
     result, each a pass over the layer's memory (and, on a GPU, a product on tensor cores)."""
 
     @staticmethod
-    def forward(ctx, features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
-        c = features.shape[1]
+    def forward(
+        ctx, features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None
+    ) -> torch.Tensor:
+        n, c = features.shape[:2]
         difference = gram_differences(features, targets)
-        ctx.save_for_backward(features, difference)
-        return difference.square().sum(dim=(1, 2)) / (4.0 * c * c)
+        ctx.save_for_backward(features, difference, weights)
+        # sum (G - A)^2 / (4 C^2) of each image as one batched product of the difference with
+        # itself, then the weights: two kernels (the square, sum and division were three).
+        flat = difference.view(n, 1, -1)
+        losses = _scaled_bmm(flat, flat.transpose(1, 2), 1.0 / (4.0 * c * c)).view(n)
+        return losses if weights is None else losses.mul_(weights)
 
     @staticmethod
-    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None]:
-        features, difference = ctx.saved_tensors
+    def backward(ctx, grad: torch.Tensor) -> tuple[torch.Tensor, None, None]:
+        features, difference, weights = ctx.saved_tensors
         n, c, h, w = features.shape
-        scaled = (difference * (grad / (c * c * h * w)).view(n, 1, 1)).to(features.dtype)
+        if weights is not None:
+            grad = grad * weights
+        scaled = (difference * grad.view(n, 1, 1)).to(features.dtype)
         flat, last = _positions(features)
+        k = 1.0 / (c * c * h * w)
         if last:  # (N, M, C) @ (N, C, C), back to (N, C, h, w) in channels_last memory
-            return torch.bmm(flat, scaled).view(n, h, w, c).permute(0, 3, 1, 2), None
-        return torch.bmm(scaled, flat).view(n, c, h, w), None
+            return _scaled_bmm(flat, scaled, k).view(n, h, w, c).permute(0, 3, 1, 2), None, None
+        return _scaled_bmm(scaled, flat, k).view(n, c, h, w), None, None
 
 
-def style_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:
+def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
+    """alpha * a @ b (batched) in one kernel: baddbmm ignores its input when beta is 0."""
+    out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
+    return torch.baddbmm(out, a, b, beta=0.0, alpha=alpha)
+
+
+def style_layer_losses(
+    features: torch.Tensor, targets: torch.Tensor, weights: torch.Tensor | None = None
+) -> torch.Tensor:
     """(N,): ``style_layer_loss(gram(f), target)`` of each image of (N, C, h, w) features
-    against (N, C, C) targets, which are Gram matrices (symmetric: the gradient relies on it);
-    float32 whatever the features' precision."""
-    return _StyleLoss.apply(features, targets)
+    against (N, C, C) targets, which are Gram matrices (symmetric: the gradient relies on it),
+    times its weight in ``weights`` (N,) if given; float32 whatever the features'
+    precision."""
+    return _StyleLoss.apply(features, targets, weights)
 
 
 def content_layer_losses(features: torch.Tensor, targets: torch.Tensor) -> torch.Tensor:

@@ -109,7 +109,7 @@ def objective(
         content = content + weights * content_layer_losses(feats[name], targets)
     style = zero
     for name, (targets, weights) in shared.style.items():
-        style = style + weights * style_layer_losses(feats[name], targets)
+        style = style + style_layer_losses(feats[name], targets, weights)
     tv = tv_losses(x) * shared.weights[2] if shared.tv else zero
     content = content * shared.weights[0]
     style = style * shared.weights[1]
