@@ -31,7 +31,6 @@ from impasto_server.engine import Engine, Progress, StyleOptions
 from machine import describe  # beside this script
 from torch.utils._python_dispatch import TorchDispatchMode
 
-
 # Operations that only allocate memory (from the caching allocator on a GPU): no kernel.
 ALLOCATIONS = frozenset({"empty", "empty_like", "empty_strided", "new_empty", "new_empty_strided"})
 
