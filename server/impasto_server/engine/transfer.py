@@ -145,7 +145,7 @@ class Engine:
             bf16 = torch.backends.mkldnn.is_available() and _cpu_has_bf16()
             self.supported_precisions = ("float32", "bfloat16") if bf16 else ("float32",)
             # Measured by benchmarks/time_to_quality.py: there, bfloat16 reaches pastiche's
-            # quality in 0.16 of its time, float32 in 0.24 (Grams and losses stay float32).
+            # quality in 0.16-0.17 of its time, float32 in 0.24-0.30 (Grams and losses float32).
             self.default_precision = "bfloat16" if bf16 else "float32"
         self.max_pixels = max_pixels
         self._cache = GramCache(cache_bytes)
