@@ -17,8 +17,8 @@
    how far the two runs' last losses are apart; the server part adds a 16-client row with it.
 3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
-4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler); the
-   busiest kernels to $OUT/profile.txt.
+4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
+   eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
 5. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
@@ -276,38 +276,47 @@ def autotune_part(engine: Engine, rows: Rows, content, style) -> None:
 
 def profile_part(engine: Engine, rows: Rows, content, style) -> None:
     """Kernels and GPU-busy time per iteration at 512 px in bfloat16 (torch.profiler): how much
-    of an iteration the device works, against the host launching its kernels. The table of
-    the busiest kernels goes to $OUT/profile.txt where OUT is set."""
+    of an iteration the device works, against the host launching its kernels; eagerly, then
+    with the pass replayed as a CUDA graph. The tables of the busiest kernels go to
+    $OUT/profile.txt (and profile-graphs.txt) where OUT is set."""
     from torch.profiler import ProfilerActivity, profile
 
-    label = "profile 512 px bfloat16, per iteration"
-    with rows.section(label):
-        iterations = 30
-        options = StyleOptions.from_preset(
-            "default", size=512, iterations=iterations, num_scales=1, precision="bfloat16",
-            seed=0,
-        )  # fmt: skip
-        for _event in engine.run(content, [style], options):  # warm
-            pass
-        with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
-            start = time.perf_counter()
-            for _event in engine.run(content, [style], options):
-                pass
-            wall = time.perf_counter() - start
-        kernels = [e for e in prof.events() if e.device_type == torch.autograd.DeviceType.CUDA]
-        busy = sum(e.time_range.elapsed_us() for e in kernels) / 1000.0
-        per = f"{busy / iterations:.2f} ms of {wall * 1000 / iterations:.2f} ms"
-        text = f"{len(kernels) / iterations:.0f} kernels, GPU busy {per}"
-        rows.append((label, f"{text} (profiled; the job's setup included)"))
-        out = os.environ.get("OUT")
-        if out:
-            averages = prof.key_averages()
-            with open(os.path.join(out, "profile.txt"), "w") as f:
-                for key in ("self_device_time_total", "self_cpu_time_total"):
-                    try:
-                        f.write(averages.table(sort_by=key, row_limit=30) + "\n")
-                    except Exception as exc:  # noqa: BLE001 - a renamed key: the other table
-                        f.write(f"{key}: {exc!r}\n")
+    for graphed in (False, True):
+        how = ", CUDA graphs" if graphed else ""
+        label = f"profile 512 px bfloat16{how}, per iteration"
+        with rows.section(label), graph_failures():
+            iterations = 30
+            options = StyleOptions.from_preset(
+                "default", size=512, iterations=iterations, num_scales=1,
+                precision="bfloat16", seed=0,
+            )  # fmt: skip
+            engine.cuda_graphs = graphed
+            try:
+                for _event in engine.run(content, [style], options):  # warm
+                    pass
+                with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
+                    start = time.perf_counter()
+                    for _event in engine.run(content, [style], options):
+                        pass
+                    wall = time.perf_counter() - start
+            finally:
+                engine.cuda_graphs = False
+            device = torch.autograd.DeviceType.CUDA
+            kernels = [e for e in prof.events() if e.device_type == device]
+            busy = sum(e.time_range.elapsed_us() for e in kernels) / 1000.0
+            per = f"{busy / iterations:.2f} ms of {wall * 1000 / iterations:.2f} ms"
+            text = f"{len(kernels) / iterations:.0f} kernels, GPU busy {per}"
+            rows.append((label, f"{text} (profiled; the job's setup included)"))
+            out = os.environ.get("OUT")
+            if out:
+                averages = prof.key_averages()
+                name = "profile-graphs.txt" if graphed else "profile.txt"
+                with open(os.path.join(out, name), "w") as f:
+                    for key in ("self_device_time_total", "self_cpu_time_total"):
+                        try:
+                            f.write(averages.table(sort_by=key, row_limit=30) + "\n")
+                        except Exception as exc:  # noqa: BLE001 - a renamed key: the other
+                            f.write(f"{key}: {exc!r}\n")
 
 
 @contextlib.contextmanager
