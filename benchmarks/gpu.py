@@ -14,7 +14,9 @@
    time.
 2. (graphs) The engine's pass replayed as a CUDA graph (Engine(cuda_graphs=True), opt-in)
    against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px, and
-   how far the two runs' last losses are apart; the server part adds a 16-client row with it.
+   how far the two runs' last losses are apart; a batch of four 256 px Adam runs as one graph
+   against eager (ms, and the largest pixel difference of the results); the server part adds
+   a 16-client row with graphs.
 3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
@@ -53,7 +55,14 @@ import lbfgs_step  # beside this script
 import numpy as np
 import torch
 from impasto import samples
-from impasto_server.engine import Cancelled, Engine, InsufficientMemory, Progress, StyleOptions
+from impasto_server.engine import (
+    Cancelled,
+    Engine,
+    InsufficientMemory,
+    Progress,
+    Result,
+    StyleOptions,
+)
 from machine import device_name  # beside this script
 
 
@@ -357,20 +366,58 @@ def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, war
             times: dict[bool, list[float]] = {False: [], True: []}
             last: dict[bool, float] = {}
             with graph_failures():
-                for _ in range(3):
-                    for graphed in (False, True):
-                        engine.cuda_graphs = graphed
-                        events = [e for e in engine.run(content, [style], options)
-                                  if isinstance(e, Progress)]  # fmt: skip
-                        stamps = [e.elapsed for e in events]
-                        median = float(np.median(np.diff(stamps[warmup - 1 :])))
-                        times[graphed].append(median * 1e3)
-                        last[graphed] = events[-1].losses["total"]
-                engine.cuda_graphs = False
+                try:
+                    for _ in range(3):
+                        for graphed in (False, True):
+                            engine.cuda_graphs = graphed
+                            events = [e for e in engine.run(content, [style], options)
+                                      if isinstance(e, Progress)]  # fmt: skip
+                            stamps = [e.elapsed for e in events]
+                            median = float(np.median(np.diff(stamps[warmup - 1 :])))
+                            times[graphed].append(median * 1e3)
+                            last[graphed] = events[-1].losses["total"]
+                finally:
+                    engine.cuda_graphs = False
             eager, graphs = (statistics.median(times[g]) for g in (False, True))
             gap = abs(last[True] - last[False]) / abs(last[False])
             apart = f"last loss apart by {gap:.1e} of it"
             rows.append((label, f"{eager:.2f} / {graphs:.2f} ({eager / graphs:.2f}x); {apart}"))
+    graphed_batch(engine, rows, content, style, iterations, warmup)
+
+
+def graphed_batch(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int,
+                  size: int = 256, precision: str = "bfloat16") -> None:  # fmt: skip
+    """A batch as one graph: four Adam runs with their own weights and seeds, ms per iteration
+    eager and graphed, and how far the graphed results are from the eager ones."""
+    label = f"batch of 4 x {size} px Adam {precision}, ms/iteration eager / CUDA graphs"
+    with rows.section(label), graph_failures():
+        base = StyleOptions.from_preset(
+            "default", size=size, iterations=warmup + iterations, num_scales=1,
+            precision=precision, optimizer="adam",
+        )  # fmt: skip
+        jobs = [base.replace(seed=i, style_weight=base.style_weight * (1 + i)) for i in range(4)]
+        ms: dict[bool, float] = {}
+        images: dict[bool, list[np.ndarray]] = {}
+        try:
+            for graphed in (False, True):
+                engine.cuda_graphs = graphed
+                runs = [engine.prepare(content, [style], o) for o in jobs]
+                stamps, results = [], []
+                for index, event in engine.run_batch(runs):
+                    if isinstance(event, BaseException):
+                        raise event
+                    if index == 0 and isinstance(event, Progress):
+                        stamps.append(event.elapsed)
+                    if isinstance(event, Result):
+                        results.append(event.image.astype(np.float32))
+                ms[graphed] = float(np.median(np.diff(stamps[warmup - 1 :]))) * 1e3
+                images[graphed] = results
+        finally:
+            engine.cuda_graphs = False
+        worst = max(float(np.abs(a - b).max()) for a, b in zip(*images.values(), strict=True))
+        ratio = ms[False] / ms[True]
+        apart = f"results apart by at most {worst:.0f} levels of 255"
+        rows.append((label, f"{ms[False]:.2f} / {ms[True]:.2f} ({ratio:.2f}x); {apart}"))
 
 
 def checks_part(device: str, rows: Rows) -> None:
