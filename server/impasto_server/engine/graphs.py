@@ -31,7 +31,6 @@ class PassGraphs:
     def __init__(self, device: torch.device) -> None:
         self.device = device
         self.enabled = True
-        self.recorded = 0  # graphs recorded so far (for tests and benchmarks)
         self._key: tuple[int, ...] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
         self._terms: torch.Tensor | None = None
@@ -56,7 +55,6 @@ class PassGraphs:
             except Exception:  # the pass runs eagerly instead
                 log.warning("could not record the pass as a CUDA graph", exc_info=True)
                 self.enabled = False
-                self.release()
                 for stage in stages:
                     stage.x.grad = None
                 return None
@@ -84,4 +82,3 @@ class PassGraphs:
         with torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"):
             terms = evaluate(stages)
         self._key, self._graph, self._terms = key, graph, terms
-        self.recorded += 1
