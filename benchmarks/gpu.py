@@ -293,14 +293,13 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
     for graphed in (False, True):
         how = ", CUDA graphs" if graphed else ""
         label = f"profile 512 px bfloat16{how}, per iteration"
-        with rows.section(label), graph_failures():
+        with rows.section(label):
             iterations = 30
             options = StyleOptions.from_preset(
                 "default", size=512, iterations=iterations, num_scales=1,
                 precision="bfloat16", seed=0,
             )  # fmt: skip
-            engine.cuda_graphs = graphed
-            try:
+            with graph_failures(), graphs_set(engine, graphed):
                 for _event in engine.run(content, [style], options):  # warm
                     pass
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -308,8 +307,6 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
                     for _event in engine.run(content, [style], options):
                         pass
                     wall = time.perf_counter() - start
-            finally:
-                engine.cuda_graphs = False
             device = torch.autograd.DeviceType.CUDA
             kernels = [e for e in prof.events() if e.device_type == device]
             busy = sum(e.time_range.elapsed_us() for e in kernels) / 1000.0
@@ -329,9 +326,21 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
 
 
 @contextlib.contextmanager
+def graphs_set(engine: Engine, on: bool):
+    """The engine's passes replayed as CUDA graphs (or not) inside the block, off after it
+    whatever happens: the parts that follow measure eager runs."""
+    engine.cuda_graphs = on
+    try:
+        yield
+    finally:
+        engine.cuda_graphs = False
+
+
+@contextlib.contextmanager
 def graph_failures():
     """The engine's warnings that a pass could not be recorded as a CUDA graph (it then runs
-    eagerly: a row must not pass that off as a graph's time); raises after the block if any."""
+    eagerly: a row must not pass that off as a graph's time); raises after the block if any,
+    so the block holds the measurement and the row is written after it."""
     seen: list[logging.LogRecord] = []
 
     class Catch(logging.Handler):
@@ -366,18 +375,15 @@ def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, war
             times: dict[bool, list[float]] = {False: [], True: []}
             last: dict[bool, float] = {}
             with graph_failures():
-                try:
-                    for _ in range(3):
-                        for graphed in (False, True):
-                            engine.cuda_graphs = graphed
+                for _ in range(3):
+                    for graphed in (False, True):
+                        with graphs_set(engine, graphed):
                             events = [e for e in engine.run(content, [style], options)
                                       if isinstance(e, Progress)]  # fmt: skip
-                            stamps = [e.elapsed for e in events]
-                            median = float(np.median(np.diff(stamps[warmup - 1 :])))
-                            times[graphed].append(median * 1e3)
-                            last[graphed] = events[-1].losses["total"]
-                finally:
-                    engine.cuda_graphs = False
+                        stamps = [e.elapsed for e in events]
+                        median = float(np.median(np.diff(stamps[warmup - 1 :])))
+                        times[graphed].append(median * 1e3)
+                        last[graphed] = events[-1].losses["total"]
             eager, graphs = (statistics.median(times[g]) for g in (False, True))
             gap = abs(last[True] - last[False]) / abs(last[False])
             apart = f"last loss apart by {gap:.1e} of it"
@@ -390,7 +396,7 @@ def graphed_batch(engine: Engine, rows: Rows, content, style, iterations: int, w
     """A batch as one graph: four Adam runs with their own weights and seeds, ms per iteration
     eager and graphed, and how far the graphed results are from the eager ones."""
     label = f"batch of 4 x {size} px Adam {precision}, ms/iteration eager / CUDA graphs"
-    with rows.section(label), graph_failures():
+    with rows.section(label):
         base = StyleOptions.from_preset(
             "default", size=size, iterations=warmup + iterations, num_scales=1,
             precision=precision, optimizer="adam",
@@ -398,11 +404,10 @@ def graphed_batch(engine: Engine, rows: Rows, content, style, iterations: int, w
         jobs = [base.replace(seed=i, style_weight=base.style_weight * (1 + i)) for i in range(4)]
         ms: dict[bool, float] = {}
         images: dict[bool, list[np.ndarray]] = {}
-        try:
-            for graphed in (False, True):
-                engine.cuda_graphs = graphed
-                runs = [engine.prepare(content, [style], o) for o in jobs]
-                stamps, results = [], []
+        for graphed in (False, True):
+            runs = [engine.prepare(content, [style], o) for o in jobs]
+            stamps, results = [], []
+            with graph_failures(), graphs_set(engine, graphed):
                 for index, event in engine.run_batch(runs):
                     if isinstance(event, BaseException):
                         raise event
@@ -410,10 +415,8 @@ def graphed_batch(engine: Engine, rows: Rows, content, style, iterations: int, w
                         stamps.append(event.elapsed)
                     if isinstance(event, Result):
                         results.append(event.image.astype(np.float32))
-                ms[graphed] = float(np.median(np.diff(stamps[warmup - 1 :]))) * 1e3
-                images[graphed] = results
-        finally:
-            engine.cuda_graphs = False
+            ms[graphed] = float(np.median(np.diff(stamps[warmup - 1 :]))) * 1e3
+            images[graphed] = results
         worst = max(float(np.abs(a - b).max()) for a, b in zip(*images.values(), strict=True))
         ratio = ms[False] / ms[True]
         apart = f"results apart by at most {worst:.0f} levels of 255"
@@ -516,14 +519,11 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
                 rows.append((label, text))
     if engine.device.startswith("cuda"):
         label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), CUDA graphs"
-        with rows.section(label), graph_failures():
-            engine.cuda_graphs = True
-            try:
+        with rows.section(label):
+            with graph_failures(), graphs_set(engine, True):
                 jpm, mean_batch = server_throughput(
                     engine, many, jobs_each, size, its, GPU_MAX_BATCH
                 )
-            finally:
-                engine.cuda_graphs = False
             ratio = jpm / (base or jpm)
             rows.append((label, f"{jpm:.1f} jobs/min ({ratio:.2f}x), mean batch {mean_batch:.1f}"))
     for batch in (1, 16):
