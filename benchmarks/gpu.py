@@ -12,11 +12,12 @@
    bfloat16 (Gram matrices and losses always float32), timed after warm-up; every
    iteration ends in a host sync (the loss is read), so wall time between iterations is device
    time.
-2. (graphs) The engine's pass replayed as a CUDA graph (Engine(cuda_graphs=True), opt-in)
-   against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px, and
-   how far the two runs' last losses are apart; a batch of four 256 px Adam runs as one graph
-   against eager (ms, and the largest pixel difference of the results); the server part adds
-   a 16-client row with graphs.
+2. (graphs) The engine's pass replayed as a CUDA graph (Engine.cuda_graphs, the default on a
+   GPU) against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px,
+   and how far the two runs' last losses are apart; a batch of four 256 px Adam runs as one
+   graph against eager (ms, and the largest pixel difference of the results); the server part
+   adds a 16-client row with graphs the other way from the default. Every other part runs the
+   engine's default; the table says which it was, and how many passes could not be recorded.
 3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
@@ -25,10 +26,10 @@
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
    once with same-shaped jobs batched (--max-batch 16, and the GPU default at 16 clients, also
-   with CUDA graphs), and the default preset's L-BFGS jobs batched with --batch-lbfgs at 16
+   with CUDA graphs the other way), and the default preset's L-BFGS jobs batched with --batch-lbfgs at 16
    clients.
-6. (largest) The largest square image one job can stylize, found by doubling then bisecting
-   with the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the
+6. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
+   found by doubling then bisecting with the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the
    engine's memory plan cuts them to fit), the pairs kept at that size, the peak device memory
    against the plan's estimate, per megapixel, and any job the plan accepted that then failed.
 7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
@@ -136,15 +137,17 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
         peak = torch.cuda.max_memory_allocated() - before if cuda else 0
         return {"pairs": plan.pairs[-1], "estimate": plan.needed, "peak": peak}
 
-    good, best, side = 0, None, start
+    good, best, side = 0, None, min(start, limit)
     bad = None
-    while side <= limit:
+    while True:
         measured = fits(side)
         if measured is None:
             bad = side
             break
         good, best = side, measured
-        side *= 2
+        if side >= limit:
+            break
+        side = min(2 * side, limit)
     deadline = time.monotonic() + seconds
     if bad is not None:
         while bad - good > step and time.monotonic() < deadline:
@@ -327,13 +330,13 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
 
 @contextlib.contextmanager
 def graphs_set(engine: Engine, on: bool):
-    """The engine's passes replayed as CUDA graphs (or not) inside the block, off after it
-    whatever happens: the parts that follow measure eager runs."""
-    engine.cuda_graphs = on
+    """The engine's passes replayed as CUDA graphs (or not) inside the block, and the engine's
+    own setting (its default) again after it, whatever happens."""
+    saved, engine.cuda_graphs = engine.cuda_graphs, on
     try:
         yield
     finally:
-        engine.cuda_graphs = False
+        engine.cuda_graphs = saved
 
 
 @contextlib.contextmanager
@@ -518,9 +521,12 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
                 text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
                 rows.append((label, text))
     if engine.device.startswith("cuda"):
-        label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), CUDA graphs"
+        # The GPU default's batches again, with CUDA graphs the other way from the default.
+        other = not engine.cuda_graphs
+        how = "CUDA graphs" if other else "eager (no CUDA graphs)"
+        label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), {how}"
         with rows.section(label):
-            with graph_failures(), graphs_set(engine, True):
+            with graph_failures() if other else contextlib.nullcontext(), graphs_set(engine, other):
                 jpm, mean_batch = server_throughput(
                     engine, many, jobs_each, size, its, GPU_MAX_BATCH
                 )
@@ -536,23 +542,20 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
 
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:
+    from impasto_server.engine.options import SIZE_RANGE
+
+    # No side past the engine's own limit on a result's longer side (a job asking for more is
+    # refused as invalid, not for memory).
+    limit = 128 if toy else SIZE_RANGE[1]
     with rows.section(f"largest square ({best})"):
         side, measured, misses, errors, bad = largest_square(
-            engine,
-            content,
-            style,
-            64 if toy else 2048,
-            128 if toy else 16384,
-            best,
-            step=64 if toy else 256,
+            engine, content, style, 64 if toy else 2048, limit, best, step=64 if toy else 256
         )
-        rows.append(
-            (
-                f"largest square ({best})",
-                f"{side} px"
-                + (" (search cap)" if bad is None else f" (the next side tried, {bad} px, failed)"),
-            )
-        )
+        if bad is not None:
+            how = f" (the next side tried, {bad} px, failed)"
+        else:
+            how = " (search cap)" if toy else " (the engine's largest size: fits)"
+        rows.append((f"largest square ({best})", f"{side} px{how}"))
         if measured:
             estimate, peak = measured["estimate"], measured["peak"]
             text = f"{measured['pairs']} L-BFGS pairs"
@@ -593,6 +596,17 @@ def main() -> None:
     print(f"device: {device} ({device_name(device)}); torch {torch.__version__}; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     rows = Rows()
+    # Every pass that could not be recorded as a CUDA graph (and so ran eagerly) where the
+    # engine's default records them: a row at the end; the graphs part checks its own.
+    failed_recordings = []
+
+    class Recordings(logging.Handler):
+        def emit(self, record: logging.LogRecord) -> None:
+            if "CUDA graph" in record.getMessage():
+                failed_recordings.append(record)
+
+    logging.getLogger("impasto_server.engine").addHandler(Recordings(logging.WARNING))
+    rows.append(("CUDA graphs (the engine's default here)", "on" if engine.cuda_graphs else "off"))
     if "checks" in only:
         checks_part(device, rows)
     # In order of what matters most, so that a run cut short by its limit loses the least.
@@ -631,6 +645,10 @@ def main() -> None:
                 rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
     if cuda and "autotune" in only:
         autotune_part(engine, rows, content, style)
+    if engine.cuda_graphs:
+        rows.append(
+            ("passes not recorded as CUDA graphs (ran eagerly)", f"{len(failed_recordings)}")
+        )
     print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

@@ -309,7 +309,8 @@ def info(args: argparse.Namespace) -> int:
         details = client.server_info()
         health = client.health()
     print(f"impasto server {details.version} ({health})")
-    print(f"  device     {details.device} ({details.precision}), weights {details.weights}")
+    graphs = ", CUDA graphs" if details.cuda_graphs else ""
+    print(f"  device     {details.device} ({details.precision}{graphs}), weights {details.weights}")
     print(f"  load       {details.running_jobs} running, {details.queued_jobs} queued")
     print(f"  auth       {'bearer token required' if details.auth_required else 'open'}")
     for name, value in details.limits.items():

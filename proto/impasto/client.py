@@ -161,6 +161,8 @@ class ServerInfo:
     queued_jobs: int
     running_jobs: int
     auth_required: bool
+    #: Each iteration's pass replayed as a CUDA graph (a GPU server's default).
+    cuda_graphs: bool = False
 
 
 def _event_of(message: pb.StylizeResponse) -> Event:
@@ -235,6 +237,7 @@ def server_info_of(message: pb.GetServerInfoResponse) -> ServerInfo:
         queued_jobs=message.queued_jobs,
         running_jobs=message.running_jobs,
         auth_required=message.auth_required,
+        cuda_graphs=message.cuda_graphs,
     )
 
 

@@ -67,6 +67,8 @@ class ServerConfig:
     #: Memory one job may use, MiB; None: what the device had free at start (less the cache
     #: and headroom), or the simulated memory when set; 0: jobs are not checked.
     job_memory_mb: float | None = None
+    #: Each iteration's pass through the network replayed as a CUDA graph; None: on a GPU.
+    cuda_graphs: bool | None = None
 
 
 #: The batch size a GPU server uses unless told otherwise.
@@ -95,6 +97,7 @@ def default_engine(config: ServerConfig) -> Any:
         weights=config.weights,
         max_pixels=config.max_pixels,
         cache_bytes=config.cache_mb << 20,
+        cuda_graphs=config.cuda_graphs,
     )
 
 
@@ -235,11 +238,12 @@ class Server:
         self.service.engine = engine
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "ready: impasto %s, device=%s, weights=%s, precision=%s",
+            "ready: impasto %s, device=%s, weights=%s, precision=%s, cuda_graphs=%s",
             __version__,
             engine.device,
             engine.weights_name,
             engine.default_precision,
+            engine.cuda_graphs,
         )
 
     def shutdown(self, grace: float | None = None) -> None:
@@ -363,6 +367,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="memory one job may use, MiB: a job whose estimated peak is larger is refused "
         "before it is queued (default: what the device has free at start, less the cache and "
         "some headroom; 0: no check)",
+    )  # fmt: skip
+    p.add_argument(
+        "--cuda-graphs", action=argparse.BooleanOptionalAction,
+        help="replay each iteration's pass through the network as a CUDA graph, recorded "
+        "once per batch and stage (default: on with a GPU; a GPU only)",
     )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})

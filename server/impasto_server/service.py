@@ -11,7 +11,6 @@ from dataclasses import dataclass
 from typing import Any
 
 import grpc
-import torch
 from google.protobuf import any_pb2, duration_pb2
 from google.rpc import error_details_pb2, status_pb2
 from grpc_status import rpc_status
@@ -29,6 +28,7 @@ from impasto_server.engine import (
     Result,
     is_out_of_memory,
 )
+from impasto_server.engine.graphs import empty_cache
 from impasto_server.engine.memory_budget import MemoryBudget
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
@@ -163,6 +163,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,
             auth_required=self.config.auth_required,
+            cuda_graphs=bool(engine and engine.cuda_graphs),
         )
         precision = engine.default_precision if engine else "float32"
         response.precision = convert.wire.PRECISIONS[precision]
@@ -444,8 +445,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
 
 
 def _free_device_memory() -> None:
-    if torch.cuda.is_available():
-        torch.cuda.empty_cache()
+    empty_cache()  # never while a pass is being recorded as a CUDA graph
 
 
 def _stop_reason(context: grpc.ServicerContext, job: Job) -> str:

@@ -26,6 +26,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     check = table["style loss of bfloat16 features"]
     low, high = (float(v) for v in check.split("loss / gradient ")[1].split(" (")[0].split(" / "))
     assert 0 < low < 1e-3 and 0 < high < 4e-3, check
+    assert table["CUDA graphs (the engine's default here)"] == "off"  # a CPU engine
     assert float(table["ms/iteration 32 px float32"]) > 0
     assert float(table["ms/iteration 48 px float32"]) > 0
     assert table["largest square (float32)"].startswith("128 px")

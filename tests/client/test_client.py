@@ -43,6 +43,19 @@ def test_server_info_describes_options(client):
     assert info.allowed["output_formats"] == ["raw", "png", "jpeg", "tiff"]
     assert info.limits["max_message_bytes"] >= 4096 * 4096 * 3 * 4
     assert client.health() == "SERVING"
+    assert info.cuda_graphs is False  # a CPU server
+
+
+def test_server_info_and_info_command_report_cuda_graphs(
+    make_server, shared_engine, monkeypatch, capsys
+):
+    # A GPU engine's default, set here on the CPU engine: only reported, no job runs.
+    monkeypatch.setattr(shared_engine, "cuda_graphs", True)
+    server = make_server()
+    with Client(server.address) as client:
+        assert client.server_info().cuda_graphs is True
+    assert cli.main(["info", "--server", server.address]) == cli.EXIT_OK
+    assert "CUDA graphs" in capsys.readouterr().out
 
 
 def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys):

@@ -1,4 +1,4 @@
-"""The opt-in CUDA graphs of a batch's pass (graphs.py): where a pass cannot be recorded, the
+"""The CUDA graphs of a batch's pass (graphs.py, a GPU's default): where a pass cannot be recorded, the
 runs go on as without them; where there is no CUDA device, they cannot be asked for. (Replaying
 a recorded pass needs a GPU: benchmarks/gpu.py measures it and compares its losses.)"""
 
@@ -11,10 +11,11 @@ import pytest
 from impasto_server.engine import Engine, EngineError, Result, StyleOptions
 
 
-def test_cuda_graphs_need_a_cuda_device():
+def test_cuda_graphs_need_a_cuda_device(engine):
     with pytest.raises(EngineError) as info:
         Engine(device="cpu", cuda_graphs=True)
     assert info.value.field == "cuda_graphs"
+    assert engine.cuda_graphs is False  # the default: on only where the device is a GPU
 
 
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])

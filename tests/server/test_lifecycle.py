@@ -91,3 +91,21 @@ def test_metrics_are_served(make_server, tiny_content, tiny_style):
     for name in ("impasto_queue_depth", "impasto_running_jobs", "impasto_job_duration_seconds",
                  "impasto_iterations_per_second", "impasto_device_memory_bytes"):  # fmt: skip
         assert name in text
+
+
+def test_cuda_graphs_on_a_cpu_server_is_a_clear_start_up_error():
+    import subprocess
+    import sys
+
+    from impasto_server.app import parse_args
+
+    assert parse_args([]).cuda_graphs is None  # on with a GPU, off without one
+    assert parse_args(["--no-cuda-graphs"]).cuda_graphs is False
+    done = subprocess.run(
+        [sys.executable, "-m", "impasto_server.app", "--device", "cpu", "--cuda-graphs",
+         "--port", "0"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert done.returncode == 2
+    assert "cannot load the model" in done.stderr
+    assert "CUDA graphs need a CUDA device" in done.stderr

@@ -366,7 +366,7 @@ class PresetOptions(_message.Message):
     def __init__(self, preset: _Optional[_Union[Preset, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required")
+    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required", "cuda_graphs")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -378,6 +378,7 @@ class GetServerInfoResponse(_message.Message):
     QUEUED_JOBS_FIELD_NUMBER: _ClassVar[int]
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
+    CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     weights: str
@@ -389,4 +390,5 @@ class GetServerInfoResponse(_message.Message):
     queued_jobs: int
     running_jobs: int
     auth_required: bool
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ...) -> None: ...
+    cuda_graphs: bool
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ...) -> None: ...

@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import imaging, shared
 from .cache import GramCache
 from .events import Progress, Result
-from .graphs import PassGraphs
+from .graphs import PassGraphs, empty_cache
 from .lbfgs import LBFGS
 from .losses import content_layer_loss, gram, style_layer_loss, style_layer_losses, tv_loss
 from .memory import (
@@ -107,7 +107,7 @@ class Engine:
         max_pixels: int = 4096 * 4096,
         cache_bytes: int = 256 << 20,
         job_memory_bytes: int | None = None,
-        cuda_graphs: bool = False,
+        cuda_graphs: bool | None = None,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -119,8 +119,8 @@ class Engine:
             raise EngineError("device", f"{device} asked for, but CUDA is not available")
         if cuda_graphs and self._device.type != "cuda":
             raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
-        # Each batch's pass replayed as a CUDA graph (see graphs.py); off until measured.
-        self.cuda_graphs = cuda_graphs
+        # Each batch's pass replayed as a CUDA graph (see graphs.py): by default on a GPU.
+        self.cuda_graphs = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
         net = load_feature_net(weights, preprocessing)
         self._cuda = self._device.type == "cuda"
         # Images go through the network in channels_last on a GPU (cuDNN's fast layout); the
@@ -566,7 +566,7 @@ class Engine:
     def _free_memory(self) -> None:
         gc.collect()  # a failed pass's tensors can sit in reference cycles of its traceback
         if self._cuda:
-            torch.cuda.empty_cache()
+            empty_cache()
 
     def _pass(self, stages: Sequence[_Stage]) -> torch.Tensor:
         """One forward and backward pass over every stage's image at once; leaves each image's
