@@ -22,16 +22,17 @@
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
    eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
-5. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
+5. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
+   found by doubling then bisecting with the real optimizer (L-BFGS with up to 100 pairs, 2.4
+   KB a pixel, fewer where the engine's memory plan cuts them to fit), the pairs kept at that
+   size, the peak device memory against the plan's estimate, per megapixel, and any job the
+   plan accepted that then failed.
+6. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
    once with same-shaped jobs batched (--max-batch 16, and the GPU default at 16 clients, also
-   with CUDA graphs the other way), and the default preset's L-BFGS jobs batched with --batch-lbfgs at 16
-   clients.
-6. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
-   found by doubling then bisecting with the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the
-   engine's memory plan cuts them to fit), the pairs kept at that size, the peak device memory
-   against the plan's estimate, per megapixel, and any job the plan accepted that then failed.
+   with CUDA graphs the other way), and the default preset's L-BFGS jobs batched with
+   --batch-lbfgs at 16 clients.
 7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -465,8 +466,8 @@ PARTS = (
     "graphs",
     "lbfgs",
     "profile",
-    "server",
     "largest",
+    "server",
     "compile",
     "autotune",
 )
@@ -507,13 +508,9 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     with rows.section("server warm-up"):  # the base row must not pay for the first job's setup
         server_throughput(engine, 1, 2, size, its, 1)
     for clients in (1, 2) if toy else (1, 4, 16):
-        # At 16 clients batched up to 16 twice: the first run meets each batch size's
-        # shapes for the first time (cuDNN autotuning), the second does not.
-        batches = (1, GPU_MAX_BATCH, 16, 16) if clients == many else (1, 16)
-        for i, batch in enumerate(batches):
+        batches = (1, GPU_MAX_BATCH, 16) if clients == many else (1, 16)
+        for batch in batches:
             how = f"batched (up to {batch})" if batch > 1 else "alone"
-            if batch in batches[:i]:
-                how += ", again"
             label = f"server, {clients} clients, Adam, {how}"
             with rows.section(label):
                 jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
@@ -629,10 +626,10 @@ def main() -> None:
             rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
     if cuda and "profile" in only:
         profile_part(engine, rows, content, style)
-    if "server" in only:
-        server_part(engine, rows, toy)
     if "largest" in only:
         largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
+    if "server" in only:
+        server_part(engine, rows, toy)
     if cuda and "compile" in only:
         with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
             eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)

@@ -37,7 +37,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     for clients in (1, 2):
         for mode in ("alone", "batched (up to 16)"):
             assert "jobs/min" in table[f"server, {clients} clients, Adam, {mode}"]
-    assert "jobs/min" in table["server, 2 clients, Adam, batched (up to 16), again"]
+    assert "jobs/min" in table["server, 2 clients, Adam, batched (up to 8)"]  # the GPU default
     assert "jobs/min" in table["server, 2 clients, L-BFGS, batched (up to 16)"]
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
@@ -46,4 +46,5 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.split("-- the table --")[1].strip().splitlines()
-    assert len(rows) == 1 and rows[0].startswith("L-BFGS step 32 px"), rows
+    assert len(rows) == 2 and rows[0].startswith("CUDA graphs (the engine's default here)"), rows
+    assert rows[1].startswith("L-BFGS step 32 px"), rows
