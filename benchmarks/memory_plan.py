@@ -54,6 +54,7 @@ def case(size: int, precision: str) -> dict:
     plan_seconds = time.perf_counter() - started
     counter = MemoryBudget(1 << 62)
     times: list[float] = []
+    graphed = _watch_steps(engine, counter)
     with counter:
         try:
             for event in engine.run(
@@ -63,17 +64,57 @@ def case(size: int, precision: str) -> dict:
                     times.append(time.perf_counter())
         except Cancelled:
             pass
+    graphed.finish()
     peak_rss = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024  # KiB on Linux
     return {
         "shape": [height, width],
         "pairs": plan.pairs[-1],
         "estimate": plan.needed,
         "counted": counter.peak,
+        "step": graphed.step,
+        "graphed": graphed.peak,
         "rss_growth": max(0, peak_rss - rss_before),
         "plan_seconds": plan_seconds,
         "iteration_seconds": float(np.median(np.diff(times))),
         "threads": torch.get_num_threads(),
     }
+
+
+class _watch_steps:  # noqa: N801 - used as a function that returns its state
+    """What a job would count with its pass replayed as a CUDA graph (on a GPU; see
+    engine/graphs.py): the graph keeps the pass's memory between iterations, so the optimiser's
+    step allocates on top of the pass's peak instead of after it is freed. Wraps the engine's
+    ``_evaluate`` to count, apart, each pass's peak and what each step allocates above what the
+    pass left: ``step`` is the largest such, ``peak`` the largest pass peak plus its step's."""
+
+    def __init__(self, engine, counter) -> None:
+        self.counter, self.step, self.peak = counter, 0, 0
+        self._after: int | None = None
+        self._pass_peak = self._saved = 0
+        evaluate = engine._evaluate
+
+        def watched(*args, **kwargs):
+            self._close_step()
+            counter, saved = self.counter, self.counter.peak
+            counter.peak = counter.live
+            evaluate(*args, **kwargs)
+            self._pass_peak, self._after = counter.peak, counter.live
+            self._saved = max(saved, counter.peak)
+            counter.peak = counter.live  # from here: the step's own peak
+
+        engine._evaluate = watched
+
+    def _close_step(self) -> None:
+        if self._after is None:
+            return
+        step = self.counter.peak - self._after
+        self.step = max(self.step, step)
+        self.peak = max(self.peak, self._pass_peak + step)
+        self.counter.peak = max(self._saved, self.counter.peak)
+        self._after = None
+
+    def finish(self) -> None:
+        self._close_step()
 
 
 def admission(sizes: list[int]) -> None:
@@ -114,7 +155,8 @@ def main() -> None:
     print(f"cpu ({platform.machine()}, {platform.processor() or 'unknown'}), "
           f"python {platform.python_version()}, {time.strftime('%Y-%m-%d')}")  # fmt: skip
     print(f"{'size':>10} {'precision':>9} {'pairs':>5} {'estimate':>9} {'counted':>9} "
-          f"{'est/cnt':>7} {'rss grew':>9} {'est/rss':>7} {'check s':>7} {'s/iter':>6}")  # fmt: skip
+          f"{'est/cnt':>7} {'rss grew':>9} {'est/rss':>7} {'check s':>7} {'s/iter':>6} "
+          f"{'step':>7} {'est/graphed':>11}")  # fmt: skip
     mib = 1 << 20
     for size in args.sizes:
         for precision in args.precisions:
@@ -130,7 +172,9 @@ def main() -> None:
             print(f"{shape:>10} {precision:>9} {r['pairs']:>5} {r['estimate'] / mib:>7.0f}Mi "
                   f"{r['counted'] / mib:>7.0f}Mi {r['estimate'] / r['counted']:>7.2f} "
                   f"{r['rss_growth'] / mib:>7.0f}Mi {r['estimate'] / r['rss_growth']:>7.2f} "
-                  f"{r['plan_seconds']:>7.2f} {r['iteration_seconds']:>6.2f}", flush=True)  # fmt: skip
+                  f"{r['plan_seconds']:>7.2f} {r['iteration_seconds']:>6.2f} "
+                  f"{r['step'] / mib:>5.1f}Mi {r['estimate'] / r['graphed']:>11.2f}",
+                  flush=True)  # fmt: skip
     if args.admission:
         admission(args.admission)
 

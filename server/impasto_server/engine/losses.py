@@ -156,9 +156,10 @@ class _StyleLoss(torch.autograd.Function):
 
 
 def _scaled_bmm(a: torch.Tensor, b: torch.Tensor, alpha: float) -> torch.Tensor:
-    """alpha * a @ b (batched) in one kernel: baddbmm ignores its input when beta is 0."""
+    """alpha * a @ b (batched) in one kernel and one allocation: baddbmm in place ignores what
+    its tensor held when beta is 0 (torch.baddbmm would allocate its result beside it)."""
     out = a.new_empty((a.shape[0], a.shape[1], b.shape[2]))
-    return torch.baddbmm(out, a, b, beta=0.0, alpha=alpha)
+    return out.baddbmm_(a, b, beta=0.0, alpha=alpha)
 
 
 def style_layer_losses(
