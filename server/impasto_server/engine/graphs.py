@@ -8,7 +8,7 @@ loss terms) written to the same memory every time. The optimiser steps stay outs
 step is one fused kernel; an L-BFGS step depends on host values (which pairs it keeps).
 
 On by default on a CUDA device (``Engine(cuda_graphs=None)``): on an H200, 2.3x (L-BFGS) and
-2.4x (Adam) fewer ms an iteration at 512 px in bfloat16, 1.15x at 1024 px, the losses equal to
+2.4x (Adam) faster an iteration at 512 px in bfloat16, 1.15x at 1024 px, the losses equal to
 the bit (benchmarks/gpu.py, graphs). A graph is recorded for a batch once its runs' objectives
 are fixed (their scale known: from their third pass in a stage, so a memory probe's two passes
 never record one) and is dropped when the batch changes (a new stage, a run that ends). Its
