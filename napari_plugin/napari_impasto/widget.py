@@ -441,8 +441,10 @@ class ImpastoWidget(QWidget):
     def _on_server_info(self, address: str, info: ServerInfo, health: str = "SERVING") -> None:
         first = self.server_info is None
         self.server_info = info
+        graphs = ", CUDA graphs" if info.cuda_graphs else ""
         self.server_status.setText(
-            f"{health} at {address} · {info.device}, {info.precision} · weights {info.weights} · "
+            f"{health} at {address} · {info.device}, {info.precision}{graphs} · "
+            f"weights {info.weights} · "
             f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}"
         )
         if first:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from typing import Any
 
@@ -29,6 +30,11 @@ def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
     # the device and the precision the server runs in by default
     assert f"cpu, {widget.server_info.precision} ·" in widget.server_status.text()
     assert widget.server_info.precision in ("float32", "bfloat16")
+    # a GPU server's default, as GetServerInfo reports it
+    widget._on_server_info(
+        server.address, dataclasses.replace(widget.server_info, cuda_graphs=True)
+    )
+    assert f"cpu, {widget.server_info.precision}, CUDA graphs ·" in widget.server_status.text()
 
     viewer.close()
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)
