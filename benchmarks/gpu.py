@@ -340,24 +340,31 @@ def graphs_set(engine: Engine, on: bool):
         engine.cuda_graphs = saved
 
 
+class GraphFailures(logging.Handler):
+    """Keeps the engine's warnings that a pass could not be recorded as a CUDA graph (the pass
+    then runs eagerly) while it is added to the engine's logger."""
+
+    def __init__(self) -> None:
+        super().__init__(logging.WARNING)
+        self.seen: list[logging.LogRecord] = []
+
+    def emit(self, record: logging.LogRecord) -> None:
+        if "CUDA graph" in record.getMessage():
+            self.seen.append(record)
+
+
 @contextlib.contextmanager
 def graph_failures():
-    """The engine's warnings that a pass could not be recorded as a CUDA graph (it then runs
-    eagerly: a row must not pass that off as a graph's time); raises after the block if any,
-    so the block holds the measurement and the row is written after it."""
-    seen: list[logging.LogRecord] = []
-
-    class Catch(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "CUDA graph" in record.getMessage():
-                seen.append(record)
-
-    handler, logger = Catch(logging.WARNING), logging.getLogger("impasto_server.engine")
+    """Raises after the block if a pass in it could not be recorded as a CUDA graph (a row must
+    not pass an eager time off as a graph's), so the block holds the measurement and the row is
+    written after it."""
+    handler, logger = GraphFailures(), logging.getLogger("impasto_server.engine")
     logger.addHandler(handler)
     try:
-        yield seen
+        yield
     finally:
         logger.removeHandler(handler)
+    seen = handler.seen
     if seen:
         exc_info = seen[0].exc_info
         cause = exc_info[1] if exc_info else None
@@ -595,14 +602,8 @@ def main() -> None:
     rows = Rows()
     # Every pass that could not be recorded as a CUDA graph (and so ran eagerly) where the
     # engine's default records them: a row at the end; the graphs part checks its own.
-    failed_recordings = []
-
-    class Recordings(logging.Handler):
-        def emit(self, record: logging.LogRecord) -> None:
-            if "CUDA graph" in record.getMessage():
-                failed_recordings.append(record)
-
-    logging.getLogger("impasto_server.engine").addHandler(Recordings(logging.WARNING))
+    failed_recordings = GraphFailures()
+    logging.getLogger("impasto_server.engine").addHandler(failed_recordings)
     rows.append(("CUDA graphs (the engine's default here)", "on" if engine.cuda_graphs else "off"))
     if "checks" in only:
         checks_part(device, rows)
@@ -644,7 +645,7 @@ def main() -> None:
         autotune_part(engine, rows, content, style)
     if engine.cuda_graphs:
         rows.append(
-            ("passes not recorded as CUDA graphs (ran eagerly)", f"{len(failed_recordings)}")
+            ("passes not recorded as CUDA graphs (ran eagerly)", f"{len(failed_recordings.seen)}")
         )
     print("-- the table --")
     width = max(len(k) for k, _ in rows)

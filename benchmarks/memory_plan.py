@@ -54,7 +54,7 @@ def case(size: int, precision: str) -> dict:
     plan_seconds = time.perf_counter() - started
     counter = MemoryBudget(1 << 62)
     times: list[float] = []
-    graphed = _watch_steps(engine, counter)
+    graphed = _StepWatch(engine, counter)
     with counter:
         try:
             for event in engine.run(
@@ -80,7 +80,7 @@ def case(size: int, precision: str) -> dict:
     }
 
 
-class _watch_steps:  # noqa: N801 - used as a function that returns its state
+class _StepWatch:
     """What a job would count with its pass replayed as a CUDA graph (on a GPU; see
     engine/graphs.py): the graph keeps the pass's memory between iterations, so the optimiser's
     step allocates on top of the pass's peak instead of after it is freed. Wraps the engine's
@@ -94,7 +94,7 @@ class _watch_steps:  # noqa: N801 - used as a function that returns its state
         evaluate = engine._evaluate
 
         def watched(*args, **kwargs):
-            self._close_step()
+            self.finish()  # the step between the last pass and this one
             counter, saved = self.counter, self.counter.peak
             counter.peak = counter.live
             evaluate(*args, **kwargs)
@@ -104,7 +104,8 @@ class _watch_steps:  # noqa: N801 - used as a function that returns its state
 
         engine._evaluate = watched
 
-    def _close_step(self) -> None:
+    def finish(self) -> None:
+        """Counts the step since the last pass (the job's last step, once the job is over)."""
         if self._after is None:
             return
         step = self.counter.peak - self._after
@@ -112,9 +113,6 @@ class _watch_steps:  # noqa: N801 - used as a function that returns its state
         self.peak = max(self.peak, self._pass_peak + step)
         self.counter.peak = max(self._saved, self.counter.peak)
         self._after = None
-
-    def finish(self) -> None:
-        self._close_step()
 
 
 def admission(sizes: list[int]) -> None:

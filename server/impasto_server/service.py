@@ -405,7 +405,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             )
         elif error is not None and is_out_of_memory(error):
             outcome = "out_of_memory"
-            _free_device_memory()
+            empty_cache()  # never while a pass is being recorded as a CUDA graph
             batch = f" (in a batch of {job.batch_size} jobs)" if job.batch_size > 1 else ""
             job.outbox.finish(
                 Failure(
@@ -442,10 +442,6 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             duration,
             outcome,
         )
-
-
-def _free_device_memory() -> None:
-    empty_cache()  # never while a pass is being recorded as a CUDA graph
 
 
 def _stop_reason(context: grpc.ServicerContext, job: Job) -> str:

@@ -1,6 +1,7 @@
-"""The CUDA graphs of a batch's pass (graphs.py, a GPU's default): where a pass cannot be recorded, the
-runs go on as without them; where there is no CUDA device, they cannot be asked for. (Replaying
-a recorded pass needs a GPU: benchmarks/gpu.py measures it and compares its losses.)"""
+"""The CUDA graphs of a batch's pass (graphs.py, a GPU's default): where a pass cannot be
+recorded, the runs go on as without them; where there is no CUDA device, they cannot be asked
+for. (Replaying a recorded pass needs a GPU: benchmarks/gpu.py measures it and compares its
+losses.)"""
 
 from __future__ import annotations
 
