@@ -7,12 +7,21 @@ after another, then together through Engine.run_batch, and prints per optimizer:
 all jobs each way and their ratio (below 1: batching pays), and how far the batched images are
 from the solo ones: the mean and largest 8-bit pixel difference, and the yardstick distances
 (impasto_server.engine.yardstick) of both, so "equally good" can be read off.
+
+What float tolerance means for a whole optimisation: the same solo jobs run again with other
+convolution kernels (cuDNN's heuristics instead of its autotuner, or the other way round, on a
+GPU; PyTorch's own convolutions instead of oneDNN's on a CPU), which add the same products in
+another order, as a batch's kernels do; how far those images are from the first solo ones is
+printed beside the batch's distance. A solo job's image is only defined to that distance: the
+autotuner may choose other kernels in another process.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import time
+import warnings
 
 import numpy as np
 import torch
@@ -28,6 +37,28 @@ def _first_apart(solo: list[float], batched: list[float]) -> int | None:
         if abs(a - b) > 1e-5 * abs(a):
             return iteration
     return None
+
+
+@contextlib.contextmanager
+def other_kernels(device: str):
+    """Convolutions by other kernels than the engine's usual ones inside the block."""
+    if device.startswith("cuda"):
+        cudnn = torch.backends.cudnn
+        with cudnn.flags(
+            enabled=True, benchmark=not cudnn.benchmark, deterministic=cudnn.deterministic,
+            allow_tf32=cudnn.allow_tf32,
+        ):  # fmt: skip
+            yield
+        return
+    with warnings.catch_warnings():  # setting oneDNN's flags warns of Intel GPUs' TF32
+        warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")
+        with torch.backends.mkldnn.flags(enabled=False, allow_tf32=False):
+            yield
+
+
+def _pixels_apart(first: list[np.ndarray], second: list[np.ndarray]) -> tuple[float, int]:
+    diff = np.concatenate([np.abs(a.astype(int) - b).ravel() for a, b in zip(first, second)])
+    return float(diff.mean()), int(diff.max())
 
 
 def main() -> None:
@@ -51,7 +82,8 @@ def main() -> None:
     print(f"device: {describe(engine.device)}; {args.jobs} jobs of {args.size} px, "
           f"{args.iterations} iterations, {precision}")  # fmt: skip
     print(f"{'optimizer':9} {'alone s':>8} {'batch s':>8} {'ratio':>6} {'px mean':>8} "
-          f"{'px max':>6} {'apart at':>8} {'style alone':>11} {'style batch':>11}")  # fmt: skip
+          f"{'px max':>6} {'apart at':>8} {'style alone':>11} {'style batch':>11} "
+          f"{'kern mean':>9} {'kern max':>8}")  # fmt: skip
     for optimizer in ("adam", "lbfgs"):
         options = StyleOptions.from_preset(
             "default", size=args.size, iterations=args.iterations, num_scales=1, seed=0,
@@ -83,16 +115,19 @@ def main() -> None:
                        for events in runs]  # fmt: skip
         apart = [_first_apart(solo, mine) for solo, mine in zip(solo_losses, losses)]
         first_apart = min((n for n in apart if n is not None), default=None)
-        diff = np.concatenate([np.abs(a.astype(int) - b).ravel() for a, b in zip(alone, batched)])
+        mean, worst = _pixels_apart(alone, batched)
+        with other_kernels(engine.device):
+            again = [list(engine.run(c, [style], options))[-1].image for c in contents]
+        floor_mean, floor_worst = _pixels_apart(alone, again)
         style_alone, style_batch = [], []
         for c, a, b in zip(contents, alone, batched):
             measure = Yardstick(c, style, a.shape[:2], engine.net)
             style_alone.append(measure(a)[1])
             style_batch.append(measure(b)[1])
         print(f"{optimizer:9} {alone_s:8.2f} {batch_s:8.2f} {batch_s / alone_s:6.2f} "
-              f"{diff.mean():8.2f} {diff.max():6d} {first_apart or '-':>8} "
-              f"{np.mean(style_alone):11.3e} "
-              f"{np.mean(style_batch):11.3e}")  # fmt: skip
+              f"{mean:8.2f} {worst:6d} {first_apart or '-':>8} "
+              f"{np.mean(style_alone):11.3e} {np.mean(style_batch):11.3e} "
+              f"{floor_mean:9.2f} {floor_worst:8d}")  # fmt: skip
 
 
 if __name__ == "__main__":
