@@ -23,23 +23,25 @@
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
    eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
 5. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
-   found by doubling then bisecting with the real optimizer (L-BFGS with up to 100 pairs, 2.4
-   KB a pixel, fewer where the engine's memory plan cuts them to fit), the pairs kept at that
-   size, the peak device memory against the plan's estimate, per megapixel, and any job the
-   plan accepted that then failed.
+   found by doubling from 4096 px (the goal on an 80 GB card) then bisecting with the real
+   optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the engine's memory plan
+   cuts them to fit), the pairs kept at that size, the peak device memory against the plan's
+   estimate, per megapixel, any job the plan accepted that then failed, and each side tried
+   with the seconds it took.
 6. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
-   once with same-shaped jobs batched (--max-batch 16, and the GPU default at 16 clients, also
-   with CUDA graphs the other way), and the default preset's L-BFGS jobs batched with
-   --batch-lbfgs at 16 clients.
+   once with same-shaped jobs batched up to the GPU default of 8 (at 16 clients also with CUDA
+   graphs the other way), and 16 clients' default-preset L-BFGS jobs alone and batched with
+   --batch-lbfgs.
 7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
-is 1.
+is 1. The last row gives the seconds each part took (the goal: the whole run in 5 minutes on
+one H100).
 """
 
 from __future__ import annotations
@@ -94,18 +96,22 @@ def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
 
 def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str,
                    seconds: float = 90.0, step: int = 64):  # fmt: skip
-    """Double until a job does not fit, then bisect to ``step`` px. A side fits when the engine's
-    memory plan accepts the job (which may then keep fewer L-BFGS pairs) and its first three
-    iterations run; one the plan accepted that then ran out of memory is a plan miss. The
-    bisection stops after ``seconds`` (the side found is then a lower bound, more than
-    ``step`` px from the first side that failed).
+    """The largest side whose job the engine's memory plan accepts (which may keep fewer L-BFGS
+    pairs than usual), found by doubling from ``start`` then bisecting to ``step`` px, cheaply:
+    the plan alone (two tiny probe runs); then the real optimizer at that side: the job's first
+    three iterations. Should they fail (a plan miss when out of memory), the search goes on
+    below that side with real runs, from ``start`` (halving while they fail) then bisecting for
+    up to ``seconds`` (the side found is then a lower bound, more than ``step`` px from the
+    first side that failed).
     Returns (side, what was measured at that side, plan misses, other errors as (side,
-    message), the first side that failed or None where the search reached ``limit``)."""
+    message), the first side that failed or None where the search reached ``limit``, each side
+    tried with how it ended and how long it took)."""
     cuda = engine.device.startswith("cuda")
     misses: list[int] = []
     errors: list[tuple[int, str]] = []
+    tried: list[str] = []
 
-    def fits(side: int) -> dict | None:
+    def job(side: int):
         square = np.ascontiguousarray(np.resize(content, (side, side, 3)))
         # A stage of 101 iterations: L-BFGS's full history of 100 pairs (allocated when the
         # stage starts) unless memory is short, as a long job's last stage has; stopped after
@@ -113,52 +119,95 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
         options = StyleOptions.from_preset(
             "default", size=side, iterations=101, num_scales=1, precision=precision, seed=0
         )
-        try:
-            plan = engine.plan_memory(square, [style], options)
-        except InsufficientMemory:
+        return square, options
+
+    plans: dict[int, object] = {}  # the plan's answer for each side asked
+
+    def plan(side: int):
+        if side not in plans:
+            start = time.perf_counter()
+            square, options = job(side)
+            try:
+                plans[side] = engine.plan_memory(square, [style], options)
+                how = "accepted by the plan"
+            except InsufficientMemory:
+                plans[side] = None
+                how = "refused by the plan"
+            tried.append(f"{side} {how} ({time.perf_counter() - start:.1f} s)")
+        return plans[side]
+
+    def fits(side: int) -> dict | None:
+        accepted = plan(side)
+        if accepted is None:
             return None
+        start = time.perf_counter()
+        square, options = job(side)
         if cuda:
             torch.cuda.empty_cache()
             torch.cuda.reset_peak_memory_stats()
         before = torch.cuda.memory_allocated() if cuda else 0
-        done = [0]
+        stamps: list[float] = []  # when each iteration ended
         try:
             for event in engine.run(
-                square, [style], options, should_stop=lambda: done[0] >= 3, memory=plan
+                square, [style], options, should_stop=lambda: len(stamps) >= 3, memory=accepted
             ):
-                done[0] += isinstance(event, Progress)
+                if isinstance(event, Progress):
+                    stamps.append(time.perf_counter())
         except Cancelled:
             pass
         except torch.OutOfMemoryError:
             misses.append(side)
+            tried.append(f"{side} out of memory ({time.perf_counter() - start:.1f} s)")
             return None
         except RuntimeError as exc:  # a limit other than memory (say a 32-bit index): reported
             errors.append((side, f"{exc}"[:120]))
+            tried.append(f"{side} failed ({time.perf_counter() - start:.1f} s)")
             return None
+        # The first iteration pays the job's setup (targets, cuDNN's autotuning of new shapes,
+        # a graph's recording); the later ones are the iteration itself.
+        later = np.diff(stamps).mean() if len(stamps) > 1 else float("nan")
+        first = stamps[0] - start if stamps else float("nan")
+        tried.append(f"{side} ran ({first:.1f} s to the first iteration, then {later:.2f} s)")
         peak = torch.cuda.max_memory_allocated() - before if cuda else 0
-        return {"pairs": plan.pairs[-1], "estimate": plan.needed, "peak": peak}
+        return {"pairs": accepted.pairs[-1], "estimate": accepted.needed, "peak": peak}
 
-    good, best, side = 0, None, min(start, limit)
-    bad = None
-    while True:
-        measured = fits(side)
-        if measured is None:
-            bad = side
-            break
-        good, best = side, measured
-        if side >= limit:
-            break
-        side = min(2 * side, limit)
-    deadline = time.monotonic() + seconds
-    if bad is not None:
-        while bad - good > step and time.monotonic() < deadline:
+    def search(test, side: int, top: int, bad: int | None, deadline: float):
+        """Doubling from ``side`` up to ``top`` (halving while it fails, where nothing has
+        passed yet), then bisecting between the last side that passed ``test`` and the first
+        that failed. Returns (that side, what ``test`` gave there, the failed side or None)."""
+        good, best = 0, None
+        while True:
+            outcome = test(side)
+            if outcome is None:
+                bad = side
+                if good or side <= step:
+                    break
+                side = max(step, side // 2 // 16 * 16)
+                continue
+            good, best = side, outcome
+            if side >= top or bad is not None:
+                break
+            side = min(2 * side, top)
+        while bad is not None and bad - good > step and time.monotonic() < deadline:
             middle = (good + bad) // 2 // 16 * 16
-            measured = fits(middle)
-            if measured is not None:
-                good, best = middle, measured
+            outcome = test(middle)
+            if outcome is not None:
+                good, best = middle, outcome
             else:
                 bad = middle
-    return good, best, misses, errors, bad
+        return good, best, bad
+
+    # The plan's answer first (no deadline: it takes seconds), then one real run there.
+    accepted, _, refused = search(plan, min(start, limit), limit, None, float("inf"))
+    if not accepted:
+        return 0, None, misses, errors, refused, tried
+    measured = fits(accepted)
+    if measured is not None:
+        return accepted, measured, misses, errors, refused, tried
+    top = accepted - 16  # it failed: the real runs' search stays below it
+    deadline = time.monotonic() + seconds
+    good, best, bad = search(fits, min(start, top), top, accepted, deadline)
+    return good, best, misses, errors, bad, tried
 
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
@@ -454,7 +503,7 @@ def checks_part(device: str, rows: Rows) -> None:
         loss = losses.style_layer_losses(f, targets.to(device, torch.float32))
         loss.sum().backward()
         assert f.grad is not None
-        value = float(((loss.double().cpu() - expected) / expected).abs().max())
+        value = float(((loss.detach().double().cpu() - expected) / expected).abs().max())
         grad = f.grad.double().cpu()
         return value, float((grad - reference.grad).norm() / reference.grad.norm())
 
@@ -486,6 +535,25 @@ class Rows(list):
 
     failed = 0
 
+    def __init__(self) -> None:
+        super().__init__()
+        self.started = time.perf_counter()
+        self.seconds: dict[str, float] = {}
+
+    @contextlib.contextmanager
+    def part(self, name: str):
+        """Times a part of the run, for the last row: where a run's time limit goes."""
+        start = time.perf_counter()
+        try:
+            yield
+        finally:
+            self.seconds[name] = self.seconds.get(name, 0.0) + time.perf_counter() - start
+
+    def timing_row(self) -> None:
+        parts = ", ".join(f"{name} {seconds:.1f}" for name, seconds in self.seconds.items())
+        whole = time.perf_counter() - self.started
+        self.append(("seconds by part", f"{parts}; in all {whole:.0f}"))
+
     def append(self, row: tuple[str, str]) -> None:
         super().append(row)
         print(f"[{time.strftime('%H:%M:%S')}] {row[0]}: {row[1]}", flush=True)
@@ -505,44 +573,45 @@ class Rows(list):
 
 
 def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
-    """Jobs per minute with 1, 4 and 16 clients, each job alone and batched (up to 16, and the
-    GPU default of GPU_MAX_BATCH at 16 clients), Adam; then L-BFGS at 16 clients."""
+    """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
+    GPU default (GPU_MAX_BATCH; at 16 clients also with CUDA graphs the other way from the
+    engine's default); then the default preset's L-BFGS jobs at 16 clients, alone and batched
+    (--batch-lbfgs). One client's batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
     base = None
     many = 2 if toy else 16
+    batched = f"batched (up to {GPU_MAX_BATCH})"
     with rows.section("server warm-up"):  # the base row must not pay for the first job's setup
         server_throughput(engine, 1, 2, size, its, 1)
-    for clients in (1, 2) if toy else (1, 4, 16):
-        batches = (1, GPU_MAX_BATCH, 16) if clients == many else (1, 16)
-        for batch in batches:
-            how = f"batched (up to {batch})" if batch > 1 else "alone"
-            label = f"server, {clients} clients, Adam, {how}"
-            with rows.section(label):
-                jpm, mean_batch = server_throughput(engine, clients, jobs_each, size, its, batch)
-                base = base or jpm
-                text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
-                rows.append((label, text))
-    if engine.device.startswith("cuda"):
-        # The GPU default's batches again, with CUDA graphs the other way from the default.
-        other = not engine.cuda_graphs
-        how = "CUDA graphs" if other else "eager (no CUDA graphs)"
-        label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), {how}"
+
+    def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False):
+        nonlocal base
+        how = batched if batch > 1 else "alone"
+        if other_graphs:
+            how += ", CUDA graphs" if not engine.cuda_graphs else ", eager (no CUDA graphs)"
+        name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
+        label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
         with rows.section(label):
-            with graph_failures() if other else contextlib.nullcontext(), graphs_set(engine, other):
+            flip = not engine.cuda_graphs if other_graphs else engine.cuda_graphs
+            check = graph_failures() if flip and other_graphs else contextlib.nullcontext()
+            with check, graphs_set(engine, flip):
                 jpm, mean_batch = server_throughput(
-                    engine, many, jobs_each, size, its, GPU_MAX_BATCH
+                    engine, clients, jobs_each, size, its, batch, optimizer
                 )
-            ratio = jpm / (base or jpm)
-            rows.append((label, f"{jpm:.1f} jobs/min ({ratio:.2f}x), mean batch {mean_batch:.1f}"))
-    for batch in (1, 16):
-        how = f"batched (up to {batch})" if batch > 1 else "alone"
-        label = f"server, {many} clients, L-BFGS, {how}"
-        with rows.section(label):
-            jpm, mean_batch = server_throughput(engine, many, jobs_each, size, its, batch, "lbfgs")
-            ratio = jpm / (base or jpm)
-            rows.append((label, f"{jpm:.1f} jobs/min ({ratio:.2f}x), mean batch {mean_batch:.1f}"))
+            base = base or jpm
+            text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
+            rows.append((label, text))
+
+    row(1, 1)
+    for clients in (2,) if toy else (4, 16):
+        row(clients, 1)
+        row(clients, GPU_MAX_BATCH)
+    if engine.device.startswith("cuda"):
+        row(many, GPU_MAX_BATCH, other_graphs=True)
+    row(many, 1, "lbfgs")
+    row(many, GPU_MAX_BATCH, "lbfgs")
 
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:
@@ -552,8 +621,8 @@ def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: st
     # refused as invalid, not for memory).
     limit = 128 if toy else SIZE_RANGE[1]
     with rows.section(f"largest square ({best})"):
-        side, measured, misses, errors, bad = largest_square(
-            engine, content, style, 64 if toy else 2048, limit, best, step=64 if toy else 256
+        side, measured, misses, errors, bad, tried = largest_square(
+            engine, content, style, 64 if toy else 4096, limit, best, step=64 if toy else 256
         )
         if bad is not None:
             how = f" (the next side tried, {bad} px, failed)"
@@ -571,10 +640,25 @@ def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: st
             if peak:
                 per_mp = peak / (side * side / 1e6) / 2**20
                 rows.append(("peak memory per megapixel", f"{per_mp:.0f} MiB"))
+        rows.append(("  sides tried", "; ".join(tried)))
         rows.append(("plan misses (accepted, then out of memory)",
                      f"{len(misses)}" + (f" at {misses} px" if misses else "")))  # fmt: skip
         for at, message in errors:
             rows.append((f"  failed at {at} px (not memory)", message))
+
+
+def compile_part(engine: Engine, rows: Rows, content, style, iters: int, warm: int) -> None:
+    """One forward and backward pass eager against a CUDA graph of it, then torch.compile of
+    the network in its default and reduce-overhead modes."""
+    with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
+        eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
+        rows.append(("pass 512 px bfloat16, eager / CUDA graph",
+                     f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
+    for mode in (None, "reduce-overhead"):
+        label = f"torch.compile ({mode or 'default'}) 512 px bfloat16"
+        with rows.section(label):
+            ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm, mode)
+            rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
 
 
 def main() -> None:
@@ -591,7 +675,6 @@ def main() -> None:
     toy = args.toy
     device = args.device or ("cuda" if torch.cuda.is_available() and not toy else "cpu")
     cuda = device.startswith("cuda")
-    engine = Engine(device=device, max_pixels=16384 * 16384)
     content, style = samples.content(), samples.style(size=256)
     sizes = (32, 48) if toy else (512, 1024)
     iters, warm = (3, 2) if toy else (20, 5)
@@ -600,53 +683,59 @@ def main() -> None:
     print(f"device: {device} ({device_name(device)}); torch {torch.__version__}; "
           f"{time.strftime('%Y-%m-%d')}")  # fmt: skip
     rows = Rows()
+    with rows.part("setup"):
+        engine = Engine(device=device, max_pixels=16384 * 16384)
     # Every pass that could not be recorded as a CUDA graph (and so ran eagerly) where the
     # engine's default records them: a row at the end; the graphs part checks its own.
     failed_recordings = GraphFailures()
     logging.getLogger("impasto_server.engine").addHandler(failed_recordings)
     rows.append(("CUDA graphs (the engine's default here)", "on" if engine.cuda_graphs else "off"))
     if "checks" in only:
-        checks_part(device, rows)
+        with rows.part("checks"):
+            checks_part(device, rows)
     # In order of what matters most, so that a run cut short by its limit loses the least.
-    for size in sizes if "iteration" in only else ():
-        for label, allow in precisions:
-            precision = "bfloat16" if label == "bfloat16" else "float32"
-            with rows.section(f"ms/iteration {size} px {label}"):
-                with tf32(allow) if cuda else contextlib.nullcontext():
-                    ms = ms_per_iteration(engine, content, style, size, precision, iters, warm)
-                rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
+    if "iteration" in only:
+        with rows.part("iteration"):
+            for size in sizes:
+                for label, allow in precisions:
+                    precision = "bfloat16" if label == "bfloat16" else "float32"
+                    with rows.section(f"ms/iteration {size} px {label}"):
+                        with tf32(allow) if cuda else contextlib.nullcontext():
+                            ms = ms_per_iteration(
+                                engine, content, style, size, precision, iters, warm
+                            )
+                        rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
     if cuda and "graphs" in only:
-        graphs_part(engine, rows, content, style, iters, warm)
+        with rows.part("graphs"):
+            graphs_part(engine, rows, content, style, iters, warm)
     if "lbfgs" in only:
         step_side, history = (32, 5) if toy else (512, 100)
         step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"
-        with rows.section(step_label):
+        with rows.part("lbfgs"), rows.section(step_label):
             theirs, their_reads = lbfgs_step.measure("torch", step_side, history, device)
             ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
             reads = f"host reads {their_reads:.0f} / {our_reads:.0f}"
             rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
     if cuda and "profile" in only:
-        profile_part(engine, rows, content, style)
+        with rows.part("profile"):
+            profile_part(engine, rows, content, style)
     if "largest" in only:
-        largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
+        with rows.part("largest"):
+            largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
     if "server" in only:
-        server_part(engine, rows, toy)
+        with rows.part("server"):
+            server_part(engine, rows, toy)
     if cuda and "compile" in only:
-        with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
-            eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
-            rows.append(("pass 512 px bfloat16, eager / CUDA graph",
-                         f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
-        for mode in (None, "reduce-overhead"):
-            label = f"torch.compile ({mode or 'default'}) 512 px bfloat16"
-            with rows.section(label):
-                ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm, mode)
-                rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
+        with rows.part("compile"):
+            compile_part(engine, rows, content, style, iters, warm)
     if cuda and "autotune" in only:
-        autotune_part(engine, rows, content, style)
+        with rows.part("autotune"):
+            autotune_part(engine, rows, content, style)
     if engine.cuda_graphs:
         rows.append(
             ("passes not recorded as CUDA graphs (ran eagerly)", f"{len(failed_recordings.seen)}")
         )
+    rows.timing_row()
     print("-- the table --")
     width = max(len(k) for k, _ in rows)
     for key, value in rows:

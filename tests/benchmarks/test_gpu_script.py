@@ -34,11 +34,27 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert table["plan misses (accepted, then out of memory)"] == "0"
     step = table["L-BFGS step 32 px, history 5: torch / impasto"]
     assert step.endswith("host reads 14 / 0"), step
-    for clients in (1, 2):
-        for mode in ("alone", "batched (up to 16)"):
-            assert "jobs/min" in table[f"server, {clients} clients, Adam, {mode}"]
-    assert "jobs/min" in table["server, 2 clients, Adam, batched (up to 8)"]  # the GPU default
-    assert "jobs/min" in table["server, 2 clients, L-BFGS, batched (up to 16)"]
+    # the plan's answer, then one real run there
+    tried = table["sides tried"].split("; ")
+    assert [t.split(" (")[0] for t in tried] == [
+        "64 accepted by the plan",
+        "128 accepted by the plan",
+        "128 ran",
+    ], tried
+    assert "jobs/min (1.00x)" in table["server, 1 client, Adam, alone"]
+    for row in (
+        "Adam, alone",
+        "Adam, batched (up to 8)",
+        "L-BFGS, alone",
+        "L-BFGS, batched (up to 8)",
+    ):
+        assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
+    assert not any("up to 16" in key for key in table)
+    # where the run's time went: every part that ran, in the order it ran
+    parts, whole = table["seconds by part"].split("; in all ")
+    names = [part.rsplit(" ", 1)[0] for part in parts.split(", ")]
+    assert names == ["setup", "checks", "iteration", "lbfgs", "largest", "server"], parts
+    assert float(whole) >= sum(float(part.rsplit(" ", 1)[1]) for part in parts.split(", ")) - 1
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--toy", "--only", "lbfgs"],
@@ -46,5 +62,6 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.split("-- the table --")[1].strip().splitlines()
-    assert len(rows) == 2 and rows[0].startswith("CUDA graphs (the engine's default here)"), rows
+    assert len(rows) == 3 and rows[0].startswith("CUDA graphs (the engine's default here)"), rows
     assert rows[1].startswith("L-BFGS step 32 px"), rows
+    assert rows[2].startswith("seconds by part") and "setup" in rows[2] and "lbfgs" in rows[2]
