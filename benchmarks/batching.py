@@ -43,12 +43,12 @@ def _first_apart(solo: list[float], batched: list[float]) -> int | None:
 def other_kernels(device: str):
     """Convolutions by other kernels than the engine's usual ones inside the block."""
     if device.startswith("cuda"):
-        cudnn = torch.backends.cudnn
-        with cudnn.flags(
-            enabled=True, benchmark=not cudnn.benchmark, deterministic=cudnn.deterministic,
-            allow_tf32=cudnn.allow_tf32,
-        ):  # fmt: skip
+        saved = torch.backends.cudnn.benchmark  # the autotuner (the engine's) or heuristics
+        torch.backends.cudnn.benchmark = not saved
+        try:
             yield
+        finally:
+            torch.backends.cudnn.benchmark = saved
         return
     with warnings.catch_warnings():  # setting oneDNN's flags warns of Intel GPUs' TF32
         warnings.filterwarnings("ignore", message="TF32 acceleration on top of oneDNN")

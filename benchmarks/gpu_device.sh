@@ -19,4 +19,5 @@ status="${PIPESTATUS[0]}"
 if [ "${BATCHING:-1}" != 0 ]; then
   timeout 60 python3 benchmarks/batching.py --device cuda 2>&1 | tee "$OUT/batching.txt"
 fi
+echo "gpu_device.sh: ${SECONDS} s in all (wheels, gpu.py, batching.py)"
 exit "$status"
