@@ -23,9 +23,10 @@
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
    eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
 5. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
-   found by doubling from 4096 px (the goal on an 80 GB card) then bisecting with the real
-   optimizer (L-BFGS with up to 100 pairs, 2.4 KB a pixel, fewer where the engine's memory plan
-   cuts them to fit), the pairs kept at that size, the peak device memory against the plan's
+   found by doubling from 4096 px (the goal on an 80 GB card) then bisecting with the engine's
+   memory plan, then confirmed by the real optimizer (L-BFGS with up to 100 pairs, 2.4 KB a
+   pixel, fewer where the plan cuts them to fit) at that side; should that run fail, by real
+   runs below it. The pairs kept at that size, the peak device memory against the plan's
    estimate, per megapixel, any job the plan accepted that then failed, and each side tried
    with the seconds it took.
 6. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
