@@ -19,6 +19,14 @@ def test_cuda_graphs_need_a_cuda_device(engine):
     assert engine.cuda_graphs is False  # the default: on only where the device is a GPU
 
 
+def _batch_results(engine, content, jobs) -> list[np.ndarray]:
+    """The images of ``jobs`` ((style, options) pairs) run as one batch."""
+    prepared = [engine.prepare(content, [s], o) for s, o in jobs]
+    out = [e for _, e in engine.run_batch(prepared) if isinstance(e, Result)]
+    assert len(out) == len(jobs)
+    return [r.image for r in out]
+
+
 @pytest.mark.parametrize("optimizer", ["adam", "lbfgs"])
 def test_a_pass_that_cannot_be_recorded_runs_as_before(
     engine, content, style, red_style, monkeypatch, caplog, optimizer
@@ -27,19 +35,59 @@ def test_a_pass_that_cannot_be_recorded_runs_as_before(
         "default", size=40, iterations=6, num_scales=2, optimizer=optimizer, seed=4
     )
     jobs = [(style, options), (red_style, options.replace(style_weight=50.0))]
-
-    def results() -> list[np.ndarray]:
-        prepared = [engine.prepare(content, [s], o) for s, o in jobs]
-        out = [e for _, e in engine.run_batch(prepared) if isinstance(e, Result)]
-        assert len(out) == 2
-        return [r.image for r in out]
-
-    plain = results()
+    plain = _batch_results(engine, content, jobs)
     monkeypatch.setattr(engine, "cuda_graphs", True)  # on the CPU: recording fails
     with caplog.at_level(logging.WARNING, logger="impasto_server.engine"):
-        tried = results()
+        tried = _batch_results(engine, content, jobs)
     for a, b in zip(plain, tried, strict=True):
         assert np.array_equal(a, b)
     # tried once, in the first stage's third pass, then never again in this batch
     failures = [r for r in caplog.records if "CUDA graph" in r.getMessage()]
     assert len(failures) == 1 and failures[0].exc_info is not None
+
+
+class _EagerReplays:
+    """Stands in for PassGraphs on the CPU: each "replay" runs what a recording would hold
+    (the pass, then the steps it was given), so the engine's bookkeeping around a graph that
+    holds the L-BFGS steps is tested: a step taken twice, or not at all, changes the result."""
+
+    replays = 0
+    with_steps = 0
+
+    def __init__(self, device) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def run(self, stages, evaluate, steps=None):
+        type(self).replays += 1
+        terms = evaluate(stages)
+        if steps is not None:
+            type(self).with_steps += 1
+            steps(stages)
+        return terms
+
+
+@pytest.mark.parametrize("capturable", [False, True])
+def test_l_bfgs_steps_recorded_with_the_pass_are_taken_once(
+    content, style, red_style, monkeypatch, capturable
+):
+    from impasto_server.engine import transfer
+
+    engine = Engine(device="cpu", capturable_lbfgs=capturable)
+    options = StyleOptions.from_preset(
+        "default", size=40, iterations=8, num_scales=2, seed=4, precision="float32"
+    )
+    jobs = [(style, options), (red_style, options.replace(style_weight=50.0))]
+    plain = _batch_results(engine, content, jobs)
+    monkeypatch.setattr(transfer, "PassGraphs", _EagerReplays)
+    monkeypatch.setattr(_EagerReplays, "replays", 0)
+    monkeypatch.setattr(_EagerReplays, "with_steps", 0)
+    monkeypatch.setattr(engine, "cuda_graphs", True)
+    replayed = _batch_results(engine, content, jobs)
+    for a, b in zip(plain, replayed, strict=True):
+        assert np.array_equal(a, b)
+    # every pass from each stage's third on was a "replay"; with the steps where capturable
+    assert _EagerReplays.replays == 8 - 2 * 2
+    assert _EagerReplays.with_steps == (_EagerReplays.replays if capturable else 0)

@@ -4,8 +4,11 @@ On a GPU at 512 px the host's launches set an iteration's pace: some 230 kernels
 about a third of the time (benchmarks/gpu.py, profile). A CUDA graph records the pass's kernels
 once and replays them with one launch. The pass is a graph's ideal: fixed shapes, its input
 the images that the optimisers move in place, and its outputs (each image's gradient and the
-loss terms) written to the same memory every time. The optimiser steps stay outside it: an Adam
-step is one fused kernel; an L-BFGS step depends on host values (which pairs it keeps).
+loss terms) written to the same memory every time. The optimiser steps stay outside it by
+default: an Adam step is one fused kernel; an L-BFGS step depends on host values (which pairs
+it keeps). With ``Engine(capturable_lbfgs=True)`` the L-BFGS steps keep those values on the
+device (lbfgs.py) and are recorded after the pass, in the same graph (``steps`` below): an
+iteration is then one replay and one read.
 
 On by default on a CUDA device (``Engine(cuda_graphs=None)``): on an H200, 2.3x (L-BFGS) and
 2.4x (Adam) faster an iteration at 512 px in bfloat16, 1.15x at 1024 px, the losses equal to
@@ -58,19 +61,22 @@ class PassGraphs:
         self._key = self._graph = self._terms = None
 
     def run(
-        self, stages: Sequence[Any], evaluate: Callable[[Sequence[Any]], torch.Tensor]
-    ) -> torch.Tensor | None:
+        self, stages: Sequence[Any], evaluate: Callable[[Sequence[Any]], torch.Tensor],
+        steps: Callable[[Sequence[Any]], None] | None = None,
+    ) -> torch.Tensor | None:  # fmt: skip
         """The loss terms of ``stages`` (as ``evaluate(stages)`` returns them) from replaying
         their pass's graph, recorded now if it is a new batch; each stage's gradient is then in
-        its ``x.grad``. None where the pass must run eagerly (recording failed once: this
-        batch goes on without graphs)."""
+        its ``x.grad``, and where ``steps`` is given, ``steps(stages)`` (optimiser steps that
+        read no host value) ran after the pass, in the same graph. None where the pass must
+        run eagerly, and ``steps`` did not run (recording failed once: this batch goes on
+        without graphs)."""
         key = tuple(id(stage) for stage in stages)
         if key != self._key:
             self.release()
             if not self.enabled:
                 return None
             try:
-                self._record(key, stages, evaluate)
+                self._record(key, stages, evaluate, steps)
             except Exception:  # the pass runs eagerly instead
                 log.warning("could not record the pass as a CUDA graph", exc_info=True)
                 self.enabled = False
@@ -84,11 +90,15 @@ class PassGraphs:
     def _record(
         self, key: tuple[int, ...], stages: Sequence[Any],
         evaluate: Callable[[Sequence[Any]], torch.Tensor],
+        steps: Callable[[Sequence[Any]], None] | None,
     ) -> None:  # fmt: skip
         # As torch's documentation asks: a pass first on the side stream the recording will
         # use (lazy initialisations and cuDNN's autotuning happen outside the recording), then
         # the recording, with every gradient unset so the recorded backward writes them in the
-        # graph's memory, where each replay writes them again.
+        # graph's memory, where each replay writes them again. The steps are left out of that
+        # first pass (unlike the pass, a step done twice is not the same step: the recording
+        # runs nothing, the replay after it runs them once); they ran eagerly before (a graph
+        # comes from a stage's third pass), their kernels and libraries are ready.
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
@@ -103,4 +113,6 @@ class PassGraphs:
             torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
         ):
             terms = evaluate(stages)
+            if steps is not None:
+                steps(stages)
         self._key, self._graph, self._terms = key, graph, terms

@@ -29,6 +29,15 @@ and gamma = y.s / y.y of the newest pair. Only the arithmetic differs:
 The history is allocated when the optimiser is made, so an image too large for the device fails
 at the start of its stage rather than after a hundred iterations. The image may be in any dense
 memory layout (channels_last on a GPU); it is flattened in memory order.
+
+``capturable=True`` (the name torch's optimisers give the same idea) takes even that one value
+off the host, so that a step can be recorded in a CUDA graph with the pass before it (see
+graphs.py): which slots hold pairs, the oldest slot, gamma and whether the first step was taken
+are device tensors; a pair's curvature decides on the device whether it is stored; and every
+step works on the whole history, the slots without a pair masked out (they hold zeros, and the
+triangular factor holds 1 on their diagonal, so their coefficients come out 0). The steps are
+the same to rounding (``tests/engine/test_lbfgs.py``); the price is reading all ``history``
+slots every step, not only the stored ones, and no host read of the curvature: nothing waits.
 """
 
 from __future__ import annotations
@@ -42,7 +51,9 @@ CURVATURE_EPS = 1e-10
 
 
 class LBFGS:
-    def __init__(self, x: torch.Tensor, history: int, lr: float = 1.0) -> None:
+    def __init__(
+        self, x: torch.Tensor, history: int, lr: float = 1.0, capturable: bool = False
+    ) -> None:
         if history < 1:
             raise ValueError(f"history must be >= 1, got {history}")
         if not x.is_leaf or not x.requires_grad:
@@ -50,11 +61,13 @@ class LBFGS:
         self.x = x
         self.lr = float(lr)
         self.history = history
+        self.capturable = capturable
         self._order = x.dim_order()
         self._flat_x = x.detach().permute(self._order).view(-1)  # a view: steps move x itself
         n = self._flat_x.numel()
         kw = {"device": x.device, "dtype": x.dtype}
-        self._pairs = torch.empty((history, 2, n), **kw)  # [i, 0]: step s_i, [i, 1]: change y_i
+        # [i, 0]: step s_i, [i, 1]: change y_i (zeros where capturable: empty slots take part)
+        self._pairs = (torch.zeros if capturable else torch.empty)((history, 2, n), **kw)
         # [0]: s_i . y_j, [1]: y_i . y_j (symmetric), in slot order.
         self._products_sy = torch.zeros((2, history, history), **kw)
         self._count = 0  # pairs stored
@@ -71,11 +84,30 @@ class LBFGS:
         # (k, 2) in the buffer's row order (s_0, y_0, s_1, y_1, ...).
         self._uw = torch.zeros((2, 0), **kw)
         self._coefficients = torch.zeros((0, 2), **kw)
+        if capturable:
+            self._on_device(kw)
+
+    def _on_device(self, kw: dict) -> None:
+        """The state of a capturable step: fixed shapes, every value that changes on the
+        device, updated in place (a recorded step reads and writes the same memory on every
+        replay)."""
+        m = self.history
+        index = {"device": self.x.device, "dtype": torch.long}
+        self._slots = torch.arange(m, **index)
+        self._count_t = torch.zeros((), **index)  # pairs stored (slots 0.. until full)
+        self._head_t = torch.zeros((), **index)  # slot of the oldest pair once full
+        self._gamma_t = torch.ones((), **kw)
+        self._stepped_t = torch.zeros((), device=self.x.device, dtype=torch.bool)
+        self._uw = torch.zeros((2, m), **kw)  # (S g, Y g) of the last step, all slots
+        self._coefficients = torch.zeros((m, 2), **kw)  # slot order
+        self._new.zero_()  # read (and masked out) by the first step
+        self._prev_grad.zero_()
 
     @property
     def stored(self) -> int:
-        """How many (s, y) pairs the estimate uses now."""
-        return self._count
+        """How many (s, y) pairs the estimate uses now (where capturable, a read of the
+        device)."""
+        return int(self._count_t.item()) if self.capturable else self._count
 
     def _grad(self) -> torch.Tensor:
         grad = self.x.grad
@@ -85,8 +117,9 @@ class LBFGS:
 
     def curvature(self) -> torch.Tensor | None:
         """On the device, after the backward pass: (y.s, y.y) of the pair this step would store,
-        or None before the first step. Read it back and pass it to ``step``."""
-        if not self._stepped:
+        or None before the first step. Read it back and pass it to ``step``. None always
+        where capturable (the step decides on the device)."""
+        if not self._stepped or self.capturable:
             return None
         torch.sub(self._grad(), self._prev_grad, out=self._new[1])
         self._curvature = torch.mv(self._new, self._new[1])
@@ -97,6 +130,11 @@ class LBFGS:
         ``curvature()`` returned, read back; without them the step reads them itself (one
         device synchronisation)."""
         grad = self._grad()
+        if self.capturable:
+            if curvature is not None:
+                raise ValueError("a capturable step reads its curvature on the device")
+            self._device_step(grad)
+            return
         step = self._new[0]
         if not self._stepped:
             # torch's first step: steepest descent, at most lr / |g|_1 long.
@@ -184,3 +222,60 @@ class LBFGS:
         # S^T p + Y^T (-gamma a) as one product: the coefficients in the buffer's row order.
         rows = self._pairs[:k].view(2 * k, self._pairs.shape[2])
         torch.addmv(grad, rows.t(), coefficients.view(-1), beta=-lr * gamma, alpha=-lr, out=out)
+
+    # ------------------------------------------------------------------ capturable
+
+    def _device_step(self, grad: torch.Tensor) -> None:
+        """``step`` with every decision on the device: the same arithmetic as ``_update`` and
+        ``_direction`` over all ``history`` slots, the empty ones masked out, and the first
+        step's scale chosen by a device flag (no Python value changes from one step to the
+        next: a CUDA graph of it replays it exactly)."""
+        m, lr, new, pairs = self.history, self.lr, self._new, self._pairs
+        count, head, gamma, stepped = self._count_t, self._head_t, self._gamma_t, self._stepped_t
+        # The pair from the last step to this one, and whether it is stored.
+        torch.sub(grad, self._prev_grad, out=new[1])
+        curvature = torch.mv(new, new[1])  # (y.s, y.y)
+        accept = stepped & (curvature[0] > CURVATURE_EPS)
+        full = count >= m
+        slot = torch.where(full, head, count).view(1)
+        kept = pairs.index_select(0, slot)
+        pairs.index_copy_(0, slot, torch.where(accept, new.unsqueeze(0), kept))
+        uw = self._products(m, grad)  # all slots; the empty ones give 0
+        # The new pair's products with the stored ones, as _update computes them; written into
+        # its row and column (then its own, on the diagonal) only where it is stored.
+        sy_new = uw - self._uw
+        products = self._products_sy
+        c = self._coefficients.t().unsqueeze(1)  # (2, 1, m)
+        ys_new = torch.bmm(c, products).sum(dim=(0, 1))
+        ys_new = ys_new.addcmul_(self._uw[1], gamma).mul_(-lr)
+        chosen = (self._slots == slot) & accept  # (m,)
+        row, col = chosen.view(1, m, 1), chosen.view(1, 1, m)
+        updated = torch.where(row, torch.stack([ys_new, sy_new[1]]).unsqueeze(1), products)
+        updated = torch.where(col, sy_new.unsqueeze(2), updated)
+        products.copy_(torch.where(row & col, curvature.view(2, 1, 1), updated))
+        count.add_(accept & ~full)
+        head.copy_(torch.where(accept & full, (head + 1) % m, head))
+        gamma.copy_(torch.where(accept, curvature[0] / curvature[1], gamma))
+        # -lr H g (H g by the compact form, as _direction), pairs in chronological order.
+        order = (head + self._slots) % m
+        u, w = uw.index_select(1, order)
+        ordered = products.index_select(1, order).index_select(2, order)
+        sy, yy = ordered[0], ordered[1]
+        empty = (self._slots >= count).to(sy.dtype)  # chronological: the stored come first
+        factor = sy + torch.diag(empty)  # 1 on the empty slots' diagonal: their a, p are 0
+        a = torch.linalg.solve_triangular(factor, u.unsqueeze(1), upper=True)
+        rhs = torch.mm(yy, a).sub_(w.unsqueeze(1)).mul_(gamma)
+        rhs.addcmul_(sy.diagonal().unsqueeze(1), a)
+        p = torch.linalg.solve_triangular(factor.t(), rhs, upper=False)
+        self._coefficients.index_copy_(0, order, torch.cat([p, a.mul_(-gamma)], dim=1))
+        step = new[0]
+        rows = pairs.view(2 * m, pairs.shape[2])
+        torch.mv(rows.t(), self._coefficients.view(-1), out=step)
+        step.addcmul_(grad, gamma)
+        # The first step: steepest descent, at most lr / |g|_1 long (gamma is 1, no pairs).
+        first = torch.linalg.vector_norm(grad, 1).reciprocal_().clamp_(max=1.0)
+        step.mul_(torch.where(stepped, 1.0, first).mul_(-lr))
+        self._uw.copy_(uw)
+        self._flat_x.add_(step)
+        stepped.fill_(True)
+        self._prev_grad.copy_(grad)

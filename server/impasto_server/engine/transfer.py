@@ -108,6 +108,7 @@ class Engine:
         cache_bytes: int = 256 << 20,
         job_memory_bytes: int | None = None,
         cuda_graphs: bool | None = None,
+        capturable_lbfgs: bool = False,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -121,6 +122,9 @@ class Engine:
             raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
         # Each batch's pass replayed as a CUDA graph (see graphs.py): by default on a GPU.
         self.cuda_graphs = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
+        # L-BFGS steps with no host value (lbfgs.py, capturable): with CUDA graphs, recorded
+        # in the pass's graph. Off until a GPU run shows it pays (benchmarks/gpu.py, graphs).
+        self.capturable_lbfgs = capturable_lbfgs
         net = load_feature_net(weights, preprocessing)
         self._cuda = self._device.type == "cuda"
         # Images go through the network in channels_last on a GPU (cuDNN's fast layout); the
@@ -599,7 +603,12 @@ class Engine:
         terms = None
         if graphs is not None:
             if all(stage.steps >= 2 for stage in stages):  # each scale known (see graphs.py)
-                terms = graphs.run(stages, self._pass)
+                graphed = [s for s in stages if s.lbfgs is not None and s.lbfgs.capturable]
+                steps = _lbfgs_steps if graphed else None
+                terms = graphs.run(stages, self._pass, steps)
+                if terms is not None:
+                    for stage in graphed:
+                        stage.lbfgs_stepped = True  # in the replay, after the pass
             else:
                 graphs.release()
         if terms is None:
@@ -860,6 +869,13 @@ class PreparedRun:
         )  # fmt: skip
 
 
+def _lbfgs_steps(stages: Sequence[_Stage]) -> None:
+    """The capturable L-BFGS steps of a pass's stages, recorded after it in its CUDA graph."""
+    for stage in stages:
+        if stage.lbfgs is not None and stage.lbfgs.capturable:
+            stage.lbfgs.step()
+
+
 def _adam_together(stages: list[_Stage]) -> None:
     """The Adam steps of a batch's runs that share their settings as one fused step (one
     kernel on a GPU for all of them, not one or two for each): a temporary optimiser over their
@@ -922,11 +938,12 @@ class _Stage:
         if options.optimizer == "lbfgs":
             # torch's L-BFGS settings (no line search) with the history the run's plan gives
             # this stage (see _default_pairs): it is allocated now, in full.
-            self.lbfgs = LBFGS(self.x, history=history)
+            self.lbfgs = LBFGS(self.x, history=history, capturable=engine.capturable_lbfgs)
         else:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate, fused=True)
         self.curvature: list[float] | None = None  # read back with the loss terms
         self.adam_stepped = False
+        self.lbfgs_stepped = False  # by the replay of the pass's CUDA graph
         self.steps = 0  # optimiser steps taken
 
     def pending_read(self) -> torch.Tensor | None:
@@ -953,7 +970,9 @@ class _Stage:
         if not self.scale:
             self.scale = max(self.x.grad.abs().mean().item(), 1e-20)
             self.x.grad.div_(self.scale)
-        if self.lbfgs is not None:
+        if self.lbfgs_stepped:  # recorded with the pass (see Engine._evaluate)
+            self.lbfgs_stepped = False
+        elif self.lbfgs is not None:
             # Without a line search L-BFGS evaluates once per step, at the current point:
             # the pass that was just made (maybe shared with other runs).
             self.lbfgs.step(self.curvature)
