@@ -16,10 +16,13 @@
    GPU) against eager: ms per iteration in bfloat16 at 512 px (L-BFGS and Adam) and 1024 px,
    and how far the two runs' last losses are apart; a batch of four 256 px Adam runs as one
    graph against eager (ms, and the largest pixel difference of the results); the server part
-   adds a 16-client row with graphs the other way from the default. Every other part runs the
+   adds a 16-client row with graphs the other way from the default. The L-BFGS rows have a
+   third time: the L-BFGS step recorded in the pass's graph too (Engine(capturable_lbfgs=True),
+   off by default until this row shows it pays). Every other part runs the
    engine's default; the table says which it was, and how many passes could not be recorded.
 3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
-   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step.
+   impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step; and
+   impasto's capturable step, eager and replayed as a CUDA graph.
 4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
    eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
 5. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
@@ -380,14 +383,16 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
 
 
 @contextlib.contextmanager
-def graphs_set(engine: Engine, on: bool):
-    """The engine's passes replayed as CUDA graphs (or not) inside the block, and the engine's
-    own setting (its default) again after it, whatever happens."""
-    saved, engine.cuda_graphs = engine.cuda_graphs, on
+def graphs_set(engine: Engine, on: bool, steps: bool = False):
+    """The engine's passes replayed as CUDA graphs (or not) inside the block, with the L-BFGS
+    steps recorded in them where ``steps``, and the engine's own settings (its defaults) again
+    after it, whatever happens."""
+    saved = engine.cuda_graphs, engine.capturable_lbfgs
+    engine.cuda_graphs, engine.capturable_lbfgs = on, steps
     try:
         yield
     finally:
-        engine.cuda_graphs = saved
+        engine.cuda_graphs, engine.capturable_lbfgs = saved
 
 
 class GraphFailures(logging.Handler):
@@ -421,35 +426,44 @@ def graph_failures():
         raise RuntimeError(f"{len(seen)} pass(es) not recorded as CUDA graphs: {cause!r}")
 
 
-def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int) -> None:
+def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int,
+                sizes: tuple[int, int, int] = (512, 1024, 256)) -> None:  # fmt: skip
     """The engine's pass replayed as a CUDA graph (Engine.cuda_graphs) against eager, in
     bfloat16: ms per iteration at 512 and 1024 px (L-BFGS, the default preset's) and 512 px
     (Adam), medians of 3 alternating runs, and how far the graphed run's last total loss is
-    from the eager run's (the same job: the same kernels, replayed)."""
-    for size, optimizer in ((512, "lbfgs"), (512, "adam"), (1024, "lbfgs")):
-        label = f"ms/iteration {size} px bfloat16 {optimizer}, eager / CUDA graphs"
+    from the eager run's (the same job: the same kernels, replayed). For L-BFGS also with its
+    steps in the graph (Engine.capturable_lbfgs: the same steps to rounding, so its last loss
+    is near, not equal). ``sizes``: the first two rows', the last's, the batch's."""
+    small, large, batch = sizes
+    for size, optimizer in ((small, "lbfgs"), (small, "adam"), (large, "lbfgs")):
+        # (graphs, the L-BFGS step in them)
+        modes = [(False, False), (True, False)] + ([(True, True)] if optimizer == "lbfgs" else [])
+        label = f"ms/iteration {size} px bfloat16 {optimizer}, eager / CUDA graphs" + (
+            " / with the step" if len(modes) == 3 else "")  # fmt: skip
         with rows.section(label):
             options = StyleOptions.from_preset(
                 "default", size=size, iterations=warmup + iterations, num_scales=1,
                 precision="bfloat16", optimizer=optimizer, seed=0,
             )  # fmt: skip
-            times: dict[bool, list[float]] = {False: [], True: []}
-            last: dict[bool, float] = {}
+            times: dict[tuple[bool, bool], list[float]] = {mode: [] for mode in modes}
+            last: dict[tuple[bool, bool], float] = {}
             with graph_failures():
                 for _ in range(3):
-                    for graphed in (False, True):
-                        with graphs_set(engine, graphed):
+                    for mode in modes:
+                        with graphs_set(engine, *mode):
                             events = [e for e in engine.run(content, [style], options)
                                       if isinstance(e, Progress)]  # fmt: skip
                         stamps = [e.elapsed for e in events]
                         median = float(np.median(np.diff(stamps[warmup - 1 :])))
-                        times[graphed].append(median * 1e3)
-                        last[graphed] = events[-1].losses["total"]
-            eager, graphs = (statistics.median(times[g]) for g in (False, True))
-            gap = abs(last[True] - last[False]) / abs(last[False])
-            apart = f"last loss apart by {gap:.1e} of it"
-            rows.append((label, f"{eager:.2f} / {graphs:.2f} ({eager / graphs:.2f}x); {apart}"))
-    graphed_batch(engine, rows, content, style, iterations, warmup)
+                        times[mode].append(median * 1e3)
+                        last[mode] = events[-1].losses["total"]
+            eager, *graphed = (statistics.median(times[mode]) for mode in modes)
+            gaps = [abs(last[mode] - last[modes[0]]) / abs(last[modes[0]]) for mode in modes[1:]]
+            apart = "last loss apart by " + " / ".join(f"{gap:.1e}" for gap in gaps) + " of it"
+            ms = " / ".join(f"{t:.2f}" for t in (eager, *graphed))
+            ratios = " / ".join(f"{eager / t:.2f}x" for t in graphed)
+            rows.append((label, f"{ms} ({ratios}); {apart}"))
+    graphed_batch(engine, rows, content, style, iterations, warmup, size=batch)
 
 
 def graphed_batch(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int,
@@ -718,6 +732,12 @@ def main() -> None:
             ours, our_reads = lbfgs_step.measure("impasto", step_side, history, device)
             reads = f"host reads {their_reads:.0f} / {our_reads:.0f}"
             rows.append((step_label, f"{theirs:.2f} / {ours:.2f} ms, {reads}"))
+        capturable_label = f"L-BFGS step {step_side} px, history {history}: capturable" + (
+            ", eager / as a CUDA graph" if cuda else "")  # fmt: skip
+        with rows.part("lbfgs"), rows.section(capturable_label):
+            kinds = ("capturable", "captured") if cuda else ("capturable",)
+            ms = [lbfgs_step.measure(k, step_side, history, device)[0] for k in kinds]
+            rows.append((capturable_label, " / ".join(f"{t:.2f}" for t in ms) + " ms"))
     if cuda and "profile" in only:
         with rows.part("profile"):
             profile_part(engine, rows, content, style)

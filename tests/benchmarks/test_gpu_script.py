@@ -34,6 +34,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert table["plan misses (accepted, then out of memory)"] == "0"
     step = table["L-BFGS step 32 px, history 5: torch / impasto"]
     assert step.endswith("host reads 14 / 0"), step
+    assert float(table["L-BFGS step 32 px, history 5: capturable"].split()[0]) > 0
     # the plan's answer, then one real run there
     tried = table["sides tried"].split("; ")
     assert [t.split(" (")[0] for t in tried] == [
@@ -62,6 +63,6 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.split("-- the table --")[1].strip().splitlines()
-    assert len(rows) == 3 and rows[0].startswith("CUDA graphs (the engine's default here)"), rows
-    assert rows[1].startswith("L-BFGS step 32 px"), rows
-    assert rows[2].startswith("seconds by part") and "setup" in rows[2] and "lbfgs" in rows[2]
+    assert len(rows) == 4 and rows[0].startswith("CUDA graphs (the engine's default here)"), rows
+    assert rows[1].startswith("L-BFGS step 32 px") and rows[2].startswith("L-BFGS step 32 px")
+    assert rows[3].startswith("seconds by part") and "setup" in rows[3] and "lbfgs" in rows[3]

@@ -4,29 +4,11 @@ only (a plan miss), so they are driven here by an engine whose limits are set by
 
 from __future__ import annotations
 
-import os
-import sys
 from types import SimpleNamespace
 
 import numpy as np
-import pytest
 import torch
 from impasto_server.engine import Cancelled, InsufficientMemory, Progress
-
-BENCHMARKS = os.path.join(
-    os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)))), "benchmarks"
-)
-
-
-@pytest.fixture(scope="module")
-def gpu():
-    sys.path.insert(0, BENCHMARKS)
-    try:
-        import gpu
-
-        yield gpu
-    finally:
-        sys.path.remove(BENCHMARKS)
 
 
 class LimitedEngine:

@@ -1,0 +1,56 @@
+"""benchmarks/gpu.py's graphs part runs on a GPU only (it records CUDA graphs), and a GPU is lent
+for minutes: its rows are driven here on the CPU at toy sizes, with a stand-in for the engine's
+graphs whose "replay" runs what a recording would hold (the pass, then the steps it was given),
+so every mode it compares runs, the L-BFGS step in the graph included."""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+from impasto import samples
+from impasto_server.engine import Engine, transfer
+
+
+class EagerReplays:
+    modes: ClassVar[list[bool]] = []  # per replay: whether the steps were in it
+
+    def __init__(self, device) -> None:
+        pass
+
+    def release(self) -> None:
+        pass
+
+    def run(self, stages, evaluate, steps=None):
+        type(self).modes.append(steps is not None)
+        terms = evaluate(stages)
+        if steps is not None:
+            steps(stages)
+        return terms
+
+
+def test_the_graphs_part_compares_every_mode(gpu, monkeypatch):
+    monkeypatch.setattr(transfer, "PassGraphs", EagerReplays)
+    monkeypatch.setattr(EagerReplays, "modes", [])
+    engine = Engine(device="cpu")
+    rows = gpu.Rows()
+    content, style = samples.content()[::8, ::8].copy(), samples.style(size=64)
+    gpu.graphs_part(engine, rows, content, style, iterations=3, warmup=2, sizes=(32, 40, 32))
+    table = dict(rows)
+    assert rows.failed == 0, table
+    assert (engine.cuda_graphs, engine.capturable_lbfgs) == (False, False)  # its own again
+    lbfgs = table["ms/iteration 32 px bfloat16 lbfgs, eager / CUDA graphs / with the step"]
+    ms, rest = lbfgs.split(" (")
+    assert len(ms.split(" / ")) == 3 and all(float(t) > 0 for t in ms.split(" / ")), lbfgs
+    gaps = rest.split("last loss apart by ")[1].removesuffix(" of it").split(" / ")
+    # graphed replays the same kernels; the step in the graph is the capturable form's
+    assert float(gaps[0]) == 0 and float(gaps[1]) < 1e-2, lbfgs
+    adam = table["ms/iteration 32 px bfloat16 adam, eager / CUDA graphs"]
+    assert len(adam.split(" (")[0].split(" / ")) == 2, adam
+    assert "ms/iteration 40 px bfloat16 lbfgs, eager / CUDA graphs / with the step" in table
+    assert (
+        "results apart by at most 0 levels"
+        in table["batch of 4 x 32 px Adam bfloat16, ms/iteration eager / CUDA graphs"]
+    )
+    # three alternating runs of each mode; per run, a replay for each pass from the third on
+    with_steps = [m for m in EagerReplays.modes if m]
+    assert len(with_steps) == 2 * 3 * (5 - 2)
