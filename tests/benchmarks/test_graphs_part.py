@@ -5,6 +5,7 @@ so every mode it compares runs, the L-BFGS step in the graph included."""
 
 from __future__ import annotations
 
+import logging
 from typing import ClassVar
 
 from impasto import samples
@@ -54,3 +55,38 @@ def test_the_graphs_part_compares_every_mode(gpu, monkeypatch):
     # three alternating runs of each mode; per run, a replay for each pass from the third on
     with_steps = [m for m in EagerReplays.modes if m]
     assert len(with_steps) == 2 * 3 * (5 - 2)
+
+
+class StepsNotRecorded(EagerReplays):
+    """Records a pass, but not a pass with the steps: warns as PassGraphs does and runs eagerly."""
+
+    failed = False
+
+    def run(self, stages, evaluate, steps=None):
+        if steps is None:
+            return super().run(stages, evaluate)
+        if self.failed:  # once a batch's recording failed, it goes on eagerly
+            return None
+        self.failed = True
+        try:
+            raise RuntimeError("operation not permitted when stream is capturing")
+        except RuntimeError:
+            logging.getLogger("impasto_server.engine").warning(
+                "could not record the pass as a CUDA graph", exc_info=True
+            )
+        for stage in stages:
+            stage.x.grad = None
+        return None
+
+
+def test_a_step_that_cannot_be_recorded_leaves_the_rest_of_the_row(gpu, monkeypatch):
+    monkeypatch.setattr(transfer, "PassGraphs", StepsNotRecorded)
+    engine = Engine(device="cpu")
+    rows = gpu.Rows()
+    content, style = samples.content()[::8, ::8].copy(), samples.style(size=64)
+    gpu.graphs_part(engine, rows, content, style, iterations=3, warmup=2, sizes=(32, 32, 32))
+    assert rows.failed == 0, dict(rows)
+    lbfgs = dict(rows)["ms/iteration 32 px bfloat16 lbfgs, eager / CUDA graphs / with the step"]
+    ms = lbfgs.split(" (")[0].split(" / ")
+    assert float(ms[0]) > 0 and float(ms[1]) > 0 and ms[2] == "-", lbfgs
+    assert "with the step: 1 pass(es) not recorded" in lbfgs and "capturing" in lbfgs, lbfgs
