@@ -121,9 +121,14 @@ class LBFGS:
         where capturable (the step decides on the device)."""
         if not self._stepped or self.capturable:
             return None
-        torch.sub(self._grad(), self._prev_grad, out=self._new[1])
-        self._curvature = torch.mv(self._new, self._new[1])
+        self._curvature = self._new_pair(self._grad())
         return self._curvature
+
+    def _new_pair(self, grad: torch.Tensor) -> torch.Tensor:
+        """The change of gradient since the last step into ``_new[1]`` (beside that step in
+        ``_new[0]``); returns the pair's (y.s, y.y), on the device."""
+        torch.sub(grad, self._prev_grad, out=self._new[1])
+        return torch.mv(self._new, self._new[1])
 
     def step(self, curvature: Sequence[float] | None = None) -> None:
         """One step from the gradient in ``x.grad``. ``curvature``: the values that
@@ -233,8 +238,7 @@ class LBFGS:
         m, lr, new, pairs = self.history, self.lr, self._new, self._pairs
         count, head, gamma, stepped = self._count_t, self._head_t, self._gamma_t, self._stepped_t
         # The pair from the last step to this one, and whether it is stored.
-        torch.sub(grad, self._prev_grad, out=new[1])
-        curvature = torch.mv(new, new[1])  # (y.s, y.y)
+        curvature = self._new_pair(grad)  # (y.s, y.y)
         accept = stepped & (curvature[0] > CURVATURE_EPS)
         full = count >= m
         slot = torch.where(full, head, count).view(1)

@@ -604,8 +604,12 @@ class Engine:
         if graphs is not None:
             if all(stage.steps >= 2 for stage in stages):  # each scale known (see graphs.py)
                 graphed = [s for s in stages if s.lbfgs is not None and s.lbfgs.capturable]
-                steps = _lbfgs_steps if graphed else None
-                terms = graphs.run(stages, self._pass, steps)
+
+                def steps(_: Sequence[_Stage]) -> None:  # recorded after the pass, in its graph
+                    for stage in graphed:
+                        stage.lbfgs.step()
+
+                terms = graphs.run(stages, self._pass, steps if graphed else None)
                 if terms is not None:
                     for stage in graphed:
                         stage.lbfgs_stepped = True  # in the replay, after the pass
@@ -867,13 +871,6 @@ class PreparedRun:
             image=image, settings=self.options, losses=self.losses,
             elapsed=time.perf_counter() - started, iterations=self.iteration,
         )  # fmt: skip
-
-
-def _lbfgs_steps(stages: Sequence[_Stage]) -> None:
-    """The capturable L-BFGS steps of a pass's stages, recorded after it in its CUDA graph."""
-    for stage in stages:
-        if stage.lbfgs is not None and stage.lbfgs.capturable:
-            stage.lbfgs.step()
 
 
 def _adam_together(stages: list[_Stage]) -> None:
