@@ -6,32 +6,14 @@ so every mode it compares runs, the L-BFGS step in the graph included."""
 from __future__ import annotations
 
 import logging
-from typing import ClassVar
 
+from graph_stand_in import EagerReplays, install
 from impasto import samples
-from impasto_server.engine import Engine, transfer
-
-
-class EagerReplays:
-    modes: ClassVar[list[bool]] = []  # per replay: whether the steps were in it
-
-    def __init__(self, device) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-    def run(self, stages, evaluate, steps=None):
-        type(self).modes.append(steps is not None)
-        terms = evaluate(stages)
-        if steps is not None:
-            steps(stages)
-        return terms
+from impasto_server.engine import Engine
 
 
 def test_the_graphs_part_compares_every_mode(gpu, monkeypatch):
-    monkeypatch.setattr(transfer, "PassGraphs", EagerReplays)
-    monkeypatch.setattr(EagerReplays, "modes", [])
+    stand_in = install(monkeypatch)
     engine = Engine(device="cpu")
     rows = gpu.Rows()
     content, style = samples.content()[::8, ::8].copy(), samples.style(size=64)
@@ -53,8 +35,7 @@ def test_the_graphs_part_compares_every_mode(gpu, monkeypatch):
         in table["batch of 4 x 32 px Adam bfloat16, ms/iteration eager / CUDA graphs"]
     )
     # three alternating runs of each mode; per run, a replay for each pass from the third on
-    with_steps = [m for m in EagerReplays.modes if m]
-    assert len(with_steps) == 2 * 3 * (5 - 2)
+    assert stand_in.with_steps == 2 * 3 * (5 - 2)
 
 
 class StepsNotRecorded(EagerReplays):
@@ -80,7 +61,7 @@ class StepsNotRecorded(EagerReplays):
 
 
 def test_a_step_that_cannot_be_recorded_leaves_the_rest_of_the_row(gpu, monkeypatch):
-    monkeypatch.setattr(transfer, "PassGraphs", StepsNotRecorded)
+    install(monkeypatch, StepsNotRecorded)
     engine = Engine(device="cpu")
     rows = gpu.Rows()
     content, style = samples.content()[::8, ::8].copy(), samples.style(size=64)

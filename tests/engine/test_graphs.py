@@ -9,6 +9,7 @@ import logging
 
 import numpy as np
 import pytest
+from graph_stand_in import install
 from impasto_server.engine import Engine, EngineError, Result, StyleOptions
 
 
@@ -46,48 +47,21 @@ def test_a_pass_that_cannot_be_recorded_runs_as_before(
     assert len(failures) == 1 and failures[0].exc_info is not None
 
 
-class _EagerReplays:
-    """Stands in for PassGraphs on the CPU: each "replay" runs what a recording would hold
-    (the pass, then the steps it was given), so the engine's bookkeeping around a graph that
-    holds the L-BFGS steps is tested: a step taken twice, or not at all, changes the result."""
-
-    replays = 0
-    with_steps = 0
-
-    def __init__(self, device) -> None:
-        pass
-
-    def release(self) -> None:
-        pass
-
-    def run(self, stages, evaluate, steps=None):
-        type(self).replays += 1
-        terms = evaluate(stages)
-        if steps is not None:
-            type(self).with_steps += 1
-            steps(stages)
-        return terms
-
-
 @pytest.mark.parametrize("capturable", [False, True])
 def test_l_bfgs_steps_recorded_with_the_pass_are_taken_once(
     content, style, red_style, monkeypatch, capturable
 ):
-    from impasto_server.engine import transfer
-
     engine = Engine(device="cpu", capturable_lbfgs=capturable)
     options = StyleOptions.from_preset(
         "default", size=40, iterations=8, num_scales=2, seed=4, precision="float32"
     )
     jobs = [(style, options), (red_style, options.replace(style_weight=50.0))]
     plain = _batch_results(engine, content, jobs)
-    monkeypatch.setattr(transfer, "PassGraphs", _EagerReplays)
-    monkeypatch.setattr(_EagerReplays, "replays", 0)
-    monkeypatch.setattr(_EagerReplays, "with_steps", 0)
+    stand_in = install(monkeypatch)  # each "replay" runs the pass and the steps it holds
     monkeypatch.setattr(engine, "cuda_graphs", True)
     replayed = _batch_results(engine, content, jobs)
     for a, b in zip(plain, replayed, strict=True):
         assert np.array_equal(a, b)
     # every pass from each stage's third on was a "replay"; with the steps where capturable
-    assert _EagerReplays.replays == 8 - 2 * 2
-    assert _EagerReplays.with_steps == (_EagerReplays.replays if capturable else 0)
+    assert stand_in.replays == 8 - 2 * 2
+    assert stand_in.with_steps == (stand_in.replays if capturable else 0)
