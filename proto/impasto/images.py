@@ -227,6 +227,10 @@ def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
         raise ImageError(field, f"image too large (decompression bomb guard): {exc}") from exc
+    except PILImage.UnidentifiedImageError as exc:  # its text names Python's buffer object
+        raise ImageError(
+            field, "cannot decode image bytes: not PNG, JPEG or TIFF, or cut short in its header"
+        ) from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise ImageError(field, f"cannot decode image bytes (PNG, JPEG or TIFF): {exc}") from exc
     if getattr(image, "n_frames", 1) > 1:

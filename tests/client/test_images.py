@@ -75,3 +75,14 @@ def test_decompression_bomb_is_refused_before_decoding():
     big = images.encode(np.zeros((300, 300), np.uint8), "png")
     with pytest.raises(images.ImageError, match="exceeds the limit"):
         images.decode(big, max_pixels=100 * 100)
+
+
+def test_bytes_of_no_image_format_get_a_plain_message():
+    jpeg = images.encode(np.random.default_rng(0).integers(0, 256, (64, 64, 3), np.uint8), "jpeg")
+    with pytest.raises(images.ImageError) as refused:
+        images.decode(b"hello, not an image\n")
+    assert str(refused.value).endswith("not PNG, JPEG or TIFF, or cut short in its header")
+    assert "BytesIO" not in str(refused.value)
+    # a known format cut short in its pixels keeps Pillow's own reason
+    with pytest.raises(images.ImageError, match="cannot decode image bytes .*truncated"):
+        images.decode(jpeg[: len(jpeg) // 2])
