@@ -10,6 +10,7 @@ import argparse
 import contextlib
 import os
 import sys
+import tempfile
 from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
@@ -159,16 +160,64 @@ def read_mask(path: str) -> np.ndarray:
 
 def save_image(array: np.ndarray, path: str | Path) -> None:
     path = Path(path)
-    suffix = path.suffix.lower()
-    if suffix == ".npy":
+    form = _check_suffix(path)
+    if form == "npy":
         np.save(path, array)
-        return
-    form = {".png": "png", ".tif": "tiff", ".tiff": "tiff", ".jpg": "jpeg", ".jpeg": "jpeg"}.get(
-        suffix
-    )
+    else:
+        path.write_bytes(images.encode(array, form))
+
+
+_FORMS = {
+    ".png": "png",
+    ".tif": "tiff",
+    ".tiff": "tiff",
+    ".jpg": "jpeg",
+    ".jpeg": "jpeg",
+    ".npy": "npy",
+}
+
+
+def _check_suffix(path: Path) -> str:
+    form = _FORMS.get(path.suffix.lower())
     if form is None:
         raise UsageError(f"cannot write {path.name}: use .png, .tif, .jpg or .npy")
-    path.write_bytes(images.encode(array, form))
+    return form
+
+
+def prepare_output(path: Path) -> None:
+    """Before the job: refuse an output the result could not be written to, so that a long
+    run's result is not lost at the end. Missing folders are made (as for previews)."""
+    if path.is_dir():
+        raise UsageError(f"cannot write {path}: it is a folder; give a file name")
+    _check_suffix(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
+    if not os.access(path.parent, os.W_OK | os.X_OK) or (
+        path.exists() and not os.access(path, os.W_OK)
+    ):
+        raise UsageError(f"cannot write {path}: permission denied")
+
+
+def save_result(array: np.ndarray, path: Path) -> None:
+    """Write the result; should that fail now (a full disk, a folder removed during the run),
+    write it to the temporary folder instead and raise ``ResultMoved`` saying where."""
+    try:
+        save_image(array, path)
+    except OSError as exc:
+        spare = Path(tempfile.gettempdir()) / f"{path.stem}-{os.getpid()}{path.suffix}"
+        try:
+            save_image(array, spare)
+        except OSError:
+            raise exc from None
+        raise ResultMoved(
+            f"cannot write {path} ({exc.strerror or exc}); the result is saved as {spare} instead"
+        ) from exc
+
+
+class ResultMoved(Exception):
+    """The result was written, but not where it was asked for: exit code 1."""
 
 
 # ---------------------------------------------------------------- connection
@@ -220,11 +269,14 @@ def stylize(args: argparse.Namespace) -> int:
             raise UsageError("give at least one STYLE image after CONTENT")
         content = read_image(args.content, "content")
         styles = [read_image(path, f"style {path}") for path in args.styles]
+    if args.device and args.server:
+        raise UsageError("--device chooses the local server's device; --server's picks its own")
     output = Path(args.output)
-    if output.suffix.lower() not in (".png", ".tif", ".tiff", ".jpg", ".jpeg", ".npy"):
-        raise UsageError(f"cannot write {output.name}: use .png, .tif, .jpg or .npy")
+    prepare_output(output)
     previews = Path(args.save_previews) if args.save_previews else None
     if previews is not None:
+        if previews.exists() and not previews.is_dir():
+            raise UsageError(f"--save-previews: {previews} is a file, not a folder")
         previews.mkdir(parents=True, exist_ok=True)
     options = {
         name: getattr(args, name)
@@ -250,7 +302,7 @@ def stylize(args: argparse.Namespace) -> int:
             **options,
         )
         result = _follow(job, previews, quiet=args.quiet)
-    save_image(result.image, output)
+    save_result(result.image, output)
     h, w = result.image.shape[:2]
     print(
         f"wrote {output} ({w}x{h}, {result.iterations} iterations in "
@@ -292,7 +344,15 @@ def _follow(job: Any, previews: Path | None, *, quiet: bool) -> Result:
                         refresh=False,
                     )
                 if previews is not None and event.preview is not None:
-                    save_image(event.preview, previews / f"preview_{event.iteration:05d}.png")
+                    try:
+                        save_image(event.preview, previews / f"preview_{event.iteration:05d}.png")
+                    except OSError as exc:  # the job itself goes on
+                        print(
+                            f"impasto: warning: cannot write previews ({exc}); "
+                            "the job goes on without them",
+                            file=sys.stderr,
+                        )
+                        previews = None
             elif isinstance(event, Result) and bar is not None:
                 bar.update(bar.total - bar.n)
         return job.result()
@@ -331,7 +391,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
-    except ImpastoError as exc:
+    except (ImpastoError, ResultMoved) as exc:
         print(f"impasto: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (UsageError, images.ImageError, wire.OptionError, ValueError, OSError) as exc:

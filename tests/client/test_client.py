@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import torch
@@ -88,6 +90,65 @@ def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code
     argv = [str(path) if a == "__CONTENT__" else a for a in argv]
     assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
     assert text in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("output", "text"),
+    [
+        ("a_file/o.png", "cannot write"),  # its folder would be a file
+        (".", "it is a folder"),
+        ("o.gif", "use .png, .tif, .jpg or .npy"),
+    ],
+)
+def test_cli_refuses_an_unwritable_output_before_the_job(
+    tmp_path, tiny_content, capsys, output, text
+):
+    """Checked before connecting: with no server at the address, the output is what is named."""
+    (tmp_path / "a_file").write_text("")
+    path = tmp_path / "c.png"
+    PILImage.fromarray(tiny_content).save(path)
+    argv = ["stylize", str(path), str(path), "-o", str(tmp_path / output), "--timeout", "5",
+            "--server", "127.0.0.1:9"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert text in capsys.readouterr().err
+
+
+def test_cli_keeps_the_result_when_writing_it_fails(
+    server, tmp_path, tiny_content, tiny_style, capsys, monkeypatch
+):
+    """Missing folders of the output are made; previews that cannot be written are dropped,
+    not the job; a result that cannot be written where asked goes to the temporary folder."""
+    content, style = tmp_path / "content.png", tmp_path / "style.png"
+    PILImage.fromarray(tiny_content).save(content)
+    PILImage.fromarray(tiny_style).save(style)
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    monkeypatch.setattr(cli.tempfile, "tempdir", str(spare_dir))
+    out = tmp_path / "new" / "folder" / "out.png"
+    save_image = cli.save_image
+
+    def disk_full(array, path):
+        if Path(path).parent != spare_dir:
+            raise OSError(28, "No space left on device")
+        save_image(array, path)
+
+    monkeypatch.setattr(cli, "save_image", disk_full)
+    code = cli.main(["stylize", str(content), str(style), "-o", str(out), "--size", "32",
+                     "--iterations", "4", "--num-scales", "1", "--server", server.address,
+                     "--save-previews", str(tmp_path / "previews"), "--preview-interval", "1",
+                     "--quiet"])  # fmt: skip
+    err = capsys.readouterr().err
+    assert code == cli.EXIT_FAILED
+    assert err.count("cannot write previews") == 1  # said once, then the job went on
+    assert out.parent.is_dir() and not out.exists()
+    (spare,) = spare_dir.iterdir()
+    assert f"the result is saved as {spare} instead" in err
+    assert np.asarray(PILImage.open(spare)).shape == (27, 32, 3)
+
+
+def test_cli_device_is_for_the_local_server_only(capsys):
+    assert cli.main(["stylize", "--sample", "--device", "cpu", "--server", "127.0.0.1:9"]) == 2
+    assert "--device chooses the local server's device" in capsys.readouterr().err
 
 
 def test_cli_with_its_own_local_server(tmp_path):
