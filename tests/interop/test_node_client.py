@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 import subprocess
@@ -35,11 +36,14 @@ def image_files(tmp_path: Path, tiny_content: np.ndarray, tiny_style: np.ndarray
     return [content, style, second]
 
 
-def run_node(*args: str | Path, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+def run_node(
+    *args: str | Path, timeout: float = 60, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess[str]:
     assert NODE is not None
     return subprocess.run(
         [NODE, "stylize.js", *map(str, args)],
         cwd=NODE_DIR,
+        env={**os.environ, **(env or {})},
         check=False,
         capture_output=True,
         text=True,
@@ -118,6 +122,29 @@ def test_bad_command_line_is_a_usage_error(tmp_path: Path) -> None:
     assert "cannot read the content image" in done.stderr
     done = run_node("a.png", "b.png", "-o", "x.png", "--iterations", "zero")
     assert done.returncode == 2 and "--iterations must be a positive integer" in done.stderr
+
+
+def test_output_is_checked_before_the_job_and_the_result_kept(
+    server: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    (tmp_path / "a_file").write_text("")
+    for output, text in [(tmp_path / "a_file" / "out.png", "cannot write"), (tmp_path, "folder")]:
+        # refused before connecting: no server listens at that address
+        done = run_node(*image_files[:2], "-o", output, "--server", "127.0.0.1:9")
+        assert done.returncode == 2 and text in done.stderr, done.stderr
+    # missing folders are made
+    out = tmp_path / "new" / "folder" / "out.png"
+    common = [*image_files[:2], "--server", server.address, "--size", "32", "--iterations", "2"]
+    assert run_node(*common, "-o", out).returncode == 0 and out.is_file()
+    # a write that fails at the end (a full disk) leaves the result in the temporary folder
+    spare_dir = tmp_path / "spare"
+    spare_dir.mkdir()
+    done = run_node(*common, "-o", "/dev/full", env={"TMPDIR": str(spare_dir)})
+    assert done.returncode == 1
+    (spare,) = spare_dir.iterdir()
+    assert f"cannot write /dev/full (ENOSPC); the result is saved as {spare} instead" in done.stderr
+    with Image.open(spare) as kept:
+        assert kept.size == (32, 27)
 
 
 def test_bearer_token(

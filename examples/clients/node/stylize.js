@@ -12,6 +12,7 @@
 'use strict';
 
 const fs = require('node:fs');
+const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
 const protoLoader = require('@grpc/proto-loader');
@@ -401,7 +402,46 @@ function info(client, args) {
   });
 }
 
+// Before the job: an output the result could not be written to is refused now, not after a
+// long run. Missing folders are made.
+function prepareOutput(file) {
+  let stat = null;
+  try {
+    stat = fs.statSync(file);
+  } catch {
+    // absent: written at the end
+  }
+  if (stat && stat.isDirectory()) {
+    throw new UsageError(`cannot write ${file}: it is a folder; give a file name`);
+  }
+  try {
+    const dir = path.dirname(path.resolve(file));
+    fs.mkdirSync(dir, { recursive: true });
+    fs.accessSync(dir, fs.constants.W_OK);
+    if (stat) fs.accessSync(file, fs.constants.W_OK);
+  } catch (e) {
+    throw new UsageError(`cannot write ${file}: ${e.message}`);
+  }
+}
+
+// Should writing the result still fail (a full disk), it goes to the temporary folder instead.
+function writeResult(file, png) {
+  try {
+    fs.writeFileSync(file, png);
+    return null;
+  } catch (e) {
+    const spare = path.join(os.tmpdir(), `${path.parse(file).name}-${process.pid}.png`);
+    try {
+      fs.writeFileSync(spare, png);
+    } catch {
+      return `cannot write ${file}: ${e.code || e.message}; the result is lost`;
+    }
+    return `cannot write ${file} (${e.code || e.message}); the result is saved as ${spare} instead`;
+  }
+}
+
 function stylize(client, args) {
+  prepareOutput(args.output);
   const request = buildRequest(args);
   return new Promise((resolve, reject) => {
     const call = client.Stylize(request, callMetadata(args), { deadline: deadlineOf(args) });
@@ -457,13 +497,14 @@ function stylize(client, args) {
       if (!result) return reject(new Error('the stream ended without a result'));
       const png = result.image && result.image.encoded;
       if (!png) return reject(new Error('the server did not send the result as PNG'));
-      fs.writeFileSync(args.output, png);
       const size = pngSize(png);
       const dims = size ? `${size.width}x${size.height}` : 'unknown size';
       console.log(
         `result: job ${result.job_id}, ${result.iterations} iterations in ` +
           `${Number(result.elapsed_seconds || 0).toFixed(2)} s, ${formatLosses(result.losses)}`,
       );
+      const failed = writeResult(args.output, png);
+      if (failed) return reject(new Error(failed));
       console.log(`wrote ${args.output} (${dims})`);
       resolve(0);
     });
