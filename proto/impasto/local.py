@@ -89,7 +89,9 @@ class LocalServer:
             while not port_file.exists() or not port_file.read_text().strip():
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    raise LocalServerError("the local server did not open its port in time")
+                    raise LocalServerError(
+                        f"the local server did not open its port in time:\n{self._log_tail()}"
+                    )
                 time.sleep(0.05)
             self.address = f"127.0.0.1:{int(port_file.read_text().strip())}"
             with Client(self.address) as client:
@@ -101,13 +103,12 @@ class LocalServer:
                     except ImpastoError:
                         pass  # not listening yet
                     if time.monotonic() > deadline:
-                        raise LocalServerError("the local server did not become ready in time")
+                        raise LocalServerError(
+                            f"the local server did not become ready in time:\n{self._log_tail()}"
+                        )
                     time.sleep(0.1)
-        except BaseException:
-            tail = self._log_tail()
+        except BaseException:  # a LocalServerError carries the log's tail
             self.stop()
-            if tail:
-                print(tail, file=sys.stderr)
             raise
         return self.address
 

@@ -9,6 +9,7 @@ import pytest
 import torch
 from impasto import cli
 from impasto.client import Client
+from impasto.local import LocalServer, LocalServerError
 from PIL import Image as PILImage
 
 FAST = {"size": 32, "iterations": 2, "num_scales": 1}
@@ -158,3 +159,12 @@ def test_cli_with_its_own_local_server(tmp_path):
                      "--num-scales", "1", "--quiet", "--device", "cpu"])  # fmt: skip
     assert code == cli.EXIT_OK
     assert np.asarray(PILImage.open(out)).shape[2] == 3
+
+
+def test_a_local_server_that_cannot_start_says_why_once(tmp_path, capfd):
+    missing = tmp_path / "missing.pt"
+    with pytest.raises(LocalServerError) as failed:
+        LocalServer(extra_args=["--device", "cpu", "--weights", str(missing)]).start()
+    said = str(failed.value) + capfd.readouterr().err
+    assert said.startswith("the local server exited with code 2:")
+    assert said.count("cannot load the model") == 1, said  # the log's tail in the error only
