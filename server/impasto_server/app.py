@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 import signal
+import ssl
 import sys
 import threading
 from collections.abc import Callable, Sequence
@@ -198,24 +199,30 @@ class Server:
         bind = f"{config.host}:{config.port}"
         if config.host and ":" in config.host and not config.host.startswith("["):
             bind = f"[{config.host}]:{config.port}"
-        if config.tls_cert or config.tls_key:
-            if not (config.tls_cert and config.tls_key):
-                raise ValueError("--tls-cert and --tls-key go together")
-            client_ca = Path(config.tls_client_ca).read_bytes() if config.tls_client_ca else None
-            credentials = grpc.ssl_server_credentials(
-                [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
-                root_certificates=client_ca,
-                require_client_auth=client_ca is not None,
-            )
-            self.port = server.add_secure_port(bind, credentials)
-        else:
-            self.port = server.add_insecure_port(bind)
+        try:
+            if config.tls_cert or config.tls_key:
+                credentials = _tls_credentials(config)
+                self.port = server.add_secure_port(bind, credentials)
+            else:
+                self.port = server.add_insecure_port(bind)
+        except RuntimeError as exc:  # grpc's text points at GRPC_VERBOSITY, not at the cause
+            raise OSError(
+                f"cannot listen on {bind}: the port is in use, or the address is not one of "
+                "this machine's"
+            ) from exc
         if not self.port:
             raise OSError(f"cannot listen on {bind}")
         server.start()
         self._grpc = server
         if config.metrics_port is not None:
-            self.metrics_port = self.metrics.serve(config.metrics_port, config.host)
+            try:
+                self.metrics_port = self.metrics.serve(config.metrics_port, config.host)
+            except OSError as exc:
+                server.stop(None)
+                raise OSError(
+                    f"--metrics-port {config.metrics_port}: cannot listen on "
+                    f"{config.host}:{config.metrics_port}: {exc.strerror or exc}"
+                ) from exc
         if config.port_file:
             # Written only after binding, so whoever reads it can connect at once.
             tmp = Path(config.port_file).with_suffix(".tmp")
@@ -390,6 +397,37 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     if bool(config.tls_cert) != bool(config.tls_key):
         p.error("--tls-cert and --tls-key go together")
     return config
+
+
+def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
+    """gRPC's credentials from the PEM files, each checked first with Python's ssl: gRPC only
+    says that it could not bind the port when one is not what it should be."""
+    if not (config.tls_cert and config.tls_key):
+        raise ValueError("--tls-cert and --tls-key go together")
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
+    try:
+        # password b"": an encrypted key fails here instead of prompting on the terminal
+        context.load_cert_chain(config.tls_cert, config.tls_key, password=b"")
+    except ssl.SSLError as exc:
+        raise ValueError(
+            f"--tls-cert {config.tls_cert} and --tls-key {config.tls_key} are not a PEM "
+            f"certificate chain and its unencrypted private key ({exc.reason or exc})"
+        ) from exc
+    client_ca = None
+    if config.tls_client_ca:
+        try:
+            context.load_verify_locations(cafile=config.tls_client_ca)
+        except ssl.SSLError as exc:
+            raise ValueError(
+                f"--tls-client-ca {config.tls_client_ca} holds no PEM certificate "
+                f"({exc.reason or exc})"
+            ) from exc
+        client_ca = Path(config.tls_client_ca).read_bytes()
+    return grpc.ssl_server_credentials(
+        [(Path(config.tls_key).read_bytes(), Path(config.tls_cert).read_bytes())],
+        root_certificates=client_ca,
+        require_client_auth=client_ca is not None,
+    )
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -92,6 +92,10 @@ def test_bad_weight_sources_are_clear_errors(tmp_path):
     junk.write_bytes(b"not a checkpoint")
     with pytest.raises(EngineError, match="cannot read"):
         load_feature_net(str(junk))
+    pickled = tmp_path / "pickled.pt"
+    torch.save({"0.weight": torch.zeros(1), "note": object()}, pickled)
+    with pytest.raises(EngineError, match="Python objects other than tensors, which are never"):
+        load_feature_net(str(pickled))
 
 
 class _Casts(torch.utils._python_dispatch.TorchDispatchMode):

@@ -93,6 +93,20 @@ def test_metrics_are_served(make_server, tiny_content, tiny_style):
         assert name in text
 
 
+def test_ports_in_use_are_named_at_start(make_server, shared_engine):
+    from impasto_server.app import Server, ServerConfig
+
+    taken = make_server(load=False).port
+    for config, text in [
+        ({"port": taken}, f"cannot listen on 127.0.0.1:{taken}: the port is in use"),
+        ({"port": 0, "metrics_port": taken}, f"--metrics-port {taken}: cannot listen"),
+    ]:
+        server = Server(ServerConfig(host="127.0.0.1", **config), engine=shared_engine)
+        with pytest.raises(OSError, match=text):
+            server.start()
+        server.shutdown(grace=0.0)
+
+
 def test_cuda_graphs_on_a_cpu_server_is_a_clear_start_up_error():
     import subprocess
     import sys

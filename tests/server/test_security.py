@@ -113,3 +113,29 @@ def test_bearer_tokens(make_server, tmp_path, tiny_content, tiny_style):
             assert expected in info.value.message
     with Client(server.address, token="secret-two") as client:
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+
+
+def test_bad_tls_files_are_named_at_start(make_server, pki, tmp_path):
+    """gRPC alone says only that it cannot bind the port; each file is checked first."""
+    _files, paths = pki
+    junk = tmp_path / "junk.pem"
+    junk.write_text("not a certificate")
+    encrypted = tmp_path / "encrypted.pem"
+    encrypted.write_bytes(
+        ec.generate_private_key(ec.SECP256R1()).private_bytes(
+            serialization.Encoding.PEM,
+            serialization.PrivateFormat.PKCS8,
+            serialization.BestAvailableEncryption(b"secret"),
+        )
+    )
+    good = {"tls_cert": paths["server_cert"], "tls_key": paths["server_key"]}
+    cases = [
+        ({**good, "tls_cert": junk}, f"--tls-cert {junk} and --tls-key .* are not a PEM"),
+        ({**good, "tls_key": paths["client_key"]}, "KEY_VALUES_MISMATCH"),
+        ({**good, "tls_key": encrypted}, "unencrypted private key"),  # no prompt for a password
+        ({**good, "tls_client_ca": junk}, f"--tls-client-ca {junk} holds no PEM certificate"),
+    ]
+    for config, text in cases:
+        with pytest.raises(ValueError, match=text):
+            make_server(load=False, **{name: str(path) for name, path in config.items()})
+    assert make_server(load=False, **{name: str(path) for name, path in good.items()}).port

@@ -169,8 +169,15 @@ def _file_state(path: str) -> dict[str, torch.Tensor]:
         raise EngineError("weights", f"no weights file at {path}")
     try:
         raw = torch.load(path, map_location="cpu", weights_only=True)
-    except Exception as exc:  # a corrupt or foreign file
-        raise EngineError("weights", f"cannot read {path} as a torch state_dict: {exc}") from exc
+    except Exception as exc:  # a corrupt or foreign file; torch's text may be long or a bare key
+        detail = (str(exc).splitlines() or [""])[0][:160]
+        if detail.startswith("Weights only load failed"):  # torch's advice would run its code
+            detail = "it holds Python objects other than tensors, which are never loaded"
+        raise EngineError(
+            "weights",
+            f"cannot read {path} as a torch state_dict (a file of tensors saved by torch.save): "
+            f"{type(exc).__name__}: {detail}",
+        ) from exc
     if not isinstance(raw, dict):
         raise EngineError("weights", f"{path} does not hold a state_dict")
     state = {}
