@@ -73,7 +73,11 @@ def parse_tokens(text: str, source: str = "token file") -> list[Token]:
 
 def read_tokens(path: str | Path) -> list[Token]:
     """The tokens in ``path``; ValueError when it holds none (a server must start with one)."""
-    tokens = parse_tokens(Path(path).read_text(), str(path))
+    try:
+        text = Path(path).read_text()
+    except OSError as exc:
+        raise OSError(f"token file {path}: {exc.strerror or exc}") from exc
+    tokens = parse_tokens(text, str(path))
     if not tokens:
         raise ValueError(f"{path} holds no tokens")
     return tokens

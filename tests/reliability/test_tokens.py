@@ -122,3 +122,12 @@ def test_plain_text_client_against_tls_server_is_refused_quickly(make_server, tm
         plain.server_info(timeout=3)
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
     assert time.monotonic() - started < 3.5
+
+
+def test_a_token_file_that_cannot_start_a_server_is_named(make_server, tmp_path):
+    missing, empty = tmp_path / "missing.txt", tmp_path / "empty.txt"
+    empty.write_text("# every token revoked\n")
+    with pytest.raises(OSError, match=f"token file {missing}: No such file"):
+        make_server(load=False, token_file=str(missing))
+    with pytest.raises(ValueError, match=f"{empty} holds no tokens"):
+        make_server(load=False, token_file=str(empty))
