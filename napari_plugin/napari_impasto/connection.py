@@ -181,8 +181,13 @@ def describe_error(error: BaseException, where: str, *, during_job: bool = False
             return f"impasto: the server at {where} did not answer in time: {message}"
         return f"impasto: the server at {where} failed the job ({code.name}): {message}"
     if isinstance(error, LocalServerError):
-        lines = [line for line in str(error).splitlines() if line.strip()]
-        return "impasto: the local server did not start: " + " / ".join(lines[-4:])
+        # "exited with code N:" or "did not ... in time:", then the tail of the server's log,
+        # whose error lines say why
+        head, *log = [line.strip() for line in str(error).splitlines() if line.strip()]
+        errors = [line for line in log if " ERROR " in line or "Error" in line]
+        return "impasto: the local server did not start: " + " / ".join(
+            [head.rstrip(":"), *(errors or log)[-3:]]
+        )
     if isinstance(error, (ValueError, OSError)):
         return f"impasto: {error}"
     return f"impasto: unexpected error ({type(error).__name__}): {error}"

@@ -132,6 +132,25 @@ def test_messages_for_a_full_queue_and_bad_fields() -> None:
     assert "options.size: too small" in describe_error(bad, "h:1")
 
 
+def test_a_local_server_that_did_not_start_is_described_by_its_errors() -> None:
+    from impasto.local import LocalServerError
+
+    log = [
+        "2026-11-28 00:04:50,035 INFO impasto_server listening on 127.0.0.1:44605",
+        "2026-11-28 00:04:50,036 ERROR impasto_server cannot load the model: no CUDA",
+        *[f"2026-11-28 00:04:50,040 INFO impasto_server shutting down, step {i}" for i in range(4)],
+    ]
+    exited = describe_error(
+        LocalServerError("the local server exited with code 2:\n" + "\n".join(log)), ""
+    )
+    assert exited.startswith("impasto: the local server did not start: the local server exited")
+    assert "cannot load the model: no CUDA" in exited and "shutting down" not in exited
+    late = describe_error(
+        LocalServerError("the local server did not become ready in time:\n" + log[0]), ""
+    )
+    assert "did not become ready in time / " in late and late.endswith("127.0.0.1:44605")
+
+
 def test_messages_by_reason() -> None:
     unavailable = grpc.StatusCode.UNAVAILABLE
     shutdown = ImpastoError(unavailable, "the server is shutting down", reason="SHUTDOWN")
