@@ -200,6 +200,10 @@ def prepare_output(path: Path) -> None:
         raise UsageError(f"cannot write {path}: permission denied")
 
 
+class ResultMoved(Exception):
+    """The result was written, but not where it was asked for: exit code 1."""
+
+
 def save_result(array: np.ndarray, path: Path) -> None:
     """Write the result; should that fail now (a full disk, a folder removed during the run),
     write it to the temporary folder instead and raise ``ResultMoved`` saying where."""
@@ -214,10 +218,6 @@ def save_result(array: np.ndarray, path: Path) -> None:
         raise ResultMoved(
             f"cannot write {path} ({exc.strerror or exc}); the result is saved as {spare} instead"
         ) from exc
-
-
-class ResultMoved(Exception):
-    """The result was written, but not where it was asked for: exit code 1."""
 
 
 # ---------------------------------------------------------------- connection

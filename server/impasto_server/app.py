@@ -404,6 +404,13 @@ def _tls_credentials(config: ServerConfig) -> grpc.ServerCredentials:
     says that it could not bind the port when one is not what it should be."""
     if not (config.tls_cert and config.tls_key):
         raise ValueError("--tls-cert and --tls-key go together")
+    for flag, path in (
+        ("--tls-cert", config.tls_cert),
+        ("--tls-key", config.tls_key),
+        ("--tls-client-ca", config.tls_client_ca),
+    ):
+        if path and not Path(path).is_file():
+            raise ValueError(f"{flag} {path}: no such file")
     context = ssl.SSLContext(ssl.PROTOCOL_TLS_SERVER)
     try:
         # password b"": an encrypted key fails here instead of prompting on the terminal

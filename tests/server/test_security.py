@@ -134,6 +134,7 @@ def test_bad_tls_files_are_named_at_start(make_server, pki, tmp_path):
         ({**good, "tls_key": paths["client_key"]}, "KEY_VALUES_MISMATCH"),
         ({**good, "tls_key": encrypted}, "unencrypted private key"),  # no prompt for a password
         ({**good, "tls_client_ca": junk}, f"--tls-client-ca {junk} holds no PEM certificate"),
+        ({**good, "tls_key": tmp_path / "nope.pem"}, f"--tls-key {tmp_path}/nope.pem: no such"),
     ]
     for config, text in cases:
         with pytest.raises(ValueError, match=text):
