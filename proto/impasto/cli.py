@@ -69,8 +69,8 @@ def _region(text: str) -> tuple[int, int]:
 def _connection_args(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--server",
-        help="server address host:port (several comma-separated for round-robin, or "
-        "dns:///name:port); without it a local server runs for this command",
+        help="server address host[:port] (port 50051 when left out; several comma-separated "
+        "for round-robin, or dns:///name:port); without it a local server runs for this command",
     )
     p.add_argument("--token", help="bearer token (or set IMPASTO_TOKEN)")
     p.add_argument("--token-file", help="file holding the bearer token")

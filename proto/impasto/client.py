@@ -323,14 +323,30 @@ def _service_config(several: bool) -> str:
     return json.dumps(config)
 
 
+#: The server's port when an address names none (impasto-server's default), not gRPC's 443.
+DEFAULT_PORT = 50051
+
+
+def _with_port(address: str) -> str:
+    """``host`` -> ``host:50051`` and ``[v6]`` -> ``[v6]:50051``; URIs (``dns:``, ``ipv4:``,
+    ``unix:``...), ``host:port`` and bare IPv6 addresses are left as they are."""
+    address = address.strip()
+    if not address:
+        raise ValueError("no server address given")
+    if ":" not in address or (address.startswith("[") and address.endswith("]")):
+        return f"{address}:{DEFAULT_PORT}"
+    return address
+
+
 def _resolve_targets(target: str | Sequence[str]) -> tuple[str, bool, str | None]:
     """The channel target, whether it names several servers, and a TLS name override."""
     if isinstance(target, str):
+        target = _with_port(target)
         several = target.startswith(("dns:", "ipv4:", "ipv6:")) and (
             target.startswith("dns:") or "," in target
         )
         return target, several, None
-    addresses = list(target)
+    addresses = [_with_port(address) for address in target]
     if not addresses:
         raise ValueError("no server address given")
     if len(addresses) == 1:

@@ -33,6 +33,21 @@ def test_several_addresses_are_balanced_round_robin(make_server, tiny_content, t
     assert _jobs_done(first) + _jobs_done(second) == 4
 
 
+def test_an_address_without_a_port_means_the_servers_default_port():
+    """Not gRPC's 443: impasto-server listens on 50051 unless told otherwise."""
+    from impasto.client import _resolve_targets
+
+    assert _resolve_targets("gpu-host") == ("gpu-host:50051", False, None)
+    assert _resolve_targets("[::1]")[0] == "[::1]:50051"
+    for kept in ("gpu-host:7000", "::1", "dns:///gpu-host:7000", "unix:/run/impasto.sock"):
+        assert _resolve_targets(kept)[0] == kept
+    assert _resolve_targets(["localhost", "127.0.0.1:7000"])[0] == (
+        "ipv4:127.0.0.1:50051,127.0.0.1:7000"
+    )
+    with pytest.raises(ValueError, match="no server address"):
+        Client(" ")
+
+
 def test_server_info_describes_options(client):
     info = client.server_info()
     # bfloat16 is the default where the CPU runs it natively (AVX512-BF16 or AMX)
