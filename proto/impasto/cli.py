@@ -277,7 +277,10 @@ def stylize(args: argparse.Namespace) -> int:
     if previews is not None:
         if previews.exists() and not previews.is_dir():
             raise UsageError(f"--save-previews: {previews} is a file, not a folder")
-        previews.mkdir(parents=True, exist_ok=True)
+        try:
+            previews.mkdir(parents=True, exist_ok=True)
+        except OSError as exc:
+            raise UsageError(f"--save-previews: cannot make {previews}: {exc.strerror}") from exc
     options = {
         name: getattr(args, name)
         for name in wire.OPTION_NAMES

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -114,6 +115,8 @@ def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code
         ("a_file/o.png", "cannot write"),  # its folder would be a file
         (".", "it is a folder"),
         ("o.gif", "use .png, .tif, .jpg or .npy"),
+        ("previews:a_file", "--save-previews: .*a_file is a file, not a folder"),
+        ("previews:a_file/p", "--save-previews: cannot make .*a_file/p: Not a directory"),
     ],
 )
 def test_cli_refuses_an_unwritable_output_before_the_job(
@@ -123,10 +126,12 @@ def test_cli_refuses_an_unwritable_output_before_the_job(
     (tmp_path / "a_file").write_text("")
     path = tmp_path / "c.png"
     PILImage.fromarray(tiny_content).save(path)
-    argv = ["stylize", str(path), str(path), "-o", str(tmp_path / output), "--timeout", "5",
-            "--server", "127.0.0.1:9"]  # fmt: skip
+    where = ["-o", str(tmp_path / output)]
+    if output.startswith("previews:"):
+        where = ["-o", str(tmp_path / "o.png"), "--save-previews", str(tmp_path / output[9:])]
+    argv = ["stylize", str(path), str(path), *where, "--timeout", "5", "--server", "127.0.0.1:9"]
     assert cli.main(argv) == cli.EXIT_USAGE
-    assert text in capsys.readouterr().err
+    assert re.search(text, capsys.readouterr().err)
 
 
 def test_cli_keeps_the_result_when_writing_it_fails(
