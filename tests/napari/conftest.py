@@ -4,9 +4,12 @@ offscreen platform only offers through an X server), real servers on 127.0.0.1."
 from __future__ import annotations
 
 import contextlib
+import ctypes
+import ctypes.util
 import os
 import shutil
 import subprocess
+import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -58,6 +61,31 @@ def _needs_display() -> None:
             "napari tests need an X display for OpenGL: install Xvfb "
             "(apt-get install xvfb) or run them under xvfb-run"
         )
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _display_answers() -> None:
+    """Before the first napari test makes the QApplication: Qt's offscreen platform opens the X
+    display once, then, and without it the whole process has no OpenGL (every napari test then
+    fails, the first with "QOpenGLWidget is not supported on this platform"). So wait until
+    the display answers, up to 30 s, and otherwise fail once, naming it."""
+    display = os.environ.get("DISPLAY")
+    library = ctypes.util.find_library("X11")
+    if not display or not library:
+        return
+    x11 = ctypes.CDLL(library)
+    x11.XOpenDisplay.restype = ctypes.c_void_p
+    x11.XOpenDisplay.argtypes = [ctypes.c_char_p]
+    x11.XCloseDisplay.argtypes = [ctypes.c_void_p]
+    deadline = time.monotonic() + 30.0
+    while not (connection := x11.XOpenDisplay(None)):
+        if time.monotonic() > deadline:
+            pytest.fail(
+                f"the X display {display} does not answer (XAUTHORITY="
+                f"{os.environ.get('XAUTHORITY')}): napari would have no OpenGL"
+            )
+        time.sleep(0.5)
+    x11.XCloseDisplay(connection)
 
 
 @pytest.fixture(autouse=True)
