@@ -52,12 +52,14 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import functools
 import logging
 import os
 import statistics
 import sys
 import time
 import traceback
+from collections.abc import Callable
 
 import lbfgs_step  # beside this script
 import numpy as np
@@ -435,7 +437,7 @@ def default_last_stage(engine: Engine, content, style, size: int) -> int:
 
 def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, warmup: int,
                 sizes: tuple[int, int, int] = (512, 1024, 256),
-                lbfgs_iterations: dict[int, int] | None = None) -> None:  # fmt: skip
+                lbfgs_iterations: Callable[[int], int | None] | None = None) -> None:  # fmt: skip
     """The engine's pass replayed as a CUDA graph (Engine.cuda_graphs) against eager, in
     bfloat16: ms per iteration at 512 and 1024 px (L-BFGS, the default preset's) and 512 px
     (Adam), medians of 3 alternating runs, and how far the graphed run's last total loss is
@@ -443,20 +445,21 @@ def graphs_part(engine: Engine, rows: Rows, content, style, iterations: int, war
     steps in the graph (Engine.capturable_lbfgs: the same steps to rounding, so its last loss
     is near, not equal). ``sizes``: the first two rows', the last's, the batch's.
 
-    ``lbfgs_iterations``: by size, how long the L-BFGS rows' one stage is (else warmup +
-    iterations). A stage of n iterations keeps n - 1 pairs, filled as it goes: the default
-    step reads the pairs stored so far, the capturable one all n - 1 from the first step, so
-    the comparison is fair only at the length of a real stage (``default_last_stage``)."""
+    ``lbfgs_iterations(size)``: how long the L-BFGS rows' one stage is (None, or not given:
+    warmup + iterations); asked inside the row, so that its failure is the row's. A stage of n
+    iterations keeps n - 1 pairs, filled as it goes: the default step reads the pairs stored so
+    far, the capturable one all n - 1 from the first step, so the comparison is fair only at
+    the length of a real stage (``default_last_stage``)."""
     small, large, batch = sizes
     for size, optimizer in ((small, "lbfgs"), (small, "adam"), (large, "lbfgs")):
         total = warmup + iterations
-        if optimizer == "lbfgs" and lbfgs_iterations:
-            total = lbfgs_iterations.get(size, total)
         # (graphs, the L-BFGS step in them)
         modes = [(False, False), (True, False)] + ([(True, True)] if optimizer == "lbfgs" else [])
         label = f"ms/iteration {size} px bfloat16 {optimizer}, eager / CUDA graphs" + (
             " / with the step" if len(modes) == 3 else "")  # fmt: skip
         with rows.section(label):
+            if optimizer == "lbfgs" and lbfgs_iterations is not None:
+                total = lbfgs_iterations(size) or total
             options = StyleOptions.from_preset(
                 "default", size=size, iterations=total, num_scales=1,
                 precision="bfloat16", optimizer=optimizer, seed=0,
@@ -754,8 +757,8 @@ def main() -> None:
                         rows.append((f"ms/iteration {size} px {label}", f"{ms:.2f}"))
     if cuda and "graphs" in only:
         with rows.part("graphs"):
-            stages = {s: default_last_stage(engine, content, style, s) for s in sizes}
-            graphs_part(engine, rows, content, style, iters, warm, lbfgs_iterations=stages)
+            last_stage = functools.partial(default_last_stage, engine, content, style)
+            graphs_part(engine, rows, content, style, iters, warm, lbfgs_iterations=last_stage)
     if "lbfgs" in only:
         step_side, history = (32, 5) if toy else (512, 100)
         step_label = f"L-BFGS step {step_side} px, history {history}: torch / impasto"

@@ -18,7 +18,7 @@ def test_the_graphs_part_compares_every_mode(gpu, monkeypatch):
     rows = gpu.Rows()
     content, style = samples.content()[::8, ::8].copy(), samples.style(size=64)
     gpu.graphs_part(engine, rows, content, style, iterations=3, warmup=2, sizes=(32, 40, 32),
-                    lbfgs_iterations={32: 7})  # fmt: skip
+                    lbfgs_iterations={32: 7}.get)  # fmt: skip
     table = dict(rows)
     assert rows.failed == 0, table
     assert (engine.cuda_graphs, engine.capturable_lbfgs) == (False, False)  # its own again
