@@ -89,9 +89,7 @@ class LocalServer:
             while not port_file.exists() or not port_file.read_text().strip():
                 self._check_alive()
                 if time.monotonic() > deadline:
-                    raise LocalServerError(
-                        f"the local server did not open its port in time:\n{self._log_tail()}"
-                    )
+                    raise self._failed("did not open its port in time")
                 time.sleep(0.05)
             self.address = f"127.0.0.1:{int(port_file.read_text().strip())}"
             with Client(self.address) as client:
@@ -103,9 +101,7 @@ class LocalServer:
                     except ImpastoError:
                         pass  # not listening yet
                     if time.monotonic() > deadline:
-                        raise LocalServerError(
-                            f"the local server did not become ready in time:\n{self._log_tail()}"
-                        )
+                        raise self._failed("did not become ready in time")
                     time.sleep(0.1)
         except BaseException:  # a LocalServerError carries the log's tail
             self.stop()
@@ -115,9 +111,12 @@ class LocalServer:
     def _check_alive(self) -> None:
         assert self.process is not None
         if self.process.poll() is not None:
-            raise LocalServerError(
-                f"the local server exited with code {self.process.returncode}:\n{self._log_tail()}"
-            )
+            raise self._failed(f"exited with code {self.process.returncode}")
+
+    def _failed(self, how: str) -> LocalServerError:
+        """The error's form, which napari's message reads: the reason on the first line, then
+        the end of the server's log."""
+        return LocalServerError(f"the local server {how}:\n{self._log_tail()}")
 
     def stop(self) -> int | None:
         """SIGTERM, wait ``grace`` seconds, then kill; return the exit code."""
