@@ -77,10 +77,16 @@ def test_server_info_and_info_command_report_cuda_graphs(
     assert "CUDA graphs" in capsys.readouterr().out
 
 
+def _image_files(folder: Path, content: np.ndarray, style: np.ndarray) -> tuple[Path, Path]:
+    """The content and style as PNG files in ``folder``."""
+    paths = folder / "content.png", folder / "style.png"
+    for path, array in zip(paths, (content, style)):
+        PILImage.fromarray(array).save(path)
+    return paths
+
+
 def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys):
-    content, style = tmp_path / "content.png", tmp_path / "style.png"
-    PILImage.fromarray(tiny_content).save(content)
-    PILImage.fromarray(tiny_style).save(style)
+    content, style = _image_files(tmp_path, tiny_content, tiny_style)
     out, previews = tmp_path / "out.tif", tmp_path / "previews"
     code = cli.main(["stylize", str(content), str(style), "-o", str(out), "--size", "32",
                      "--iterations", "4", "--num-scales", "1", "--server", server.address,
@@ -139,9 +145,7 @@ def test_cli_keeps_the_result_when_writing_it_fails(
 ):
     """Missing folders of the output are made; previews that cannot be written are dropped,
     not the job; a result that cannot be written where asked goes to the temporary folder."""
-    content, style = tmp_path / "content.png", tmp_path / "style.png"
-    PILImage.fromarray(tiny_content).save(content)
-    PILImage.fromarray(tiny_style).save(style)
+    content, style = _image_files(tmp_path, tiny_content, tiny_style)
     spare_dir = tmp_path / "spare"
     spare_dir.mkdir()
     monkeypatch.setattr(cli.tempfile, "tempdir", str(spare_dir))

@@ -15,11 +15,13 @@ from impasto.client import Client, ImpastoError
 from job_watch import SHORT
 
 
-def _pem_key(key) -> bytes:
+def _pem_key(key, password: bytes | None = None) -> bytes:
     return key.private_bytes(
         serialization.Encoding.PEM,
         serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
+        serialization.BestAvailableEncryption(password)
+        if password
+        else serialization.NoEncryption(),
     )
 
 
@@ -121,13 +123,7 @@ def test_bad_tls_files_are_named_at_start(make_server, pki, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     encrypted = tmp_path / "encrypted.pem"
-    encrypted.write_bytes(
-        ec.generate_private_key(ec.SECP256R1()).private_bytes(
-            serialization.Encoding.PEM,
-            serialization.PrivateFormat.PKCS8,
-            serialization.BestAvailableEncryption(b"secret"),
-        )
-    )
+    encrypted.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1()), b"secret"))
     good = {"tls_cert": paths["server_cert"], "tls_key": paths["server_key"]}
     cases = [
         ({**good, "tls_cert": junk}, f"--tls-cert {junk} and --tls-key .* are not a PEM"),
