@@ -20,13 +20,20 @@ allocates then comes on top of the pass's peak (one float32 copy of the image at
 a job's count: the memory plan's estimate stays 1.09x or more of it, benchmarks/memory_plan.py).
 A pass that cannot be recorded runs as before.
 
-Recording empties the allocator's cache, and the allocator refuses to empty it (an internal
-assertion) while another thread records: ``capture_lock`` keeps recordings and the engine's own
-``empty_cache`` calls (``empty_cache`` below) apart.
+A recording must have the GPU to itself: with the server's ``--max-running`` above 1, other
+threads' passes during a recording failed on an H200 ("operation not permitted when stream is
+capturing" in an eager convolution, "Cannot prepare for replay during capturing stage" in a
+replay) and broke the recording (benchmarks/gpu.py, the server part's 16 clients each alone),
+although the recording's mode is ``thread_local``; a memory probe in a request's thread is such
+a pass too. So the engine's GPU work runs inside ``using_gpu()`` (many threads at once), and a
+recording, like an emptying of the allocator's cache (which the allocator refuses, an internal
+assertion, during a recording), inside ``alone()``, which waits for every other thread to leave
+its ``using_gpu`` and keeps new ones out until it ends.
 """
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Sequence
@@ -36,14 +43,93 @@ import torch
 
 log = logging.getLogger("impasto_server.engine")
 
-#: Held while a pass is recorded, and while the allocator's cache is emptied (see above).
-capture_lock = threading.Lock()
+
+class GpuGate:
+    """Many threads' GPU work at once (``use``), or one thread alone (``alone``): a
+    readers-writer lock that lets no new user in while one waits to be alone, so recordings
+    are never starved. Both can be entered again by a thread inside them; a thread inside
+    ``use`` that asks to be alone sets its own use aside while it waits and while it is alone,
+    so two such threads do not wait for each other. A thread inside ``use`` must not wait for
+    another thread (a lock, a queue): that thread may be waiting to be alone."""
+
+    def __init__(self) -> None:
+        self._cond = threading.Condition()
+        self._users = 0  # threads inside use(), less those set aside while alone
+        self._alone: threading.Thread | None = None
+        self._waiting = 0  # threads waiting to be alone: new users wait behind them
+        self._local = threading.local()
+
+    def _depth(self, kind: str) -> int:
+        return getattr(self._local, kind, 0)
+
+    @contextlib.contextmanager
+    def use(self):
+        depth = self._depth("use")
+        if depth == 0 and self._depth("alone") == 0:
+            with self._cond:
+                while self._alone is not None or self._waiting:
+                    self._cond.wait()
+                self._users += 1
+        self._local.use = depth + 1
+        try:
+            yield
+        finally:
+            self._local.use = depth
+            if depth == 0 and self._depth("alone") == 0:
+                with self._cond:
+                    self._users -= 1
+                    self._cond.notify_all()
+
+    @contextlib.contextmanager
+    def alone(self):
+        depth = self._depth("alone")
+        if depth:
+            self._local.alone = depth + 1
+            try:
+                yield
+            finally:
+                self._local.alone = depth
+            return
+        aside = self._depth("use") > 0
+        with self._cond:
+            self._users -= aside
+            self._waiting += 1
+            self._cond.notify_all()
+            try:
+                while self._alone is not None or self._users:
+                    self._cond.wait()
+            except BaseException:
+                self._users += aside
+                raise
+            finally:
+                self._waiting -= 1
+                self._cond.notify_all()
+            self._alone = threading.current_thread()
+        self._local.alone = 1
+        try:
+            yield
+        finally:
+            self._local.alone = 0
+            with self._cond:
+                self._alone = None
+                self._users += aside  # its own use again, as it was
+                self._cond.notify_all()
+
+    @property
+    def alone_thread(self) -> threading.Thread | None:
+        """The thread alone now, if any (for tests)."""
+        return self._alone
+
+
+#: The process's one gate: the CUDA context is the process's.
+gate = GpuGate()
+using_gpu = gate.use
 
 
 def empty_cache() -> None:
-    """``torch.cuda.empty_cache()``, never while another thread records a graph."""
+    """``torch.cuda.empty_cache()``, with the GPU to itself (never during a recording)."""
     if torch.cuda.is_available():
-        with capture_lock:
+        with gate.alone():
             torch.cuda.empty_cache()
 
 
@@ -107,9 +193,9 @@ class PassGraphs:
         for stage in stages:
             stage.x.grad = None
         graph = torch.cuda.CUDAGraph()
-        # thread_local: other threads' runs (the server's --max-running) may go on meanwhile.
+        # Alone (see above); thread_local as well, for whatever GPU work runs outside the gate.
         with (
-            capture_lock,
+            gate.alone(),
             torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
         ):
             terms = evaluate(stages)

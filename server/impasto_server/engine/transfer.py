@@ -22,7 +22,7 @@ import torch.nn.functional as F
 from . import imaging, shared
 from .cache import GramCache
 from .events import Progress, Result
-from .graphs import PassGraphs, empty_cache
+from .graphs import PassGraphs, empty_cache, using_gpu
 from .lbfgs import LBFGS
 from .losses import content_layer_loss, gram, style_layer_loss, style_layer_losses, tv_loss
 from .memory import (
@@ -496,20 +496,33 @@ class Engine:
     def _drive(self, runs: list[PreparedRun]) -> Iterator[tuple[int, Any]]:
         if not runs:
             return
+        graphs = PassGraphs(self._device) if self.cuda_graphs else None
+        try:
+            yield from self._iterate(runs, graphs)
+        finally:
+            if graphs is not None:  # its graph freed inside the gate, not wherever GC runs
+                with using_gpu():
+                    graphs.release()
+
+    def _iterate(
+        self, runs: list[PreparedRun], graphs: PassGraphs | None
+    ) -> Iterator[tuple[int, Any]]:
+        # Every use of the GPU is inside using_gpu() (see graphs.py), and none spans a yield:
+        # a consumer that stops between events must not keep a recording waiting.
         started = time.perf_counter()
         live = list(enumerate(runs))
         first = runs[0]
         # Set when a shared pass runs out of memory: the runs then go on one pass each, from
         # where they are (the failed pass stepped no optimiser).
         split = False
-        graphs = PassGraphs(self._device) if self.cuda_graphs else None
         for index, stage_iterations in enumerate(first.per_stage):
             staged = []
             for i, run in live:
                 try:
                     if run.should_stop():
                         raise Cancelled()
-                    run.begin_stage(index)
+                    with using_gpu():
+                        run.begin_stage(index)
                 except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
                     yield i, exc
                 else:
@@ -525,7 +538,8 @@ class Engine:
                 errors: dict[int, BaseException] = {}
                 if not split:
                     try:
-                        self._evaluate([run.stage for _, run in live], graphs)
+                        with using_gpu():
+                            self._evaluate([run.stage for _, run in live], graphs)
                     except Exception as exc:  # noqa: BLE001 - the shared pass failed
                         if not (len(live) > 1 and is_out_of_memory(exc)):
                             for i, _run in live:
@@ -537,35 +551,43 @@ class Engine:
                             "a batch of %d runs ran out of memory; it goes on with one pass "
                             "per run", len(live),
                         )  # fmt: skip
-                        for _, run in live:
-                            run.stage.shared = None  # the batch's stacked targets
+                        with using_gpu():
+                            for _, run in live:
+                                run.stage.shared = None  # the batch's stacked targets
+                            if graphs is not None:
+                                graphs.release()
                         graphs = None
                         self._free_memory()
-                if split:
-                    for i, run in live:
-                        try:
-                            self._evaluate([run.stage])
-                        except Exception as exc:  # noqa: BLE001 - it ends that run alone
-                            errors[i] = exc
-                else:
-                    _adam_together([run.stage for _, run in live])
+                with using_gpu():
+                    if split:
+                        for i, run in live:
+                            try:
+                                self._evaluate([run.stage])
+                            except Exception as exc:  # noqa: BLE001 - it ends that run alone
+                                errors[i] = exc
+                    else:
+                        _adam_together([run.stage for _, run in live])
                 stepped = []
                 for i, run in live:
                     if i in errors:
                         yield i, errors.pop(i)
                         continue
                     try:
-                        event = run.step(index, started)
+                        with using_gpu():
+                            event = run.step(index, started)
                     except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
                         yield i, exc
                     else:
                         stepped.append((i, run))
                         yield i, event
                 live = stepped
-            for _, run in live:
-                run.end_stage()
+            with using_gpu():
+                for _, run in live:
+                    run.end_stage()
         for i, run in live:
-            yield i, run.result(started)
+            with using_gpu():
+                result = run.result(started)
+            yield i, result
 
     def _free_memory(self) -> None:
         gc.collect()  # a failed pass's tensors can sit in reference cycles of its traceback
