@@ -43,7 +43,7 @@ def _first_apart(solo: list[float], batched: list[float]) -> int | None:
 def other_kernels(device: str):
     """Convolutions by other kernels than the engine's usual ones inside the block."""
     if device.startswith("cuda"):
-        saved = torch.backends.cudnn.benchmark  # the autotuner (the engine's) or heuristics
+        saved = torch.backends.cudnn.benchmark  # the heuristics (the engine's) or the autotuner
         torch.backends.cudnn.benchmark = not saved
         try:
             yield

@@ -319,10 +319,11 @@ def compiled_ms(engine: Engine, content, style, size: int, precision: str, itera
 
 
 def autotune_part(engine: Engine, rows: Rows, content, style) -> None:
-    """cuDNN's autotuner (torch.backends.cudnn.benchmark, which the engine turns on) against
-    cuDNN's heuristics, for the default preset's 512 px job on shapes this process has not met
-    yet (each flag its own width), run twice: a server meets new shapes with every new image
-    size, stage and batch size, and pays the autotuning on the first job of each."""
+    """cuDNN's autotuner (torch.backends.cudnn.benchmark) against cuDNN's heuristics (the
+    engine's default since this row's first GPU run), for the default preset's 512 px job on
+    shapes this process has not met yet (each flag its own width), run twice: a server meets
+    new shapes with every new image size, stage and batch size, and would pay the autotuning
+    on the first job of each."""
     saved = torch.backends.cudnn.benchmark
     label = "default job 512 px, new shapes: autotuned / heuristics"
     with rows.section(label):
@@ -718,7 +719,14 @@ def main() -> None:
     parser.add_argument(
         "--only", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
     )
+    parser.add_argument(
+        "--cudnn-autotune", choices=("on", "off"), default=None,
+        help="cuDNN's autotuner (torch.backends.cudnn.benchmark) for the whole run; default: "
+        "as the engine leaves it (off)",
+    )  # fmt: skip
     args = parser.parse_args()
+    if args.cudnn_autotune:
+        torch.backends.cudnn.benchmark = args.cudnn_autotune == "on"
     only = set(args.only.split(","))
     if only - set(PARTS):
         parser.error(f"unknown parts {sorted(only - set(PARTS))}; choose from {PARTS}")
@@ -740,6 +748,8 @@ def main() -> None:
     failed_recordings = GraphFailures()
     logging.getLogger("impasto_server.engine").addHandler(failed_recordings)
     rows.append(("CUDA graphs (the engine's default here)", "on" if engine.cuda_graphs else "off"))
+    if cuda:
+        rows.append(("cuDNN's autotuner", "on" if torch.backends.cudnn.benchmark else "off"))
     if "checks" in only:
         with rows.part("checks"):
             checks_part(device, rows)

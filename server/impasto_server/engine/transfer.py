@@ -131,8 +131,13 @@ class Engine:
         # CPU keeps the default layout (channels_last measured no faster there). Tests switch
         # it on for a CPU engine to exercise the GPU's layout.
         self.channels_last = self._cuda
+        # cuDNN's heuristics choose its kernels, not its autotuner (left off:
+        # torch.backends.cudnn.benchmark). A server meets new shapes with every image size,
+        # stage and batch size, and the autotuner times them on the first job of each: on an
+        # H200 the default 512 px job took 8.67 s the first time against 0.97 with heuristics,
+        # and 0.95 against 0.89 again (benchmarks/gpu.py, autotune). With it, a job's first
+        # iteration at 8192 px came after 239 s (how much of that was autotuning: not measured).
         if self._cuda:
-            torch.backends.cudnn.benchmark = True
             net = net.to(self._device, memory_format=torch.channels_last)
         self.net = net
         self.weights_name = (
