@@ -661,8 +661,69 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
         row(clients, GPU_MAX_BATCH)
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
+    label = f"server, {many} clients, Adam, {batched}: the worker's time"
+    with rows.section(label):
+        rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
     row(many, 1, "lbfgs")
     row(many, GPU_MAX_BATCH, "lbfgs")
+
+
+#: What worker_time sums, by (file name, function name) as cProfile names them.
+WORKER_PARTS = {
+    "prepare": [("transfer.py", "prepare")],
+    "stages": [("transfer.py", "begin_stage"), ("transfer.py", "end_stage")],
+    "passes": [("transfer.py", "_evaluate")],
+    "reads": [("~", "<method 'tolist' of 'torch._C.TensorBase' objects>")],
+    "recordings": [("graphs.py", "_record")],
+    "steps": [("transfer.py", "_adam_together"), ("transfer.py", "step")],
+    "results": [("transfer.py", "result")],
+    "events": [("scheduler.py", "put"), ("scheduler.py", "finish")],
+}
+
+
+def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
+                batch: int) -> str:  # fmt: skip
+    """Where the server's job worker spends a batch (one more run of the ``clients`` row,
+    batched, under cProfile in the worker thread alone): its wall time per batch iteration, and
+    each part's share, "reads" being the one read of each pass's losses, which waits for the
+    GPU (inside "passes"). cProfile slows the Python parts, so the row's own jobs/min is not
+    comparable to the others'."""
+    import cProfile
+    import pstats
+
+    from impasto_server.service import StyleTransferService
+
+    profile = cProfile.Profile()
+    own = StyleTransferService._run_batch
+    batches: list[int] = []
+
+    def profiled(self, jobs):  # the worker thread: max_running is 1 when batched
+        batches.append(len(jobs))
+        profile.enable()
+        try:
+            return own(self, jobs)
+        finally:
+            profile.disable()
+
+    StyleTransferService._run_batch = profiled
+    try:
+        jpm, _ = server_throughput(engine, clients, jobs_each, size, iterations, batch)
+    finally:
+        StyleTransferService._run_batch = own
+    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
+    # One function of a name a file: the outermost (PreparedRun.step holds its _Stage.step).
+    cumulative: dict[tuple[str, str], float] = {}
+    for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items():
+        key = (os.path.basename(file), name)
+        cumulative[key] = max(cumulative.get(key, 0.0), ct)
+    whole = cumulative[("service.py", "_run_batch")]
+    per_iteration = whole / max(1, len(batches)) / iterations * 1e3
+    parts = ", ".join(
+        f"{part} {sum(cumulative.get(key, 0.0) for key in keys) / whole:.0%}"
+        for part, keys in WORKER_PARTS.items()
+    )  # fmt: skip
+    return (f"{per_iteration:.2f} ms a batch iteration ({len(batches)} batches, mean "
+            f"{np.mean(batches):.1f} jobs; {jpm:.0f} jobs/min profiled): {parts}")  # fmt: skip
 
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:

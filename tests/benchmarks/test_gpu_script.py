@@ -50,6 +50,14 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         "L-BFGS, batched (up to 8)",
     ):
         assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
+    # where the job worker's time went, part by part, in the profiled batched row
+    worker = table["server, 2 clients, Adam, batched (up to 8): the worker's time"]
+    shares = dict(part.rsplit(" ", 1) for part in worker.split(": ", 1)[1].split(", "))
+    assert list(shares) == ["prepare", "stages", "passes", "reads", "recordings", "steps",
+                            "results", "events"], worker  # fmt: skip
+    assert float(worker.split(" ms")[0]) > 0
+    assert int(shares["passes"].rstrip("%")) >= 20  # the CPU's passes: most of a toy batch
+    assert shares["recordings"] == "0%"  # no CUDA graphs on the CPU
     assert not any("up to 16" in key for key in table)
     # where the run's time went: every part that ran, in the order it ran
     parts, whole = table["seconds by part"].split("; in all ")
