@@ -684,8 +684,8 @@ WORKER_PARTS = {
 def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
                 batch: int) -> str:  # fmt: skip
     """Where the server's job worker spends a batch (one more run of the ``clients`` row,
-    batched, under cProfile in the worker thread alone): its wall time per batch iteration, and
-    each part's share, "reads" being the one read of each pass's losses, which waits for the
+    batched, under cProfile in the worker thread alone): its wall time per batch iteration, how
+    much of the row's time it was busy (the rest it waited for jobs), and each part's share, "reads" being the one read of each pass's losses, which waits for the
     GPU (inside "passes"). cProfile slows the Python parts, so the row's own jobs/min is not
     comparable to the others'."""
     import cProfile
@@ -722,8 +722,10 @@ def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterati
         f"{part} {sum(cumulative.get(key, 0.0) for key in keys) / whole:.0%}"
         for part, keys in WORKER_PARTS.items()
     )  # fmt: skip
+    wall = clients * jobs_each / jpm * 60.0  # the row's seconds, from the first job sent
     return (f"{per_iteration:.2f} ms a batch iteration ({len(batches)} batches, mean "
-            f"{np.mean(batches):.1f} jobs; {jpm:.0f} jobs/min profiled): {parts}")  # fmt: skip
+            f"{np.mean(batches):.1f} jobs; {jpm:.0f} jobs/min profiled; the worker busy "
+            f"{min(1.0, whole / wall):.0%} of the time): {parts}")  # fmt: skip
 
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:

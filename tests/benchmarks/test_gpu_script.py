@@ -56,6 +56,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert list(shares) == ["prepare", "stages", "passes", "reads", "recordings", "steps",
                             "results", "events"], worker  # fmt: skip
     assert float(worker.split(" ms")[0]) > 0
+    assert 0 < int(worker.split("the worker busy ")[1].split("%")[0]) <= 100
     assert int(shares["passes"].rstrip("%")) >= 20  # the CPU's passes: most of a toy batch
     assert shares["recordings"] == "0%"  # no CUDA graphs on the CPU
     assert not any("up to 16" in key for key in table)
