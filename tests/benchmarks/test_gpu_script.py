@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import re
 import subprocess
 import sys
 
@@ -42,6 +43,9 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         "128 accepted by the plan",
         "128 ran",
     ], tried
+    # the real run's iterations: setup, eager and recording, then the steady ones
+    times = [float(t) for t in re.findall(r"([0-9.]+) s", tried[-1])]
+    assert len(times) == 3 and all(t > 0 for t in times), tried[-1]
     assert "jobs/min (1.00x)" in table["server, 1 client, Adam, alone"]
     for row in (
         "Adam, alone",

@@ -53,7 +53,8 @@ def test_the_plans_largest_side_is_run_once_when_it_fits(gpu):
     assert misses == [] and errors == []
     assert tried[0].startswith("4096 accepted by the plan (") and tried[0].endswith(" s)")
     assert tried[1].startswith("8192 refused by the plan (")
-    assert tried[-1].startswith("4864 ran (") and " s to the first iteration, then " in tried[-1]
+    assert tried[-1].startswith("4864 ran (") and " s to the first iteration, " in tried[-1]
+    assert " s each of the next two, then " in tried[-1]
 
 
 def test_the_search_reaches_the_engines_limit(gpu):
