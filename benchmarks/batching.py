@@ -12,8 +12,8 @@ What float tolerance means for a whole optimisation: the same solo jobs run agai
 convolution kernels (cuDNN's heuristics instead of its autotuner, or the other way round, on a
 GPU; PyTorch's own convolutions instead of oneDNN's on a CPU), which add the same products in
 another order, as a batch's kernels do; how far those images are from the first solo ones is
-printed beside the batch's distance. A solo job's image is only defined to that distance: the
-autotuner may choose other kernels in another process.
+printed beside the batch's distance. A solo job's image is only defined to that distance: where
+the autotuner is on, it may choose other kernels in another process.
 """
 
 from __future__ import annotations

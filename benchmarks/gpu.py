@@ -689,9 +689,10 @@ def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterati
                 batch: int) -> str:  # fmt: skip
     """Where the server's job worker spends a batch (one more run of the ``clients`` row,
     batched, under cProfile in the worker thread alone): its wall time per batch iteration, how
-    much of the row's time it was busy (the rest it waited for jobs), and each part's share, "reads" being the one read of each pass's losses, which waits for the
-    GPU (inside "passes"). cProfile slows the Python parts, so the row's own jobs/min is not
-    comparable to the others'."""
+    much of the row's time it was busy (the rest it waited for jobs), and each part's share,
+    "reads" being the one read of each pass's losses, which waits for the GPU (inside
+    "passes"). cProfile slows the Python parts, so the row's own jobs/min is not comparable to
+    the others'."""
     import cProfile
     import pstats
 
