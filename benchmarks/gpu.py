@@ -35,9 +35,9 @@
 6. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
-   once with same-shaped jobs batched up to the GPU default of 8 (at 16 clients also with CUDA
-   graphs the other way), and 16 clients' default-preset L-BFGS jobs alone and batched with
-   --batch-lbfgs.
+   once with same-shaped jobs batched up to the GPU default of 8 (at 16 clients also with every
+   iteration's progress event, --progress-rate 0, and with CUDA graphs the other way), and 16
+   clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs.
 7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -60,6 +60,7 @@ import sys
 import time
 import traceback
 from collections.abc import Callable
+from typing import Any
 
 import lbfgs_step  # beside this script
 import numpy as np
@@ -221,10 +222,14 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
 
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
-                      batch: int, optimizer: str = "adam") -> tuple[float, float]:  # fmt: skip
+                      batch: int, optimizer: str = "adam", stats: dict | None = None,
+                      **config: Any) -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
-    client is a process of its own (throughput_client.py), timed from when all are connected."""
+    client is a process of its own (throughput_client.py), timed from when all are connected.
+    ``config``: more of the server's settings (ServerConfig's fields); ``stats``, if given,
+    gets the row's seconds and the CPU seconds the server's process (this one) and its clients
+    used."""
     import json
     import subprocess
 
@@ -234,7 +239,7 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
         ServerConfig(host="127.0.0.1", port=0, max_running=clients if batch == 1 else 1,
                      max_batch=batch, batch_lbfgs=optimizer == "lbfgs",
                      queue_size=4 * clients * jobs_each, max_jobs_per_client=jobs_each,
-                     grace_seconds=0.0),
+                     grace_seconds=0.0, **config),
         engine=engine,
     )  # fmt: skip
     server.start()
@@ -248,12 +253,12 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
         for proc in procs:
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a client did not start: {proc.communicate()[1][-500:]}")
-        start = time.perf_counter()
+        start, cpu = time.perf_counter(), time.process_time()  # this process: the server's
         for proc in procs:
             proc.stdin.write("go\n")
             proc.stdin.flush()
         outputs = [proc.communicate() for proc in procs]
-        seconds = time.perf_counter() - start
+        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -262,7 +267,11 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     failed = [err for proc, (_, err) in zip(procs, outputs, strict=True) if proc.returncode]
     if failed:
         raise RuntimeError(f"{len(failed)} clients failed: {failed[0][-500:]}")
-    batch_sizes = [size for out, _ in outputs for size in json.loads(out.strip().splitlines()[-1])]
+    reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    batch_sizes = [size for report in reports for size in report["batch_sizes"]]
+    if stats is not None:
+        stats["seconds"], stats["server_cpu_seconds"] = seconds, cpu
+        stats["clients_cpu_seconds"] = sum(report["cpu_seconds"] for report in reports)
     return clients * jobs_each / seconds * 60.0, float(np.mean(batch_sizes))
 
 
@@ -628,9 +637,10 @@ class Rows(list):
 
 def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
-    GPU default (GPU_MAX_BATCH; at 16 clients also with CUDA graphs the other way from the
-    engine's default); then the default preset's L-BFGS jobs at 16 clients, alone and batched
-    (--batch-lbfgs). One client's batch is a batch of one: not run."""
+    GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
+    --progress-rate 0, and with CUDA graphs the other way from the engine's default); then the
+    default preset's L-BFGS jobs at 16 clients, alone and batched (--batch-lbfgs). One client's
+    batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
@@ -640,12 +650,15 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     with rows.section("server warm-up"):  # the base row must not pay for the first job's setup
         server_throughput(engine, 1, 2, size, its, 1)
 
-    def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False):
+    def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False,
+            **config):  # fmt: skip
         nonlocal base
         graphs = engine.cuda_graphs != other_graphs  # the engine's default unless told other
         how = batched if batch > 1 else "alone"
         if other_graphs:
             how += ", CUDA graphs" if graphs else ", eager (no CUDA graphs)"
+        if "progress_rate" in config:
+            how += f", --progress-rate {config['progress_rate']:g}"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
         label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
         with rows.section(label):
@@ -653,7 +666,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
             check = graph_failures() if other_graphs and graphs else contextlib.nullcontext()
             with check, graphs_set(engine, graphs):
                 jpm, mean_batch = server_throughput(
-                    engine, clients, jobs_each, size, its, batch, optimizer
+                    engine, clients, jobs_each, size, its, batch, optimizer, **config
                 )
             base = base or jpm
             text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
@@ -663,6 +676,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     for clients in (2,) if toy else (4, 16):
         row(clients, 1)
         row(clients, GPU_MAX_BATCH)
+    row(many, GPU_MAX_BATCH, progress_rate=0)  # every iteration's progress event, as before
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
     label = f"server, {many} clients, Adam, {batched}: the worker's time"

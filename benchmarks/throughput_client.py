@@ -4,13 +4,15 @@ share the server's interpreter (and its lock) as threads of the benchmark's proc
     python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER
 
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
-then prints the batch size each job ran in as a JSON list.
+then prints as JSON the batch size each job ran in and the CPU seconds the process used for
+them.
 """
 
 from __future__ import annotations
 
 import json
 import sys
+import time
 
 
 def main() -> None:
@@ -23,6 +25,7 @@ def main() -> None:
         client.server_info()  # connected, and the server answers
         print("ready", flush=True)
         sys.stdin.readline()
+        cpu = time.process_time()
         batch_sizes = []
         for _ in range(int(jobs)):
             job = client.stylize(content, [style], size=int(size), iterations=int(iterations),
@@ -30,7 +33,8 @@ def main() -> None:
             for event in job:
                 if isinstance(event, Started):
                     batch_sizes.append(event.batch_size)
-    print(json.dumps(batch_sizes), flush=True)
+        cpu = time.process_time() - cpu
+    print(json.dumps({"batch_sizes": batch_sizes, "cpu_seconds": cpu}), flush=True)
 
 
 if __name__ == "__main__":

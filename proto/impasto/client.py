@@ -154,7 +154,7 @@ class ServerInfo:
     device: str
     weights: str
     precision: str
-    limits: dict[str, int]
+    limits: dict[str, int | float]
     defaults: dict[str, Any]
     presets: dict[str, dict[str, Any]]
     allowed: dict[str, Any]

@@ -70,6 +70,8 @@ class ServerConfig:
     job_memory_mb: float | None = None
     #: Each iteration's pass through the network replayed as a CUDA graph; None: on a GPU.
     cuda_graphs: bool | None = None
+    #: Plain progress events sent per second per job at most; 0: every iteration's.
+    progress_rate: float = 20.0
 
 
 #: The batch size a GPU server uses unless told otherwise.
@@ -149,6 +151,7 @@ class Server:
                 if config.simulated_memory_mb
                 else None,
                 job_memory_bytes=_job_memory_bytes(config),
+                progress_rate=config.progress_rate,
             ),
             self.scheduler,
             self.metrics,
@@ -380,6 +383,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="replay each iteration's pass through the network as a CUDA graph, recorded "
         "once per batch and stage (default: on with a GPU; a GPU only)",
     )  # fmt: skip
+    p.add_argument(
+        "--progress-rate", type=float, default=d.progress_rate,
+        help="progress events sent per second per job at most (a job's first and last "
+        "iteration, each stage's first and each preview always go; 0: every iteration)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
     for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
@@ -392,6 +400,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("--job-memory-mb must be >= 0")
     if config.max_batch_megapixels <= 0:
         p.error("--max-batch-megapixels must be > 0")
+    if not 0 <= config.progress_rate <= 10_000:
+        p.error("--progress-rate must lie in [0, 10000]")
     if not 0 <= config.batch_wait_ms <= 10_000:
         p.error("--batch-wait-ms must lie in [0, 10000]")
     if bool(config.tls_cert) != bool(config.tls_key):

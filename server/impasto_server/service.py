@@ -69,6 +69,9 @@ class ServiceConfig:
     #: The memory one job may use, checked before it is queued (None: what the engine read
     #: from its device at start; 0: no check).
     job_memory_bytes: int | None = None
+    #: Plain progress events sent per second per job at most (see ProgressPacing); 0: every
+    #: iteration's.
+    progress_rate: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -77,6 +80,35 @@ class StartedEvent:
     height: int
     width: int
     batch_size: int = 1
+
+
+class ProgressPacing:
+    """Which plain progress events of a batch's jobs go to their streams: at most ``rate`` a
+    second per job, and always a job's first, the first of each stage and the last iteration's
+    (events with a preview always go, and count as sent). Each event sent wakes the job's
+    stream thread, which takes the interpreter lock to send it: at a few ms an iteration on a
+    GPU, sixteen streams' events every iteration kept the job worker waiting for that lock
+    (benchmarks/server_host.py). The events left out are never queued, as those coalesced for
+    a slow reader (see Outbox)."""
+
+    def __init__(self, rate: float) -> None:
+        self.interval = 1.0 / rate if rate > 0 else 0.0
+        self._sent: dict[int, tuple[float, int]] = {}  # job's index: when, which stage
+
+    def due(self, index: int, event: Progress, preview: bool = False) -> bool:
+        now = time.monotonic()
+        last = self._sent.get(index)
+        if (
+            preview
+            or not self.interval
+            or last is None
+            or event.scale_index != last[1]
+            or event.iteration >= event.total
+            or now - last[0] >= self.interval
+        ):
+            self._sent[index] = (now, event.scale_index)
+            return True
+        return False
 
 
 def _status(code: grpc.StatusCode, message: str, details: list[Any] | None = None) -> grpc.Status:
@@ -159,6 +191,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 max_input_pixels=limits.max_input_pixels,
                 max_batch_jobs=self.config.max_batch,
                 job_memory_bytes=self.job_memory(),
+                progress_rate=self.config.progress_rate,
             ),
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,
@@ -359,6 +392,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             height, width = run.shapes[-1]  # the last stage is the result's size
             job.outbox.put(StartedEvent(run.options.iterations, height, width, len(members)))
         ended: set[int] = set()
+        pacing = ProgressPacing(self.config.progress_rate)
         try:
             budget = self.config.memory_budget_bytes
             # The simulated device memory is one slot's, whether it runs one job or a batch.
@@ -373,9 +407,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                         ended.add(index)
                     elif isinstance(event, Progress):
                         job.description["done_iterations"] = event.iteration
-                        # Plain progress may be coalesced; previews give way only to newer ones.
+                        # Plain progress is paced and may be coalesced; previews give way only
+                        # to newer ones.
                         has_preview = event.preview is not None
-                        job.outbox.put(event, droppable=not has_preview, preview=has_preview)
+                        if pacing.due(index, event, has_preview):
+                            job.outbox.put(event, droppable=not has_preview, preview=has_preview)
                     else:
                         self._end(job, event)
                         ended.add(index)

@@ -10,7 +10,10 @@ from impasto.client import Progress, Queued, Result, Started
 FAST = {"size": 32, "iterations": 4, "num_scales": 1}
 
 
-def test_events_arrive_in_order_and_end_with_the_result(client, tiny_content, tiny_style):
+def test_events_arrive_in_order_and_end_with_the_result(make_server, connect, tiny_content,
+                                                        tiny_style):  # fmt: skip
+    # Every iteration's progress event (the server's default paces them, see below).
+    (client,) = connect(make_server(progress_rate=0), 1)
     events = list(client.stylize(tiny_content, [tiny_style], preview_interval=2, **FAST))
     kinds = [type(e) for e in events]
     assert kinds[-1] is Result
@@ -32,6 +35,29 @@ def test_events_arrive_in_order_and_end_with_the_result(client, tiny_content, ti
     assert result.iterations == 4 and result.elapsed_seconds > 0
     assert isinstance(result.settings["seed"], int)
     assert not np.array_equal(result.image, images.as_array(tiny_content)[:27, :32])
+
+
+def test_progress_is_paced_but_keeps_first_last_stage_starts_and_previews(
+    make_server, connect, tiny_content, tiny_style
+):
+    job = {"size": 32, "iterations": 12, "num_scales": 2, "preview_interval": 5, "seed": 3}
+
+    def progress(rate: float) -> list[Progress]:
+        (client,) = connect(make_server(progress_rate=rate), 1)
+        assert client.server_info().limits.get("progress_rate", 0) == rate
+        events = list(client.stylize(tiny_content, [tiny_style], **job))
+        assert isinstance(events[-1], Result) and events[-1].iterations == 12
+        return [e for e in events if isinstance(e, Progress)]
+
+    every = progress(0)
+    assert [p.iteration for p in every] == list(range(1, 13))
+    second_stage = min(p.iteration for p in every if p.scale_index == 1)
+    assert 2 < second_stage < 12
+    # One plain progress event a minute at most: only those that always go are left.
+    paced = progress(1 / 60)
+    assert [p.iteration for p in paced] == sorted({1, 5, 10, second_stage, 12})
+    assert [p.iteration for p in paced if p.preview is not None] == [5, 10]
+    assert [p.scale_index for p in paced] == [every[p.iteration - 1].scale_index for p in paced]
 
 
 @pytest.mark.parametrize("dtype", [np.uint16, np.float32])
@@ -71,3 +97,13 @@ def test_output_format_is_honoured(server, tiny_content, tiny_style, form):
         magic = {"png": b"\x89PNG", "tiff": (b"II*\x00", b"MM\x00*"), "jpeg": b"\xff\xd8"}[form]
         assert image.encoded.startswith(magic)
     assert images.from_wire(image).shape == (27, 32, 3)
+
+
+def test_progress_rate_flag():
+    from impasto_server.app import ServerConfig, parse_args
+
+    assert parse_args([]).progress_rate == ServerConfig().progress_rate > 0
+    assert parse_args(["--progress-rate", "0"]).progress_rate == 0
+    for bad in ("-1", "20000"):
+        with pytest.raises(SystemExit):
+            parse_args(["--progress-rate", bad])

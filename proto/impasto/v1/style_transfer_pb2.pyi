@@ -308,7 +308,7 @@ class Range(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels", "max_batch_jobs", "job_memory_bytes")
+    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels", "max_batch_jobs", "job_memory_bytes", "progress_rate")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -318,6 +318,7 @@ class Limits(_message.Message):
     MAX_INPUT_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_BATCH_JOBS_FIELD_NUMBER: _ClassVar[int]
     JOB_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
+    PROGRESS_RATE_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_message_bytes: int
     queue_capacity: int
@@ -327,7 +328,8 @@ class Limits(_message.Message):
     max_input_pixels: int
     max_batch_jobs: int
     job_memory_bytes: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_batch_jobs: _Optional[int] = ..., job_memory_bytes: _Optional[int] = ...) -> None: ...
+    progress_rate: float
+    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_batch_jobs: _Optional[int] = ..., job_memory_bytes: _Optional[int] = ..., progress_rate: _Optional[float] = ...) -> None: ...
 
 class AllowedValues(_message.Message):
     __slots__ = ("layers", "presets", "inits", "optimizers", "poolings", "color_preservations", "precisions", "output_formats", "size", "iterations", "num_scales", "style_scale")

@@ -1,0 +1,232 @@
+"""The server's own host work at a GPU's pace, on any machine: jobs per minute against the
+device's time alone, and where the job worker's time goes.
+
+    python benchmarks/server_host.py [--clients 1 4 16] [--jobs 3] [--size 64] [--iterations 50]
+                                     [--pass-ms 0.41 0.59] [--forward-ms 0.3]
+                                     [--progress-rates 0 20]
+
+On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
+events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
+not the GPU, can set the pace: on an H200 run 5 gave 16 batched clients 2.88x one client's
+jobs per minute, about 12.5 ms a batch iteration against some 5 ms of GPU work
+(docs/benchmarks.md). This script runs the real server (gRPC on loopback, the scheduler, the
+worker, the events, each client a process of its own as in gpu.py's server rows) with the
+device's work replaced by its time: each pass through the network sleeps ``a + b * batch`` ms
+(``--pass-ms``; by default run 5's 2.78 ms for a graphed batch of four 256 px Adam runs, and
+1.0 ms assumed for one) and leaves a gradient of ones, each forward without gradients (content
+and style targets) sleeps ``--forward-ms`` and returns zeros of the features' shapes. A sleep
+releases the interpreter lock, as the worker's wait for the GPU's results does. Everything
+else is real: the requests (the 512 x 512 sample photograph, resized by the server), the
+optimiser steps (on this machine's CPU, small at 64 px), events, results.
+
+Per configuration (clients, the server's --progress-rate): jobs per minute; the ideal, from
+the device's time alone at the mean batch size; and the worker's time per batch iteration:
+the device's (the sleeps), the wait to take the interpreter back after them (a sleep's
+overrun), preparing jobs, starting and ending stages, optimiser steps, handing events to the
+streams, results, and the rest of the worker's loop. Only ratios within one run mean much:
+this machine is noisy, and its cores are shared with the clients.
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import contextlib
+import functools
+import threading
+import time
+
+import torch
+from gpu import server_throughput  # beside this script
+from impasto_server import scheduler, service
+from impasto_server.engine import Engine, transfer
+from impasto_server.engine.vgg import CONV_INDEX
+from machine import describe
+
+
+class Clock:
+    """Exclusive wall time of the wrapped functions, in the job worker's thread only (inside
+    ``StyleTransferService._run_batch``): a function's time excludes the wrapped functions it
+    calls, so the parts add up."""
+
+    def __init__(self) -> None:
+        self.seconds: collections.Counter[str] = collections.Counter()
+        self.local = threading.local()
+
+    def wrap(self, owner, name: str, part: str, outer: bool = False) -> None:
+        original = getattr(owner, name)
+
+        @functools.wraps(original)
+        def timed(*args, **kwargs):
+            stack = getattr(self.local, "stack", None)
+            if stack is None and not outer:
+                return original(*args, **kwargs)  # not the worker's
+            if stack is None:
+                stack = self.local.stack = []
+            stack.append(0.0)  # time of the wrapped calls inside this one
+            start = time.perf_counter()
+            try:
+                return original(*args, **kwargs)
+            finally:
+                elapsed = time.perf_counter() - start
+                inner = stack.pop()
+                self.seconds[part] += elapsed - inner
+                if stack:
+                    stack[-1] += elapsed
+                elif outer:
+                    self.local.stack = None
+
+        setattr(owner, name, timed)
+
+    def add(self, part: str, seconds: float) -> None:
+        """Time spent in ``part`` inside the wrapped function now running (none: not counted)."""
+        stack = getattr(self.local, "stack", None)
+        if stack:
+            self.seconds[part] += seconds
+            stack[-1] += seconds
+
+
+def feature_shape(net: torch.nn.Module, layer: str, height: int, width: int) -> tuple[int, ...]:
+    """(channels, h, w) of a layer's features for an image of height x width."""
+    index = CONV_INDEX[layer]
+    pools = sum(isinstance(m, torch.nn.MaxPool2d) for m in list(net.features)[:index])
+    return (net.features[index].out_channels, height >> pools, width >> pools)
+
+
+def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float):
+    """Replace the device's work by sleeps (see the module's docstring); returns an undo."""
+    a, b = pass_ms
+    real_net, real_pass = engine.net, transfer.Engine._pass
+
+    def device(seconds: float) -> None:
+        start = time.perf_counter()
+        time.sleep(seconds)
+        elapsed = time.perf_counter() - start
+        clock.add("device", min(elapsed, seconds))
+        clock.add("waiting for the interpreter", max(0.0, elapsed - seconds))
+
+    class Net(torch.nn.Module):  # the no-gradient forwards: content and style targets
+        features = real_net.features
+
+        def forward(self, pixels, layers, pooling="max", dtype=None):
+            device(forward_ms / 1e3)
+            n, _, h, w = pixels.shape
+            return {
+                name: torch.zeros((n, *feature_shape(real_net, name, h, w)), dtype=dtype)
+                for name in layers
+            }
+
+    def fake_pass(self, stages):
+        for stage in stages:
+            stage.x.grad = torch.ones_like(stage.x)
+        device((a + b * len(stages)) / 1e3)
+        return torch.ones(len(stages), len(transfer.shared.TERMS))
+
+    engine.net = Net()
+    transfer.Engine._pass = fake_pass
+
+    def undo() -> None:
+        engine.net, transfer.Engine._pass = real_net, real_pass
+
+    return undo
+
+
+def instrument(clock: Clock) -> contextlib.ExitStack:
+    """Time the worker's parts (restored when the stack closes)."""
+    stack = contextlib.ExitStack()
+    parts = [
+        (service.StyleTransferService, "_run_batch", "the rest of the worker's loop", True),
+        (transfer.Engine, "prepare", "preparing jobs", False),
+        (transfer.PreparedRun, "begin_stage", "stages", False),
+        (transfer.PreparedRun, "end_stage", "stages", False),
+        (transfer.PreparedRun, "step", "optimiser steps", False),
+        (transfer, "_adam_together", "optimiser steps", False),
+        (transfer.PreparedRun, "result", "results", False),
+        (scheduler.Outbox, "put", "events", False),
+        (scheduler.Outbox, "finish", "events", False),
+    ]
+    for owner, name, part, outer in parts:
+        original = getattr(owner, name)
+        stack.callback(setattr, owner, name, original)
+        clock.wrap(owner, name, part, outer)
+    return stack
+
+
+PARTS = ("device", "waiting for the interpreter", "preparing jobs", "stages", "optimiser steps",
+         "events", "results", "the rest of the worker's loop")  # fmt: skip
+
+
+def measure(
+    engine: Engine, clock: Clock, clients: int, jobs: int, size: int, iterations: int,
+    batch: int, progress_rate: float, pass_ms: tuple[float, float],
+) -> tuple[str, ...]:  # fmt: skip
+    batches: list[int] = []  # each batch's jobs
+    stats: dict = {}
+    with instrument(clock) as restore:
+        timed = service.StyleTransferService._run_batch
+
+        def counted(self, members):
+            batches.append(len(members))
+            return timed(self, members)
+
+        restore.callback(setattr, service.StyleTransferService, "_run_batch", timed)
+        service.StyleTransferService._run_batch = counted
+        jpm, mean = server_throughput(
+            engine, clients, jobs, size, iterations, batch if clients > 1 else 1,
+            stats=stats, progress_rate=progress_rate,
+        )  # fmt: skip
+    a, b = pass_ms
+    ideal = 60e3 / (iterations * (a + b * mean) / mean)
+    per_iteration = 1e3 / (len(batches) * iterations)  # seconds -> ms a batch iteration
+    shares = " / ".join(f"{clock.seconds[part] * per_iteration:.2f}" for part in PARTS)
+    done = clients * jobs
+    return (
+        f"{clients}", f"{progress_rate:g}", f"{jpm:.1f}", f"{ideal:.0f}", f"{jpm / ideal:.2f}",
+        f"{mean:.1f}", f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
+        (f"{stats['server_cpu_seconds'] / done * 1e3:.0f} / "
+         f"{stats['clients_cpu_seconds'] / done * 1e3:.0f}"),
+    )  # fmt: skip
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
+    parser.add_argument("--jobs", type=int, default=3, help="jobs each client sends")
+    parser.add_argument("--size", type=int, default=64)
+    parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch")
+    parser.add_argument("--pass-ms", type=float, nargs=2, default=[0.41, 0.59],
+                        metavar=("A", "B"), help="a pass sleeps A + B * batch ms")  # fmt: skip
+    parser.add_argument("--forward-ms", type=float, default=0.3)
+    parser.add_argument("--progress-rates", type=float, nargs="+", default=[0.0, 20.0],
+                        help="the server's --progress-rate values to compare")  # fmt: skip
+    args = parser.parse_args()
+
+    engine = Engine(device="cpu")
+    pass_ms = (args.pass_ms[0], args.pass_ms[1])
+    print(
+        f"# server_host.py: {describe('cpu')}; a pass {pass_ms[0]:g} + {pass_ms[1]:g} x batch "
+        f"ms, a forward {args.forward_ms:g} ms; {args.size} px Adam jobs of "
+        f"{args.iterations} iterations, {args.jobs} a client, batches of up to {args.batch}"
+    )
+    header = (
+        "clients", "progress rate", "jobs/min", "ideal", "of ideal", "mean batch",
+        f"worker ms a batch iteration: all ({' / '.join(PARTS)})",
+        "CPU ms a job: server / clients",
+    )  # fmt: skip
+    print("| " + " | ".join(header) + " |")
+    print("|" + "---|" * len(header))
+    for clients in args.clients:
+        for rate in args.progress_rates:
+            clock = Clock()
+            undo = stand_in(engine, clock, pass_ms, args.forward_ms)
+            try:
+                row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
+                              args.batch, rate, pass_ms)  # fmt: skip
+            finally:
+                undo()
+            print("| " + " | ".join(row) + " |", flush=True)
+
+
+if __name__ == "__main__":
+    main()
