@@ -36,8 +36,9 @@
    (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
    per minute, once with each job alone (as many running at once as there are clients) and
    once with same-shaped jobs batched up to the GPU default of 8 (at 16 clients also with every
-   iteration's progress event, --progress-rate 0, and with CUDA graphs the other way), and 16
-   clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs.
+   iteration's progress event, --progress-rate 0, and with CUDA graphs the other way), 1 and
+   16 clients without overlapping an Adam iteration's report with the next pass (Engine.overlap
+   off), and 16 clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs.
 7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -411,6 +412,16 @@ def graphs_set(engine: Engine, on: bool, steps: bool = False):
         engine.cuda_graphs, engine.capturable_lbfgs = saved
 
 
+@contextlib.contextmanager
+def overlap_set(engine: Engine, on: bool):
+    """Engine.overlap set inside the block, the engine's own again after it."""
+    saved, engine.overlap = engine.overlap, on
+    try:
+        yield
+    finally:
+        engine.overlap = saved
+
+
 class GraphFailures(logging.Handler):
     """Keeps the engine's warnings that a pass could not be recorded as a CUDA graph (the pass
     then runs eagerly) while it is added to the engine's logger."""
@@ -638,7 +649,8 @@ class Rows(list):
 def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
     GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
-    --progress-rate 0, and with CUDA graphs the other way from the engine's default); then the
+    --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
+    clients without Engine.overlap); then the
     default preset's L-BFGS jobs at 16 clients, alone and batched (--batch-lbfgs). One client's
     batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
@@ -651,12 +663,14 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
         server_throughput(engine, 1, 2, size, its, 1)
 
     def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False,
-            **config):  # fmt: skip
+            overlap: bool = True, **config):  # fmt: skip
         nonlocal base
         graphs = engine.cuda_graphs != other_graphs  # the engine's default unless told other
         how = batched if batch > 1 else "alone"
         if other_graphs:
             how += ", CUDA graphs" if graphs else ", eager (no CUDA graphs)"
+        if not overlap:
+            how += ", each pass read before the next (no overlap)"
         if "progress_rate" in config:
             how += f", --progress-rate {config['progress_rate']:g}"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
@@ -664,7 +678,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
         with rows.section(label):
             # a row that asks for graphs must not report an eager time as theirs
             check = graph_failures() if other_graphs and graphs else contextlib.nullcontext()
-            with check, graphs_set(engine, graphs):
+            with check, graphs_set(engine, graphs), overlap_set(engine, overlap):
                 jpm, mean_batch = server_throughput(
                     engine, clients, jobs_each, size, its, batch, optimizer, **config
                 )
@@ -677,6 +691,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
         row(clients, 1)
         row(clients, GPU_MAX_BATCH)
     row(many, GPU_MAX_BATCH, progress_rate=0)  # every iteration's progress event, as before
+    row(1, 1, overlap=False)  # Adam's iterations one after another, as before
+    row(many, GPU_MAX_BATCH, overlap=False)
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
     label = f"server, {many} clients, Adam, {batched}: the worker's time"

@@ -96,7 +96,10 @@ def main() -> None:
     p.add_argument("--optimizers", nargs="+", default=["lbfgs", "adam"])
     p.add_argument("--repeats", type=int, default=3, help="rounds; the medians are printed")
     args = p.parse_args()
-    engine = Engine(device=args.device)
+    # Each iteration's Progress after its own step: an overlapped Adam iteration (Engine.overlap)
+    # reports while the next pass runs, which would shift the counting window by half an
+    # iteration (the same operations, in another order).
+    engine = Engine(device=args.device, overlap=False)
     print(f"device: {describe(engine.device)}; {args.size} px, default preset")
     print(f"{'precision':>9} {'optimizer':>9} {'network':>22} {'jobs':>4} "
           f"{'ops/iter/job':>12} {'kernels':>9} {'ms/iter':>8}")  # fmt: skip

@@ -3,7 +3,7 @@ device's time alone, and where the job worker's time goes.
 
     python benchmarks/server_host.py [--clients 1 4 16] [--jobs 3] [--size 64] [--iterations 50]
                                      [--pass-ms 0.41 0.59] [--forward-ms 0.3]
-                                     [--progress-rates 0 20]
+                                     [--progress-rates 0 20] [--overlap off on]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -11,20 +11,23 @@ not the GPU, can set the pace: on an H200 run 5 gave 16 batched clients 2.88x on
 jobs per minute, about 12.5 ms a batch iteration against some 5 ms of GPU work
 (docs/benchmarks.md). This script runs the real server (gRPC on loopback, the scheduler, the
 worker, the events, each client a process of its own as in gpu.py's server rows) with the
-device's work replaced by its time: each pass through the network sleeps ``a + b * batch`` ms
-(``--pass-ms``; by default run 5's 2.78 ms for a graphed batch of four 256 px Adam runs, and
-1.0 ms assumed for one) and leaves a gradient of ones, each forward without gradients (content
-and style targets) sleeps ``--forward-ms`` and returns zeros of the features' shapes. A sleep
-releases the interpreter lock, as the worker's wait for the GPU's results does. Everything
-else is real: the requests (the 512 x 512 sample photograph, resized by the server), the
-optimiser steps (on this machine's CPU, small at 64 px), events, results.
+device replaced by a stand-in (Device): a thread that runs the work launched on it in order
+while the host goes on, as a GPU's stream does. A pass through the network takes it
+``a + b * batch`` ms (``--pass-ms``; by default run 5's 2.78 ms for a graphed batch of four
+256 px Adam runs, and 1.0 ms assumed for one) and leaves a gradient of ones; the read of its
+losses waits for it. A forward without gradients (content and style targets) takes
+``--forward-ms`` and is waited for at once; its features are zeros of their shapes. The
+stand-in's work is sleeps, which hold no interpreter lock, like a GPU's. Everything else is
+real: the requests (the 512 x 512 sample photograph, resized by the server), the optimiser
+steps (on this machine's CPU, small at 64 px), events, results.
 
-Per configuration (clients, the server's --progress-rate): jobs per minute; the ideal, from
-the device's time alone at the mean batch size; and the worker's time per batch iteration:
-the device's (the sleeps), the wait to take the interpreter back after them (a sleep's
-overrun), preparing jobs, starting and ending stages, optimiser steps, handing events to the
-streams, results, and the rest of the worker's loop. Only ratios within one run mean much:
-this machine is noisy, and its cores are shared with the clients.
+Per configuration (clients, the server's --progress-rate, Engine.overlap): jobs per minute;
+the ideal, from the device's time alone at the mean batch size; the worker's time per batch
+iteration: waiting for the device, waiting to take the interpreter back after it, preparing
+jobs, starting and ending stages, optimiser steps, handing events to the streams, results,
+and the rest of the worker's loop; and the CPU time a job of the server's process and of the
+clients'. Only ratios within one run mean much: this machine is noisy, and its cores are
+shared with the clients.
 """
 
 from __future__ import annotations
@@ -93,40 +96,102 @@ def feature_shape(net: torch.nn.Module, layer: str, height: int, width: int) -> 
     return (net.features[index].out_channels, height >> pools, width >> pools)
 
 
-def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float):
-    """Replace the device's work by sleeps (see the module's docstring); returns an undo."""
-    a, b = pass_ms
-    real_net, real_pass = engine.net, transfer.Engine._pass
+class Device(threading.Thread):
+    """The GPU's stand-in: runs the work launched on it (sleeps: no interpreter lock) in order,
+    in a thread of its own, while the host goes on, as a GPU's stream does."""
 
-    def device(seconds: float) -> None:
+    def __init__(self, clock: Clock) -> None:
+        super().__init__(daemon=True, name="device stand-in")
+        self.clock = clock
+        self.cond = threading.Condition()
+        self.work: collections.deque[float] = collections.deque()
+        self.launched = 0
+        self.done = 0
+        self.finished: dict[int, float] = {}  # when each launch finished (recent ones)
+
+    def launch(self, seconds: float) -> int:
+        with self.cond:
+            self.work.append(seconds)
+            self.launched += 1
+            self.cond.notify_all()
+            return self.launched
+
+    def wait(self, upto: int | None = None) -> None:
+        """Until the work launched so far (or up to launch ``upto``) is done: the time waited
+        is the device's part of the caller's, the time from the work's end to the caller's
+        return (the interpreter lock taken back) the interpreter's."""
         start = time.perf_counter()
-        time.sleep(seconds)
-        elapsed = time.perf_counter() - start
-        clock.add("device", min(elapsed, seconds))
-        clock.add("waiting for the interpreter", max(0.0, elapsed - seconds))
+        with self.cond:
+            upto = self.launched if upto is None else upto
+            while self.done < upto:
+                self.cond.wait()
+            finished = self.finished.get(upto, start)
+        end = time.perf_counter()
+        self.clock.add("waiting for the device", max(0.0, finished - start))
+        self.clock.add("waiting for the interpreter", end - max(finished, start))
+
+    def run(self) -> None:
+        while True:
+            with self.cond:
+                while not self.work:
+                    self.cond.wait()
+                seconds = self.work[0]
+            time.sleep(seconds)
+            with self.cond:
+                self.work.popleft()
+                self.done += 1
+                self.finished[self.done] = time.perf_counter()
+                self.finished.pop(self.done - 64, None)
+                self.cond.notify_all()
+
+
+def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float):
+    """Replace the device's work by its time on a Device (see the module's docstring): a
+    pass is launched, and the read of its losses waits for it; returns an undo."""
+    a, b = pass_ms
+    device = Device(clock)
+    device.start()
+    real = engine.net, transfer.Engine._pass, transfer.Engine._evaluate, transfer._Read
 
     class Net(torch.nn.Module):  # the no-gradient forwards: content and style targets
-        features = real_net.features
+        features = real[0].features
 
         def forward(self, pixels, layers, pooling="max", dtype=None):
-            device(forward_ms / 1e3)
+            device.wait(device.launch(forward_ms / 1e3))  # their features are read at once
             n, _, h, w = pixels.shape
             return {
-                name: torch.zeros((n, *feature_shape(real_net, name, h, w)), dtype=dtype)
+                name: torch.zeros((n, *feature_shape(real[0], name, h, w)), dtype=dtype)
                 for name in layers
             }
 
     def fake_pass(self, stages):
         for stage in stages:
             stage.x.grad = torch.ones_like(stage.x)
-        device((a + b * len(stages)) / 1e3)
+        device.launch((a + b * len(stages)) / 1e3)
         return torch.ones(len(stages), len(transfer.shared.TERMS))
 
+    def evaluate(self, stages, graphs=None):  # the engine's, with its read waiting (Adam only)
+        terms = self._launch(stages, graphs)
+        assert all(stage.pending_read() is None for stage in stages)
+        device.wait()
+        self._take(stages, terms.reshape(-1).tolist())
+
+    class Read(transfer._Read):  # an overlapped pass's read: waits for that pass
+        def __init__(self, terms: torch.Tensor) -> None:
+            super().__init__(terms)
+            self.launch = device.launched
+
+        def values(self) -> list[float]:
+            device.wait(self.launch)
+            return super().values()
+
     engine.net = Net()
-    transfer.Engine._pass = fake_pass
+    transfer.Engine._pass, transfer.Engine._evaluate, transfer._Read = fake_pass, evaluate, Read
 
     def undo() -> None:
-        engine.net, transfer.Engine._pass = real_net, real_pass
+        device.wait()
+        engine.net = real[0]
+        transfer.Engine._pass, transfer.Engine._evaluate, transfer._Read = real[1:]
 
     return undo
 
@@ -152,8 +217,8 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
     return stack
 
 
-PARTS = ("device", "waiting for the interpreter", "preparing jobs", "stages", "optimiser steps",
-         "events", "results", "the rest of the worker's loop")  # fmt: skip
+PARTS = ("waiting for the device", "waiting for the interpreter", "preparing jobs", "stages",
+         "optimiser steps", "events", "results", "the rest of the worker's loop")  # fmt: skip
 
 
 def measure(
@@ -181,8 +246,8 @@ def measure(
     shares = " / ".join(f"{clock.seconds[part] * per_iteration:.2f}" for part in PARTS)
     done = clients * jobs
     return (
-        f"{clients}", f"{progress_rate:g}", f"{jpm:.1f}", f"{ideal:.0f}", f"{jpm / ideal:.2f}",
-        f"{mean:.1f}", f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
+        f"{clients}", f"{progress_rate:g}", "on" if engine.overlap else "off", f"{jpm:.1f}",
+        f"{ideal:.0f}", f"{jpm / ideal:.2f}", f"{mean:.1f}", f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
         (f"{stats['server_cpu_seconds'] / done * 1e3:.0f} / "
          f"{stats['clients_cpu_seconds'] / done * 1e3:.0f}"),
     )  # fmt: skip
@@ -198,8 +263,15 @@ def main() -> None:
     parser.add_argument("--pass-ms", type=float, nargs=2, default=[0.41, 0.59],
                         metavar=("A", "B"), help="a pass sleeps A + B * batch ms")  # fmt: skip
     parser.add_argument("--forward-ms", type=float, default=0.3)
-    parser.add_argument("--progress-rates", type=float, nargs="+", default=[0.0, 20.0],
-                        help="the server's --progress-rate values to compare")  # fmt: skip
+    parser.add_argument(
+        "--progress-rates",
+        type=float,
+        nargs="+",
+        default=[0.0, 20.0],
+        help="the server's --progress-rate values to compare",
+    )
+    parser.add_argument("--overlap", choices=("off", "on"), nargs="+", default=["off", "on"],
+                        help="Engine.overlap values to compare")  # fmt: skip
     args = parser.parse_args()
 
     engine = Engine(device="cpu")
@@ -210,7 +282,7 @@ def main() -> None:
         f"{args.iterations} iterations, {args.jobs} a client, batches of up to {args.batch}"
     )
     header = (
-        "clients", "progress rate", "jobs/min", "ideal", "of ideal", "mean batch",
+        "clients", "progress rate", "overlap", "jobs/min", "ideal", "of ideal", "mean batch",
         f"worker ms a batch iteration: all ({' / '.join(PARTS)})",
         "CPU ms a job: server / clients",
     )  # fmt: skip
@@ -218,14 +290,16 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for clients in args.clients:
         for rate in args.progress_rates:
-            clock = Clock()
-            undo = stand_in(engine, clock, pass_ms, args.forward_ms)
-            try:
-                row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
-                              args.batch, rate, pass_ms)  # fmt: skip
-            finally:
-                undo()
-            print("| " + " | ".join(row) + " |", flush=True)
+            for overlap in args.overlap:
+                engine.overlap = overlap == "on"
+                clock = Clock()
+                undo = stand_in(engine, clock, pass_ms, args.forward_ms)
+                try:
+                    row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
+                                  args.batch, rate, pass_ms)  # fmt: skip
+                finally:
+                    undo()
+                print("| " + " | ".join(row) + " |", flush=True)
 
 
 if __name__ == "__main__":

@@ -109,6 +109,7 @@ class Engine:
         job_memory_bytes: int | None = None,
         cuda_graphs: bool | None = None,
         capturable_lbfgs: bool = False,
+        overlap: bool = True,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -125,6 +126,9 @@ class Engine:
         # L-BFGS steps with no host value (lbfgs.py, capturable): with CUDA graphs, recorded
         # in the pass's graph. Off until a GPU run shows it pays (benchmarks/gpu.py, graphs).
         self.capturable_lbfgs = capturable_lbfgs
+        # Adam runs launch each iteration's pass before the host handles the last one's losses
+        # (its events, its divergence check), so that work overlaps the device's (see _iterate).
+        self.overlap = overlap
         net = load_feature_net(weights, preprocessing)
         self._cuda = self._device.type == "cuda"
         # Images go through the network in channels_last on a GPU (cuDNN's fast layout); the
@@ -533,6 +537,11 @@ class Engine:
                 else:
                     staged.append((i, run))
             live = staged
+            # With ``overlap``, an Adam iteration's pass is launched, then the host reports the
+            # iteration before it (read its losses, check them, make its events), while the
+            # device runs the pass, then the steps are launched: ``behind`` holds the runs
+            # whose report waits, and the read of their losses.
+            behind: tuple[list[tuple[int, PreparedRun]], Any] | None = None
             for _ in range(stage_iterations):
                 stopped = [(i, run) for i, run in live if run.should_stop()]
                 for i, _run in stopped:
@@ -541,16 +550,30 @@ class Engine:
                 if not live:
                     return
                 errors: dict[int, BaseException] = {}
+                overlap = (
+                    self.overlap and not split
+                    and all(run.stage.adam is not None and run.stage.scale for _, run in live)
+                )  # fmt: skip
+                read = None
                 if not split:
                     try:
                         with using_gpu():
-                            self._evaluate([run.stage for _, run in live], graphs)
+                            stages = [run.stage for _, run in live]
+                            if overlap:
+                                read = _Read(self._launch(stages, graphs))
+                            else:
+                                self._evaluate(stages, graphs)
                     except Exception as exc:  # noqa: BLE001 - the shared pass failed
                         if not (len(live) > 1 and is_out_of_memory(exc)):
                             for i, _run in live:
                                 yield i, exc
                             return
                         split = True
+                    if behind is not None:  # while the device runs this iteration's pass
+                        live = yield from self._report(*behind, live, index, started)
+                        behind = None
+                        if not live:
+                            return
                     if split:  # outside the handler, so the failed pass's tensors are gone
                         log.warning(
                             "a batch of %d runs ran out of memory; it goes on with one pass "
@@ -563,6 +586,14 @@ class Engine:
                                 graphs.release()
                         graphs = None
                         self._free_memory()
+                        read = None
+                if read is not None:
+                    with using_gpu():
+                        _adam_together([run.stage for _, run in live])
+                        for _, run in live:
+                            run.stage.advance()
+                    behind = (list(live), read)
+                    continue
                 with using_gpu():
                     if split:
                         for i, run in live:
@@ -586,6 +617,8 @@ class Engine:
                         stepped.append((i, run))
                         yield i, event
                 live = stepped
+            if behind is not None:
+                live = yield from self._report(*behind, live, index, started)
             with using_gpu():
                 for _, run in live:
                     run.end_stage()
@@ -624,9 +657,37 @@ class Engine:
         objective.backward()
         return terms
 
-    def _evaluate(self, stages: list[_Stage], graphs: PassGraphs | None = None) -> None:
+    def _report(
+        self, reported: list[tuple[int, PreparedRun]], read: _Read,
+        live: list[tuple[int, PreparedRun]], index: int, started: float,
+    ) -> Iterator[tuple[int, Any]]:  # fmt: skip
+        """The events of an iteration whose steps were launched before its losses were read
+        (see _iterate): each run of ``reported`` still in ``live`` gets its Progress, or the
+        error that ends it (a loss that is not finite: its last step, already launched, is
+        lost with it). Returns the runs of ``live`` that go on."""
+        with using_gpu():
+            values = read.values()
+        stages = [run.stage for _, run in reported]
+        self._take(stages, values)
+        ended: set[int] = set()
+        going = {i for i, _ in live}
+        for i, run in reported:
+            if i not in going:
+                continue  # stopped meanwhile
+            try:
+                with using_gpu():
+                    event = run.report(index, started)
+            except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
+                ended.add(i)
+                yield i, exc
+            else:
+                yield i, event
+        return [(i, run) for i, run in live if i not in ended]
+
+    def _launch(self, stages: list[_Stage], graphs: PassGraphs | None = None) -> torch.Tensor:
         """The pass of ``_pass``, replayed from ``graphs`` once the stages' objectives are
-        fixed, then the one read of its results for the host."""
+        fixed; returns the stages' loss terms on the device (in a graph's memory, which its
+        next replay writes again)."""
         terms = None
         if graphs is not None:
             if all(stage.steps >= 2 for stage in stages):  # each scale known (see graphs.py)
@@ -646,13 +707,27 @@ class Engine:
             terms = self._pass(stages)
         for stage, row in zip(stages, terms, strict=True):
             stage.terms = dict(zip(shared.TERMS, row, strict=True))
+        return terms
+
+    def _evaluate(self, stages: list[_Stage], graphs: PassGraphs | None = None) -> None:
+        """``_launch``, then the one read of its results for the host."""
+        terms = self._launch(stages, graphs)
         # One read from the device for the whole pass: every stage's loss terms, and what each
         # L-BFGS step needs to know on the host (the curvature of its new pair).
         pending = [stage.pending_read() for stage in stages]
         values = torch.cat([terms.reshape(-1), *(p for p in pending if p is not None)]).tolist()
+        self._take(stages, values, pending)
+
+    @staticmethod
+    def _take(
+        stages: list[_Stage], values: list[float],
+        pending: Sequence[torch.Tensor | None] | None = None,
+    ) -> None:  # fmt: skip
+        """Each stage's losses (and curvature) from the values read for the pass."""
         count = len(shared.TERMS)
         rows, values = values[: count * len(stages)], values[count * len(stages) :]
-        for i, (stage, read) in enumerate(zip(stages, pending, strict=True)):
+        for i, stage in enumerate(stages):
+            read = pending[i] if pending is not None else None
             stage.losses = dict(zip(shared.TERMS, rows[i * count : (i + 1) * count], strict=True))
             stage.curvature = None
             if read is not None:
@@ -822,6 +897,25 @@ def _batch_key(shapes: list[tuple[int, int]], per_stage: list[int], options: Sty
     return (tuple(shapes), tuple(per_stage), options.pooling, options.precision)
 
 
+class _Read:
+    """A pass's loss terms on their way to the host: copied without waiting (into pinned
+    memory, on a GPU, behind the pass on its stream), and read when ``values`` is called."""
+
+    def __init__(self, terms: torch.Tensor) -> None:
+        flat = terms.detach().reshape(-1)
+        self._host, self._done = flat, None
+        if terms.is_cuda:
+            self._host = torch.empty(flat.shape, dtype=flat.dtype, pin_memory=True)
+            self._host.copy_(flat, non_blocking=True)
+            self._done = torch.cuda.Event()
+            self._done.record()
+
+    def values(self) -> list[float]:
+        if self._done is not None:
+            self._done.synchronize()
+        return self._host.tolist()
+
+
 class PreparedRun:
     """One validated run and its progress through the coarse-to-fine schedule. Runs with equal
     ``batch_key`` (same stage shapes and iterations, pooling and precision) can share passes."""
@@ -870,6 +964,18 @@ class PreparedRun:
         """After the shared pass: this run's optimiser step, and its Progress."""
         assert self.stage is not None
         self.losses = self.stage.step()
+        return self._progress(index, started)
+
+    def report(self, index: int, started: float) -> Progress:
+        """The Progress of the pass whose losses were just read, its step launched already
+        or to come (Engine._report); raises EngineError if a loss is not finite."""
+        assert self.stage is not None
+        self.stage.check()
+        self.losses = dict(self.stage.losses)
+        return self._progress(index, started)
+
+    def _progress(self, index: int, started: float) -> Progress:
+        assert self.stage is not None
         self.iteration += 1
         shape = self.shapes[index]
         self.done_cost += shape[0] * shape[1]
@@ -979,12 +1085,21 @@ class _Stage:
 
     def step(self) -> dict[str, float]:
         """The optimiser's step, once ``objective`` was evaluated and its gradient is in x.grad."""
+        self.check()
+        self.advance()
+        return dict(self.losses)
+
+    def check(self) -> None:
+        """Raise EngineError where a loss of the last pass read is not finite."""
         if not all(math.isfinite(v) for v in self.losses.values()):
             raise EngineError(
                 "options",
                 "the optimisation diverged (a loss is not finite); lower learning_rate or the "
                 "loss weights",
             )
+
+    def advance(self) -> None:
+        """The optimiser's step alone (``step`` less ``check``)."""
         assert self.x.grad is not None and self.terms
         # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
         # scale-free: its first step and its curvature check use absolute sizes, and at that
@@ -1006,7 +1121,6 @@ class _Stage:
             assert self.adam is not None
             self.adam.step()
         self.steps += 1
-        return dict(self.losses)
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
         mask = self.regions[region].mask
