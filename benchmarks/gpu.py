@@ -702,17 +702,21 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     row(many, GPU_MAX_BATCH, "lbfgs")
 
 
-#: What worker_time sums, by (file name, function name) as cProfile names them.
+#: What worker_time sums, by (file name, function name) as cProfile names them, and where a
+#: third name is given, only its calls from that function (an overlapped Adam step, which
+#: _iterate calls itself, not through PreparedRun.step).
 WORKER_PARTS = {
     "prepare": [("transfer.py", "prepare")],
     "stages": [("transfer.py", "begin_stage"), ("transfer.py", "end_stage")],
-    "passes": [("transfer.py", "_evaluate")],
-    "reads": [("~", "<method 'tolist' of 'torch._C.TensorBase' objects>")],
+    "passes": [("transfer.py", "_launch")],
+    "reads": [("~", "<method 'tolist' of 'torch._C.TensorBase' objects>"),
+              ("streams.py", "synchronize")],
     "recordings": [("graphs.py", "_record")],
-    "steps": [("transfer.py", "_adam_together"), ("transfer.py", "step")],
+    "steps": [("transfer.py", "_adam_together"), ("transfer.py", "step"),
+              ("transfer.py", "report"), ("transfer.py", "advance", "_iterate")],
     "results": [("transfer.py", "result")],
     "events": [("scheduler.py", "put"), ("scheduler.py", "finish")],
-}
+}  # fmt: skip
 
 
 def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
@@ -720,9 +724,9 @@ def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterati
     """Where the server's job worker spends a batch (one more run of the ``clients`` row,
     batched, under cProfile in the worker thread alone): its wall time per batch iteration, how
     much of the row's time it was busy (the rest it waited for jobs), and each part's share,
-    "reads" being the one read of each pass's losses, which waits for the GPU (inside
-    "passes"). cProfile slows the Python parts, so the row's own jobs/min is not comparable to
-    the others'."""
+    "passes" their launch (and a graph's recording), "reads" the wait for each pass's losses.
+    cProfile slows the Python parts, so the row's own jobs/min is not comparable to the
+    others'."""
     import cProfile
     import pstats
 
@@ -747,10 +751,12 @@ def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterati
         StyleTransferService._run_batch = own
     stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
     # One function of a name a file: the outermost (PreparedRun.step holds its _Stage.step).
-    cumulative: dict[tuple[str, str], float] = {}
-    for (file, _line, name), (_cc, _nc, _tt, ct, _callers) in stats.items():
+    cumulative: dict[tuple[str, ...], float] = {}
+    for (file, _line, name), (_cc, _nc, _tt, ct, callers) in stats.items():
         key = (os.path.basename(file), name)
         cumulative[key] = max(cumulative.get(key, 0.0), ct)
+        for (_file, _line, caller), (*_, from_caller) in callers.items():
+            cumulative[(*key, caller)] = cumulative.get((*key, caller), 0.0) + from_caller
     whole = cumulative[("service.py", "_run_batch")]
     per_iteration = whole / max(1, len(batches)) / iterations * 1e3
     parts = ", ".join(

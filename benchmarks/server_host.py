@@ -205,6 +205,8 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
         (transfer.PreparedRun, "begin_stage", "stages", False),
         (transfer.PreparedRun, "end_stage", "stages", False),
         (transfer.PreparedRun, "step", "optimiser steps", False),
+        (transfer.PreparedRun, "report", "optimiser steps", False),  # an overlapped step's
+        (transfer._Stage, "advance", "optimiser steps", False),  # half: its Progress, its step
         (transfer, "_adam_together", "optimiser steps", False),
         (transfer.PreparedRun, "result", "results", False),
         (scheduler.Outbox, "put", "events", False),

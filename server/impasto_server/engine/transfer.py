@@ -541,7 +541,7 @@ class Engine:
             # iteration before it (read its losses, check them, make its events), while the
             # device runs the pass, then the steps are launched: ``behind`` holds the runs
             # whose report waits, and the read of their losses.
-            behind: tuple[list[tuple[int, PreparedRun]], Any] | None = None
+            behind: tuple[list[tuple[int, PreparedRun]], _Read] | None = None
             for _ in range(stage_iterations):
                 stopped = [(i, run) for i, run in live if run.should_stop()]
                 for i, _run in stopped:
