@@ -86,9 +86,10 @@ class ProgressPacing:
     """Which plain progress events of a batch's jobs go to their streams: at most ``rate`` a
     second per job, and always a job's first, the first of each stage and the last iteration's
     (events with a preview always go, and count as sent). Each event sent wakes the job's
-    stream thread, which takes the interpreter lock to send it: at a few ms an iteration on a
-    GPU, sixteen streams' events every iteration kept the job worker waiting for that lock
-    (benchmarks/server_host.py). The events left out are never queued, as those coalesced for
+    stream thread, which takes the interpreter lock to build and send it, and the client
+    parses it: at a GPU's pace, pacing them took a quarter to a third off the server's CPU
+    time a job and about two thirds off the clients', and less of the job worker's time went
+    to handing over events (benchmarks/server_host.py). The events left out are never queued, as those coalesced for
     a slow reader (see Outbox)."""
 
     def __init__(self, rate: float) -> None:
