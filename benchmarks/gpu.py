@@ -650,9 +650,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
     GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
     --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
-    clients without Engine.overlap); then the
-    default preset's L-BFGS jobs at 16 clients, alone and batched (--batch-lbfgs). One client's
-    batch is a batch of one: not run."""
+    clients without Engine.overlap); then the default preset's L-BFGS jobs at 16 clients, alone
+    and batched (--batch-lbfgs). One client's batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
