@@ -249,7 +249,8 @@ def measure(
     done = clients * jobs
     return (
         f"{clients}", f"{progress_rate:g}", "on" if engine.overlap else "off", f"{jpm:.1f}",
-        f"{ideal:.0f}", f"{jpm / ideal:.2f}", f"{mean:.1f}", f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
+        f"{ideal:.0f}", f"{jpm / ideal:.2f}", f"{mean:.1f}",
+        f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
         (f"{stats['server_cpu_seconds'] / done * 1e3:.0f} / "
          f"{stats['clients_cpu_seconds'] / done * 1e3:.0f}"),
     )  # fmt: skip

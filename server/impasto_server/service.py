@@ -89,8 +89,8 @@ class ProgressPacing:
     stream thread, which takes the interpreter lock to build and send it, and the client
     parses it: at a GPU's pace, pacing them took a quarter to a third off the server's CPU
     time a job and about two thirds off the clients', and less of the job worker's time went
-    to handing over events (benchmarks/server_host.py). The events left out are never queued, as those coalesced for
-    a slow reader (see Outbox)."""
+    to handing over events (benchmarks/server_host.py). The events left out are never queued,
+    as those coalesced for a slow reader (see Outbox)."""
 
     def __init__(self, rate: float) -> None:
         self.interval = 1.0 / rate if rate > 0 else 0.0

@@ -178,13 +178,13 @@ class PassGraphs:
         evaluate: Callable[[Sequence[Any]], torch.Tensor],
         steps: Callable[[Sequence[Any]], None] | None,
     ) -> None:  # fmt: skip
-        # As torch's documentation asks: a pass first on the side stream the recording will
-        # use (lazy initialisations, and cuDNN's autotuning where it is on, happen outside the
-        # recording), then the recording, with every gradient unset so the recorded backward
-        # writes them in the graph's memory, where each replay writes them again. The steps are left out of that
-        # first pass (unlike the pass, a step done twice is not the same step: the recording
-        # runs nothing, the replay after it runs them once); they ran eagerly before (a graph
-        # comes from a stage's third pass), their kernels and libraries are ready.
+        # As torch's documentation asks: a pass first on the side stream the recording will use
+        # (lazy initialisations, and cuDNN's autotuning where it is on, happen outside the
+        # recording), then the recording, with every gradient unset so the recorded backward writes
+        # them in the graph's memory, where each replay writes them again. The steps are left out of
+        # that first pass (unlike the pass, a step done twice is not the same step: the recording
+        # runs nothing, the replay after it runs them once); they ran eagerly before (a graph comes
+        # from a stage's third pass), their kernels and libraries are ready.
         stream = torch.cuda.Stream(self.device)
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):

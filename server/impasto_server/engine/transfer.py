@@ -586,7 +586,6 @@ class Engine:
                                 graphs.release()
                         graphs = None
                         self._free_memory()
-                        read = None
                 if read is not None:
                     with using_gpu():
                         _adam_together([run.stage for _, run in live])
