@@ -60,12 +60,24 @@ def to_pixels(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, Sou
             low, high = 0.0, 1.0
         elif high == low:
             high = low + 1.0
-    x = torch.from_numpy(np.ascontiguousarray(image, dtype=np.float32))
-    x = (x - low) * (255.0 / (high - low))
-    x = x.permute(2, 0, 1).unsqueeze(0)
-    alpha = x[:, 3:4] if channels == 4 else None
-    rgb = x[:, :1].expand(1, 3, *x.shape[2:]) if channels == 1 else x[:, :3]
-    return rgb.contiguous(), alpha, Source(image.dtype, channels, low, high)
+    # One pass from the array's (H, W, C) layout and dtype to float32 planes, then the scaling
+    # in place (none for uint8: 0..255 already): a photograph of many megapixels is converted
+    # for each job.
+    planes = image.transpose(2, 0, 1)
+    scale = 255.0 / (high - low)
+
+    def converted(source: np.ndarray) -> torch.Tensor:
+        x = np.empty((1, *source.shape), dtype=np.float32)
+        np.copyto(x[0], source)
+        if low != 0.0 or scale != 1.0:
+            x -= np.float32(low)
+            x *= np.float32(scale)
+        return torch.from_numpy(x)
+
+    rgb = converted(np.broadcast_to(planes[:1], (3, *planes.shape[1:])) if channels == 1
+                    else planes[:3])  # fmt: skip
+    alpha = converted(planes[3:4]) if channels == 4 else None
+    return rgb, alpha, Source(image.dtype, channels, low, high)
 
 
 def from_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, source: Source) -> np.ndarray:

@@ -80,7 +80,7 @@ class _Inputs:
     labels: np.ndarray | None
     region_styles: dict[int, int]
     init: torch.Tensor | None
-    content_key: str
+    content_key: str | None  # only where the style targets depend on the content (colours)
 
     def styles_in_use(self) -> list[int]:
         """The styles that make a target: blended in, or a mask region's own."""
@@ -367,12 +367,13 @@ class Engine:
         if footprint is None:
             return MemoryPlan(None, capacity, default)
         # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
-        # a CPU the job's input images (float32, full size, held for the whole run) share the
-        # memory too; on a GPU they stay in host memory.
+        # a CPU the job's input images (float32, full size, held for the whole run) and its
+        # content at each stage's size share the memory too; on a GPU they stay in host memory.
         extra = len(shapes) * self._target_bytes(run_inputs, options)
         if not self._cuda:
             extra += sum(t.nbytes for t in (run_inputs.content, *run_inputs.styles,
                                             run_inputs.init) if t is not None)  # fmt: skip
+            extra += sum(3 * 4 * h * w for h, w in shapes)
         footprint = dataclasses.replace(footprint, fixed=footprint.fixed + extra)
         wanted = default or (0,) * len(shapes)
         least = [min(want, MIN_PAIRS) for want in wanted]
@@ -751,7 +752,8 @@ class Engine:
             content=rgb, alpha=alpha, source=source, styles=style_tensors, style_keys=keys,
             blend=[w / total for w in blend], labels=labels,
             region_styles={int(k): int(v) for k, v in (region_styles or {}).items()},
-            init=init, content_key=_digest(content),
+            init=init,
+            content_key=_digest(content) if options.color_preservation != "none" else None,
         )  # fmt: skip
 
     @staticmethod
@@ -938,6 +940,9 @@ class PreparedRun:
         self.pairs = tuple(pairs) if pairs is not None else self.default_pairs
         self.cache = cache  # whether style targets go through the engine's cache
         self.batch_key = _batch_key(shapes, per_stage, options)
+        # Each stage's content pixels, resized here rather than where the stage begins: a
+        # server prepares waiting jobs ahead, while the device runs others.
+        self.content_px = [self._content_at(shape) for shape in shapes]
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
@@ -945,12 +950,16 @@ class PreparedRun:
         self.stage: _Stage | None = None
         self.losses: dict[str, float] = {}
 
+    def _content_at(self, shape: tuple[int, int]) -> torch.Tensor:
+        content_px = imaging.resize(self.inputs.content, shape)
+        if self.options.color_preservation == "luminance":
+            content_px = imaging.luminance_rgb(content_px)
+        return content_px
+
     def begin_stage(self, index: int) -> None:
         engine, inputs, options = self.engine, self.inputs, self.options
         shape = self.shapes[index]
-        content_px = imaging.resize(inputs.content, shape)
-        if options.color_preservation == "luminance":
-            content_px = imaging.luminance_rgb(content_px)
+        content_px = self.content_px[index]
         if self.x is None:
             start = engine._initial(inputs, options, shape, content_px)
         else:
