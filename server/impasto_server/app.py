@@ -72,6 +72,9 @@ class ServerConfig:
     cuda_graphs: bool | None = None
     #: Plain progress events sent per second per job at most; 0: every iteration's.
     progress_rate: float = 20.0
+    #: Waiting jobs whose host work is done ahead, while the device runs others; None: one
+    #: batch's (max_batch); 0: none.
+    prepare_ahead: int | None = None
 
 
 #: The batch size a GPU server uses unless told otherwise.
@@ -128,6 +131,7 @@ class Server:
             max_batch=max_batch,
             max_batch_pixels=max_batch_pixels,
             batch_wait=config.batch_wait_ms / 1000.0,
+            prepare_ahead=max_batch if config.prepare_ahead is None else config.prepare_ahead,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
         )
         # Re-read when the file changes: tokens are added or revoked without a restart.
@@ -388,6 +392,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="progress events sent per second per job at most (a job's first and last "
         "iteration, each stage's first and each preview always go; 0: every iteration)",
     )  # fmt: skip
+    p.add_argument(
+        "--prepare-ahead", type=int,
+        help="waiting jobs whose host work (checks, images to tensors) is done ahead, while "
+        "the device runs others (default: one batch's, --max-batch; 0: none)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
     for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
@@ -396,6 +405,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
             p.error(f"--{name.replace('_', '-')} must be >= 1")
     if config.max_batch is not None and config.max_batch < 1:
         p.error("--max-batch must be >= 1")
+    if config.prepare_ahead is not None and config.prepare_ahead < 0:
+        p.error("--prepare-ahead must be >= 0")
     if config.job_memory_mb is not None and config.job_memory_mb < 0:
         p.error("--job-memory-mb must be >= 0")
     if config.max_batch_megapixels <= 0:

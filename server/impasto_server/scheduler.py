@@ -10,6 +10,12 @@ stage shapes, iterations, pooling and precision), in rotation order, up to ``max
 Their clients go to the back of the rotation as if their turn had come. A batch that is not full
 starts only once its first job has waited ``batch_wait`` seconds since it was sent, so jobs sent
 at about the same time run together.
+
+Preparing ahead: with ``prepare_ahead`` > 0, a thread of its own runs the ``prepare`` of the
+jobs at the front of the rotation (at most that many waiting jobs hold what it made), so a job
+worker that takes them finds their host work (decoding to tensors, checks) done, and the device
+waits less between batches. The jobs stay queued meanwhile: cancelling one, or a new client's
+turn coming first, works as before.
 """
 
 from __future__ import annotations
@@ -20,6 +26,7 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
+from concurrent.futures import Future
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -125,10 +132,13 @@ class QueuedUpdate:
 @dataclass(eq=False)
 class Job:
     """One request's work. ``work(jobs)`` runs in a worker thread with this job and those
-    batched with it (all sharing one ``work``), and feeds each one's ``outbox``."""
+    batched with it (all sharing one ``work``), and feeds each one's ``outbox``. ``prepare``,
+    if given, is the part of a job's work that the scheduler may run ahead, while the job
+    waits (see ``prepared``)."""
 
     client: str
     work: Callable[[list[Job]], None]
+    prepare: Callable[[Job], Any] | None = None
     deadline: float | None = None  # time.monotonic() seconds
     description: dict[str, Any] = field(default_factory=dict)
     payload: Any = None  # what ``work`` needs to run this job
@@ -144,6 +154,15 @@ class Job:
     position: int = 0
     stop_reason: str | None = None  # why should_stop turned true: cancelled|deadline|shutdown
     _stop: threading.Event = field(default_factory=threading.Event)
+    _ahead: Future | None = None  # ``prepare``'s outcome, when it ran ahead
+
+    def prepared(self) -> Any:
+        """What ``prepare`` made, run ahead or now (in the caller's thread); waits if it is
+        running ahead, and raises what it raised."""
+        if self._ahead is not None:
+            return self._ahead.result()
+        assert self.prepare is not None
+        return self.prepare(self)
 
     def request_stop(self, reason: str) -> None:
         if self.stop_reason is None:
@@ -173,18 +192,22 @@ class Scheduler:
         max_batch: int = 1,
         max_batch_pixels: int = 4 << 20,
         batch_wait: float = 0.0,
+        prepare_ahead: int = 0,
         on_change: Callable[[Scheduler], None] | None = None,
     ) -> None:
         if min(queue_capacity, max_running, max_per_client, max_batch) < 1:
             raise ValueError(
                 "queue_capacity, max_running, max_per_client and max_batch must be >= 1"
             )
+        if prepare_ahead < 0:
+            raise ValueError("prepare_ahead must be >= 0")
         self.queue_capacity = queue_capacity
         self.max_running = max_running
         self.max_per_client = max_per_client
         self.max_batch = max_batch
         self.max_batch_pixels = max_batch_pixels
         self.batch_wait = batch_wait  # seconds a batchable job may wait for company
+        self.prepare_ahead = prepare_ahead  # waiting jobs that may hold their prepare's outcome
         self._busy = 0  # slots running a batch
         self._on_change = on_change
         self._cond = threading.Condition()
@@ -198,6 +221,10 @@ class Scheduler:
             threading.Thread(target=self._worker, name=f"impasto-job-{i}", daemon=True)
             for i in range(max_running)
         ]
+        if prepare_ahead:
+            self._workers.append(
+                threading.Thread(target=self._preparer, name="impasto-prepare", daemon=True)
+            )
         for worker in self._workers:
             worker.start()
 
@@ -263,6 +290,7 @@ class Scheduler:
                     job.finished = time.monotonic()
                     removed = True
                     self._publish_positions()
+                    self._cond.notify_all()  # the next job may be prepared ahead now
             job.request_stop(reason)
         if removed:
             job.outbox.finish(stopped_failure(reason))
@@ -355,6 +383,7 @@ class Scheduler:
                     job.batch_size = len(batch)
                     self._running.add(job)
                 self._publish_positions()
+                self._cond.notify_all()  # the next jobs may be prepared ahead now
             self._changed()
             try:
                 batch[0].work(batch)
@@ -373,6 +402,33 @@ class Scheduler:
                     self._durations.append(time.monotonic() - now)
                     self._cond.notify_all()
                 self._changed()
+
+    def _next_to_prepare(self) -> Job | None:
+        """The first job among the next ``prepare_ahead`` in the rotation that has a
+        ``prepare`` not yet run; None while that many waiting jobs hold one's outcome."""
+        order = self._order()
+        if sum(job._ahead is not None for job in order) >= self.prepare_ahead:
+            return None
+        for job in order[: self.prepare_ahead]:
+            if job._ahead is None and job.prepare is not None:
+                return job
+        return None
+
+    def _preparer(self) -> None:
+        while True:
+            with self._cond:
+                job = self._next_to_prepare()
+                while job is None:
+                    if self._closed:
+                        return
+                    self._cond.wait()
+                    job = self._next_to_prepare()
+                ahead = job._ahead = Future()
+                ahead.set_running_or_notify_cancel()
+            try:
+                ahead.set_result(job.prepare(job))  # type: ignore[misc]
+            except BaseException as exc:  # noqa: BLE001 - raised again where the job runs
+                ahead.set_exception(exc)
 
     def release(self, job: Job) -> None:
         """A running job has ended (its batch may go on): it no longer counts as running or

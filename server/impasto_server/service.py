@@ -255,6 +255,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         job = Job(
             client=client,
             work=self._run_batch,
+            prepare=self._prepare,
             payload=parsed,
             deadline=deadline,
             description={
@@ -352,6 +353,21 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             return None
         return self.engine.batch_key(parsed.content, parsed.options)
 
+    def _prepare(self, job: Job) -> Any:
+        """A job's host work before it runs (checks, its images as tensors): the scheduler
+        may run it ahead, in a thread of its own, while the job waits."""
+        parsed = job.payload
+        return self.engine.prepare(
+            parsed.content,
+            parsed.styles,
+            parsed.options,
+            **parsed.engine_kwargs(),
+            preview_every=parsed.preview_interval,
+            preview_size=parsed.preview_size,
+            should_stop=job.should_stop,
+            memory=parsed.memory_plan,
+        )
+
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run one job, or several with one batch_key, in a scheduler worker; every outcome
         ends each job's outbox."""
@@ -360,22 +376,10 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         members: list[Job] = []
         prepared = []
         for job in jobs:
-            parsed = job.payload
             try:
                 if job.should_stop():
                     raise Cancelled()
-                prepared.append(
-                    engine.prepare(
-                        parsed.content,
-                        parsed.styles,
-                        parsed.options,
-                        **parsed.engine_kwargs(),
-                        preview_every=parsed.preview_interval,
-                        preview_size=parsed.preview_size,
-                        should_stop=job.should_stop,
-                        memory=parsed.memory_plan,
-                    )
-                )
+                prepared.append(job.prepared())  # made ahead while it waited, or now
                 members.append(job)
             except Exception as exc:  # noqa: BLE001 - reported to that job's client
                 job.batch_size = 1  # it never ran with the others
