@@ -224,10 +224,11 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
                       batch: int, optimizer: str = "adam", stats: dict | None = None,
-                      **config: Any) -> tuple[float, float]:  # fmt: skip
+                      input_side: int = 512, **config: Any) -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
-    client is a process of its own (throughput_client.py), timed from when all are connected.
+    client is a process of its own (throughput_client.py), timed from when all are connected,
+    and sends the sample photograph at ``input_side`` pixels a side.
     ``config``: more of the server's settings (ServerConfig's fields); ``stats``, if given,
     gets the row's seconds and the CPU seconds the server's process (this one) and its clients
     used."""
@@ -247,7 +248,7 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     server.load()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_client.py")
     command = [sys.executable, script, server.address, str(jobs_each), str(size), str(iterations),
-               optimizer]  # fmt: skip
+               optimizer, str(input_side)]  # fmt: skip
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     procs = [subprocess.Popen(command, text=True, **pipes) for _ in range(clients)]
     try:
@@ -650,7 +651,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
     GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
     --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
-    clients without Engine.overlap); then the default preset's L-BFGS jobs at 16 clients, alone
+    clients without Engine.overlap; at 16 clients with no jobs prepared ahead, and with the
+    content sent at 2048 px, prepared ahead and not); then the default preset's L-BFGS jobs at 16 clients, alone
     and batched (--batch-lbfgs). One client's batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
@@ -672,6 +674,10 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
             how += ", each pass read before the next (no overlap)"
         if "progress_rate" in config:
             how += f", --progress-rate {config['progress_rate']:g}"
+        if "input_side" in config:
+            how += f", the content sent at {config['input_side']} px a side"
+        if config.get("prepare_ahead") == 0:
+            how += ", no jobs prepared ahead (--prepare-ahead 0)"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
         label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
         with rows.section(label):
@@ -692,6 +698,10 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     row(many, GPU_MAX_BATCH, progress_rate=0)  # every iteration's progress event, as before
     row(1, 1, overlap=False)  # Adam's iterations one after another, as before
     row(many, GPU_MAX_BATCH, overlap=False)
+    row(many, GPU_MAX_BATCH, prepare_ahead=0)  # each batch's jobs prepared as it starts
+    side = 128 if toy else 2048  # a photograph as a phone takes it: more to prepare a job
+    row(many, GPU_MAX_BATCH, input_side=side)
+    row(many, GPU_MAX_BATCH, input_side=side, prepare_ahead=0)
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
     label = f"server, {many} clients, Adam, {batched}: the worker's time"
@@ -705,7 +715,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
 #: third name is given, only its calls from that function (an overlapped Adam step, which
 #: _iterate calls itself, not through PreparedRun.step).
 WORKER_PARTS = {
-    "prepare": [("transfer.py", "prepare")],
+    "prepare": [("scheduler.py", "prepared")],  # made now, or waited for: made ahead
     "stages": [("transfer.py", "begin_stage"), ("transfer.py", "end_stage")],
     "passes": [("transfer.py", "_launch")],
     "reads": [("~", "<method 'tolist' of 'torch._C.TensorBase' objects>"),

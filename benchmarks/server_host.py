@@ -2,8 +2,10 @@
 device's time alone, and where the job worker's time goes.
 
     python benchmarks/server_host.py [--clients 1 4 16] [--jobs 3] [--size 64] [--iterations 50]
+                                     [--input-side 512]
                                      [--pass-ms 0.41 0.59] [--forward-ms 0.3]
                                      [--progress-rates 0 20] [--overlap off on]
+                                     [--prepare-ahead on]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -18,15 +20,17 @@ while the host goes on, as a GPU's stream does. A pass through the network takes
 losses waits for it. A forward without gradients (content and style targets) takes
 ``--forward-ms`` and is waited for at once; its features are zeros of their shapes. The
 stand-in's work is sleeps, which hold no interpreter lock, like a GPU's. Everything else is
-real: the requests (the 512 x 512 sample photograph, resized by the server), the optimiser
-steps (on this machine's CPU, small at 64 px), events, results.
+real: the requests (the 512 x 512 sample photograph, or it resized by each client to
+--input-side pixels a side; the server resizes it to --size), the optimiser steps (on this
+machine's CPU, small at 64 px), events, results.
 
-Per configuration (clients, the server's --progress-rate, Engine.overlap): jobs per minute;
-the ideal, from the device's time alone at the mean batch size; the worker's time per batch
+Per configuration (clients, the server's --progress-rate, Engine.overlap, and whether the
+server prepares waiting jobs ahead: --prepare-ahead's default, or 0): jobs per minute; the
+ideal, from the device's time alone at the mean batch size; the worker's time per batch
 iteration: waiting for the device, waiting to take the interpreter back after it, preparing
-jobs, starting and ending stages, optimiser steps, handing events to the streams, results,
-and the rest of the worker's loop; and the CPU time a job of the server's process and of the
-clients'. Only ratios within one run mean much: this machine is noisy, and its cores are
+jobs (or waiting for what the server prepared ahead), starting and ending stages, optimiser
+steps, handing events to the streams, results, and the rest of the worker's loop; and the CPU
+time a job of the server's process and of the clients'. Only ratios within one run mean much: this machine is noisy, and its cores are
 shared with the clients.
 """
 
@@ -36,6 +40,7 @@ import argparse
 import collections
 import contextlib
 import functools
+import itertools
 import threading
 import time
 
@@ -202,6 +207,7 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
     parts = [
         (service.StyleTransferService, "_run_batch", "the rest of the worker's loop", True),
         (transfer.Engine, "prepare", "preparing jobs", False),
+        (scheduler.Job, "prepared", "preparing jobs", False),  # or waiting for it, made ahead
         (transfer.PreparedRun, "begin_stage", "stages", False),
         (transfer.PreparedRun, "end_stage", "stages", False),
         (transfer.PreparedRun, "step", "optimiser steps", False),
@@ -225,7 +231,8 @@ PARTS = ("waiting for the device", "waiting for the interpreter", "preparing job
 
 def measure(
     engine: Engine, clock: Clock, clients: int, jobs: int, size: int, iterations: int,
-    batch: int, progress_rate: float, pass_ms: tuple[float, float],
+    batch: int, progress_rate: float, pass_ms: tuple[float, float], ahead: bool = True,
+    input_side: int = 512,
 ) -> tuple[str, ...]:  # fmt: skip
     batches: list[int] = []  # each batch's jobs
     stats: dict = {}
@@ -240,7 +247,8 @@ def measure(
         service.StyleTransferService._run_batch = counted
         jpm, mean = server_throughput(
             engine, clients, jobs, size, iterations, batch if clients > 1 else 1,
-            stats=stats, progress_rate=progress_rate,
+            stats=stats, input_side=input_side, progress_rate=progress_rate,
+            prepare_ahead=None if ahead else 0,
         )  # fmt: skip
     a, b = pass_ms
     ideal = 60e3 / (iterations * (a + b * mean) / mean)
@@ -248,7 +256,8 @@ def measure(
     shares = " / ".join(f"{clock.seconds[part] * per_iteration:.2f}" for part in PARTS)
     done = clients * jobs
     return (
-        f"{clients}", f"{progress_rate:g}", "on" if engine.overlap else "off", f"{jpm:.1f}",
+        f"{clients}", f"{progress_rate:g}", "on" if engine.overlap else "off",
+        "on" if ahead else "off", f"{jpm:.1f}",
         f"{ideal:.0f}", f"{jpm / ideal:.2f}", f"{mean:.1f}",
         f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
         (f"{stats['server_cpu_seconds'] / done * 1e3:.0f} / "
@@ -262,6 +271,8 @@ def main() -> None:
     parser.add_argument("--jobs", type=int, default=3, help="jobs each client sends")
     parser.add_argument("--size", type=int, default=64)
     parser.add_argument("--iterations", type=int, default=50)
+    parser.add_argument("--input-side", type=int, default=512,
+                        help="the content's pixels a side, as the clients send it")  # fmt: skip
     parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--pass-ms", type=float, nargs=2, default=[0.41, 0.59],
                         metavar=("A", "B"), help="a pass sleeps A + B * batch ms")  # fmt: skip
@@ -275,6 +286,9 @@ def main() -> None:
     )
     parser.add_argument("--overlap", choices=("off", "on"), nargs="+", default=["off", "on"],
                         help="Engine.overlap values to compare")  # fmt: skip
+    parser.add_argument("--prepare-ahead", choices=("off", "on"), nargs="+", default=["on"],
+                        help="compare the server preparing waiting jobs ahead (its default) "
+                        "with not (0)")  # fmt: skip
     args = parser.parse_args()
 
     engine = Engine(device="cpu")
@@ -282,10 +296,12 @@ def main() -> None:
     print(
         f"# server_host.py: {describe('cpu')}; a pass {pass_ms[0]:g} + {pass_ms[1]:g} x batch "
         f"ms, a forward {args.forward_ms:g} ms; {args.size} px Adam jobs of "
-        f"{args.iterations} iterations, {args.jobs} a client, batches of up to {args.batch}"
+        f"{args.iterations} iterations from {args.input_side} px content, {args.jobs} a client, "
+        f"batches of up to {args.batch}"
     )
     header = (
-        "clients", "progress rate", "overlap", "jobs/min", "ideal", "of ideal", "mean batch",
+        "clients", "progress rate", "overlap", "prepare ahead", "jobs/min", "ideal", "of ideal",
+        "mean batch",
         f"worker ms a batch iteration: all ({' / '.join(PARTS)})",
         "CPU ms a job: server / clients",
     )  # fmt: skip
@@ -293,13 +309,14 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for clients in args.clients:
         for rate in args.progress_rates:
-            for overlap in args.overlap:
+            for overlap, ahead in itertools.product(args.overlap, args.prepare_ahead):
                 engine.overlap = overlap == "on"
                 clock = Clock()
                 undo = stand_in(engine, clock, pass_ms, args.forward_ms)
                 try:
                     row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
-                                  args.batch, rate, pass_ms)  # fmt: skip
+                                  args.batch, rate, pass_ms, ahead == "on",
+                                  args.input_side)  # fmt: skip
                 finally:
                     undo()
                 print("| " + " | ".join(row) + " |", flush=True)

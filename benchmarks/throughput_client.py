@@ -1,11 +1,12 @@
 """One client of gpu.py's server-throughput rows, in a process of its own: real clients do not
 share the server's interpreter (and its lock) as threads of the benchmark's process would.
 
-    python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER
+    python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER [INPUT_SIDE]
 
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
 then prints as JSON the batch size each job ran in and the CPU seconds the process used for
-them.
+them. The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
+resized (a phone's photograph is some 4000 pixels a side).
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import json
 import sys
 import time
 
+import numpy as np
+
 
 def main() -> None:
     address, jobs, size, iterations, optimizer = sys.argv[1:6]
@@ -21,6 +24,11 @@ def main() -> None:
     from impasto.client import Client, Started
 
     content, style = samples.content(), samples.style(size=int(size))
+    if len(sys.argv) > 6 and int(sys.argv[6]) != content.shape[0]:
+        from PIL import Image
+
+        side = int(sys.argv[6])
+        content = np.asarray(Image.fromarray(content).resize((side, side), Image.BICUBIC))
     with Client(address) as client:
         client.server_info()  # connected, and the server answers
         print("ready", flush=True)
