@@ -223,6 +223,9 @@ def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None
             width, height = image.size  # the header only; nothing is decoded yet
             _check_pixels(height, width, field, limit)
             image.load()
+            # Counting frames reads every frame's header, which may be the corrupt part.
+            if getattr(image, "n_frames", 1) > 1:
+                raise ImageError(field, "multi-frame images are not supported; send one 2D picture")
     except ImageError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
@@ -233,8 +236,6 @@ def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None
         ) from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
         raise ImageError(field, f"cannot decode image bytes (PNG, JPEG or TIFF): {exc}") from exc
-    if getattr(image, "n_frames", 1) > 1:
-        raise ImageError(field, "multi-frame images are not supported; send one 2D picture")
     return as_array(image, field)
 
 

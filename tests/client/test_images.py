@@ -86,3 +86,26 @@ def test_bytes_of_no_image_format_get_a_plain_message():
     # a known format cut short in its pixels keeps Pillow's own reason
     with pytest.raises(images.ImageError, match="cannot decode image bytes .*truncated"):
         images.decode(jpeg[: len(jpeg) // 2])
+
+
+def _tiff_with_second_frame(ifd: bytes) -> bytes:
+    """A one-frame little-endian TIFF whose first directory points on to ``ifd``."""
+    data = bytearray(images.encode(np.zeros((8, 8), np.uint8), "tiff"))
+    assert data[:4] == b"II*\x00"
+    first = int.from_bytes(data[4:8], "little")
+    entries = int.from_bytes(data[first : first + 2], "little")
+    link = first + 2 + 12 * entries  # where the next directory's offset is kept
+    data[link : link + 4] = len(data).to_bytes(4, "little")
+    return bytes(data + ifd)
+
+
+def test_multi_frame_and_broken_second_frames_are_refused():
+    one = images.encode(np.zeros((8, 8), np.uint8), "tiff")
+    first = int.from_bytes(one[4:8], "little")
+    two = _tiff_with_second_frame(one[first:])  # the first directory again, whole
+    with pytest.raises(images.ImageError, match="multi-frame images are not supported"):
+        images.decode(two)
+    # a second directory with no entries: Pillow fails reading it as it counts the frames
+    broken = _tiff_with_second_frame(b"\x00\x00" + b"\x00\x00\x00\x00")
+    with pytest.raises(images.ImageError, match="cannot decode image bytes"):
+        images.decode(broken)
