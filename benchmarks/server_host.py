@@ -13,16 +13,16 @@ not the GPU, can set the pace: on an H200 run 5 gave 16 batched clients 2.88x on
 jobs per minute, about 12.5 ms a batch iteration against some 5 ms of GPU work
 (docs/benchmarks.md). This script runs the real server (gRPC on loopback, the scheduler, the
 worker, the events, each client a process of its own as in gpu.py's server rows) with the
-device replaced by a stand-in (Device): a thread that runs the work launched on it in order
-while the host goes on, as a GPU's stream does. A pass through the network takes it
-``a + b * batch`` ms (``--pass-ms``; by default run 5's 2.78 ms for a graphed batch of four
-256 px Adam runs, and 1.0 ms assumed for one) and leaves a gradient of ones; the read of its
-losses waits for it. A forward without gradients (content and style targets) takes
-``--forward-ms`` and is waited for at once; its features are zeros of their shapes. The
-stand-in's work is sleeps, which hold no interpreter lock, like a GPU's. Everything else is
-real: the requests (the 512 x 512 sample photograph, or it resized by each client to
---input-side pixels a side; the server resizes it to --size), the optimiser steps (on this
-machine's CPU, small at 64 px), events, results.
+device replaced by a stand-in (Device): the work launched on it runs in order while the host
+goes on, as on a GPU's stream, and needs no interpreter lock to start. A pass through the
+network takes it ``a + b * batch`` ms (``--pass-ms``; by default run 5's 2.78 ms for a graphed
+batch of four 256 px Adam runs, and 1.0 ms assumed for one) and leaves a gradient of ones; the
+read of its losses waits for it. A forward without gradients (content and style targets)
+takes ``--forward-ms`` and is waited for at once; its features are zeros of their shapes. A
+wait for the device is a sleep, which does not hold the interpreter lock (nor does a wait for
+a GPU). Everything else is real: the requests (the 512 x 512 sample photograph, or it resized
+by each client to --input-side pixels a side; the server resizes it to --size), the optimiser
+steps (on this machine's CPU, small at 64 px), events, results.
 
 Per configuration (clients, the server's --progress-rate, Engine.overlap, and whether the
 server prepares waiting jobs ahead: --prepare-ahead's default, or 0): jobs per minute; the
@@ -30,8 +30,8 @@ ideal, from the device's time alone at the mean batch size; the worker's time pe
 iteration: waiting for the device, waiting to take the interpreter back after it, preparing
 jobs (or waiting for what the server prepared ahead), starting and ending stages, optimiser
 steps, handing events to the streams, results, and the rest of the worker's loop; and the CPU
-time a job of the server's process and of the clients'. Only ratios within one run mean much: this machine is noisy, and its cores are
-shared with the clients.
+time a job of the server's process and of the clients'. Only ratios within one run mean
+much: this machine is noisy, and its cores are shared with the clients.
 """
 
 from __future__ import annotations
@@ -101,53 +101,39 @@ def feature_shape(net: torch.nn.Module, layer: str, height: int, width: int) -> 
     return (net.features[index].out_channels, height >> pools, width >> pools)
 
 
-class Device(threading.Thread):
-    """The GPU's stand-in: runs the work launched on it (sleeps: no interpreter lock) in order,
-    in a thread of its own, while the host goes on, as a GPU's stream does."""
+class Device:
+    """The GPU's stand-in: a stream's clock. Work launched on it starts when the work before it
+    ends (or at once, if the device is idle) and takes its time; a wait sleeps until then.
+    Nothing on it needs the interpreter lock, as nothing on a GPU does: a thread that ran the
+    work would need the lock to start each piece, and wait for the host's threads to get it."""
 
     def __init__(self, clock: Clock) -> None:
-        super().__init__(daemon=True, name="device stand-in")
         self.clock = clock
-        self.cond = threading.Condition()
-        self.work: collections.deque[float] = collections.deque()
+        self.lock = threading.Lock()
         self.launched = 0
-        self.done = 0
-        self.finished: dict[int, float] = {}  # when each launch finished (recent ones)
+        self.ends: dict[int, float] = {}  # when each launch ends (recent ones)
+        self.last = 0.0  # when the last launch ends
 
     def launch(self, seconds: float) -> int:
-        with self.cond:
-            self.work.append(seconds)
+        with self.lock:
+            self.last = max(time.perf_counter(), self.last) + seconds
             self.launched += 1
-            self.cond.notify_all()
+            self.ends[self.launched] = self.last
+            self.ends.pop(self.launched - 64, None)
             return self.launched
 
     def wait(self, upto: int | None = None) -> None:
-        """Until the work launched so far (or up to launch ``upto``) is done: the time waited
-        is the device's part of the caller's, the time from the work's end to the caller's
-        return (the interpreter lock taken back) the interpreter's."""
+        """Until the work launched so far (or up to launch ``upto``) is done: the time to its
+        end is the device's part of the caller's, any beyond it (the sleep's overshoot, the
+        interpreter lock taken back) the interpreter's."""
         start = time.perf_counter()
-        with self.cond:
-            upto = self.launched if upto is None else upto
-            while self.done < upto:
-                self.cond.wait()
-            finished = self.finished.get(upto, start)
-        end = time.perf_counter()
-        self.clock.add("waiting for the device", max(0.0, finished - start))
-        self.clock.add("waiting for the interpreter", end - max(finished, start))
-
-    def run(self) -> None:
-        while True:
-            with self.cond:
-                while not self.work:
-                    self.cond.wait()
-                seconds = self.work[0]
-            time.sleep(seconds)
-            with self.cond:
-                self.work.popleft()
-                self.done += 1
-                self.finished[self.done] = time.perf_counter()
-                self.finished.pop(self.done - 64, None)
-                self.cond.notify_all()
+        with self.lock:
+            end = self.last if upto is None else self.ends.get(upto, start)
+        if end > start:
+            time.sleep(end - start)
+        now = time.perf_counter()
+        self.clock.add("waiting for the device", max(0.0, end - start))
+        self.clock.add("waiting for the interpreter", now - max(end, start))
 
 
 def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float):
@@ -155,7 +141,6 @@ def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward
     pass is launched, and the read of its losses waits for it; returns an undo."""
     a, b = pass_ms
     device = Device(clock)
-    device.start()
     real = engine.net, transfer.Engine._pass, transfer.Engine._evaluate, transfer._Read
 
     class Net(torch.nn.Module):  # the no-gradient forwards: content and style targets
