@@ -26,8 +26,8 @@ import threading
 import time
 import uuid
 from collections import Counter, OrderedDict, deque
-from concurrent.futures import Future
 from collections.abc import Callable
+from concurrent.futures import Future
 from dataclasses import dataclass, field
 from typing import Any
 
