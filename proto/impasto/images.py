@@ -168,18 +168,23 @@ def to_uint16(array: np.ndarray) -> np.ndarray:
 
 
 def from_wire(
-    message: pb.Image, *, field: str = "image", max_pixels: int | None = None
-) -> np.ndarray:
-    """Decode a wire Image to HxW (grayscale) or HxWxC; raise ImageError on anything invalid."""
+    message: pb.Image, *, field: str = "image", max_pixels: int | None = None,
+    writable: bool = True,
+) -> np.ndarray:  # fmt: skip
+    """Decode a wire Image to HxW (grayscale) or HxWxC; raise ImageError on anything invalid.
+    ``writable=False``: a raw image may come back as a read-only view of the message's bytes
+    (one copy of the pixels fewer, for a reader that only reads them)."""
     kind = message.WhichOneof("data")
     if kind is None:
         raise ImageError(field, "no image data: set `encoded` or `raw`")
     if kind == "encoded":
         return decode(message.encoded, field=f"{field}.encoded", max_pixels=max_pixels)
-    return from_raw(message.raw, field=f"{field}.raw", max_pixels=max_pixels)
+    return from_raw(message.raw, field=f"{field}.raw", max_pixels=max_pixels, writable=writable)
 
 
-def from_raw(raw: pb.RawImage, *, field: str = "raw", max_pixels: int | None = None) -> np.ndarray:
+def from_raw(
+    raw: pb.RawImage, *, field: str = "raw", max_pixels: int | None = None, writable: bool = True
+) -> np.ndarray:
     if raw.height < 1 or raw.width < 1:
         raise ImageError(field, f"height and width must be >= 1, got {raw.height}x{raw.width}")
     if raw.channels not in CHANNELS:
@@ -193,14 +198,16 @@ def from_raw(raw: pb.RawImage, *, field: str = "raw", max_pixels: int | None = N
         )
     dtype = DTYPES[raw.dtype]
     expected = pixels * raw.channels * dtype.itemsize
-    if len(raw.data) != expected:
+    data = raw.data  # a copy of the message's bytes at each access (upb): taken once
+    if len(data) != expected:
         raise ImageError(
             f"{field}.data",
-            f"has {len(raw.data)} bytes; {raw.height}x{raw.width}x{raw.channels} "
+            f"has {len(data)} bytes; {raw.height}x{raw.width}x{raw.channels} "
             f"{dtype.name} needs {expected}",
         )
-    array = np.frombuffer(raw.data, dtype=dtype).reshape(raw.height, raw.width, raw.channels)
-    array = array.astype(dtype.newbyteorder("="), copy=True)  # writable, native order
+    array = np.frombuffer(data, dtype=dtype).reshape(raw.height, raw.width, raw.channels)
+    # native byte order; writable unless asked otherwise (then a view where it is native)
+    array = array.astype(dtype.newbyteorder("="), copy=writable)
     if array.dtype == np.float32 and not np.isfinite(array).all():
         raise ImageError(f"{field}.data", "float32 pixels must be finite (no NaN or inf)")
     return array[:, :, 0] if raw.channels == 1 else array

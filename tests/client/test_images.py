@@ -109,3 +109,15 @@ def test_multi_frame_and_broken_second_frames_are_refused():
     broken = _tiff_with_second_frame(b"\x00\x00" + b"\x00\x00\x00\x00")
     with pytest.raises(images.ImageError, match="cannot decode image bytes"):
         images.decode(broken)
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16, np.float32])
+def test_raw_images_read_only_where_asked(dtype):
+    array = _random(dtype, (9, 13, 3))
+    message = images.to_wire(array)
+    given = images.from_wire(message)  # a caller's own copy, to change as it likes
+    assert given.flags.writeable and given.dtype == dtype
+    np.testing.assert_array_equal(given, array)
+    view = images.from_wire(message, writable=False)  # the server's: only read
+    assert not view.flags.writeable and view.dtype.isnative
+    np.testing.assert_array_equal(view, array)
