@@ -652,8 +652,9 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
     --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
     clients without Engine.overlap; at 16 clients with no jobs prepared ahead, and with the
-    content sent at 2048 px, prepared ahead and not); then the default preset's L-BFGS jobs at 16 clients, alone
-    and batched (--batch-lbfgs). One client's batch is a batch of one: not run."""
+    content sent at 2048 px, prepared ahead and not); then the default preset's L-BFGS jobs at
+    16 clients, alone and batched (--batch-lbfgs). One client's batch is a batch of one: not
+    run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
