@@ -158,9 +158,11 @@ class Job:
 
     def prepared(self) -> Any:
         """What ``prepare`` made, run ahead or now (in the caller's thread); waits if it is
-        running ahead, and raises what it raised."""
-        if self._ahead is not None:
-            return self._ahead.result()
+        running ahead, and raises what it raised. The job keeps no reference to it after (a
+        finished job's stream may outlive what its run held)."""
+        ahead, self._ahead = self._ahead, None
+        if ahead is not None:
+            return ahead.result()
         assert self.prepare is not None
         return self.prepare(self)
 
