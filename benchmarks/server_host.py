@@ -191,7 +191,6 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
     stack = contextlib.ExitStack()
     parts = [
         (service.StyleTransferService, "_run_batch", "the rest of the worker's loop", True),
-        (transfer.Engine, "prepare", "preparing jobs", False),
         (scheduler.Job, "prepared", "preparing jobs", False),  # or waiting for it, made ahead
         (transfer.PreparedRun, "begin_stage", "stages", False),
         (transfer.PreparedRun, "end_stage", "stages", False),
