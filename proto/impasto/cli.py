@@ -394,6 +394,12 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print("\ncancelled", file=sys.stderr)
         return EXIT_INTERRUPTED
+    except BrokenPipeError:
+        # stdout's reader went away (``impasto info | head``): end quietly, and keep Python's
+        # last flush of stdout at exit from failing again
+        with contextlib.suppress(OSError, ValueError):
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
+        return EXIT_FAILED
     except (ImpastoError, ResultMoved) as exc:
         print(f"impasto: error: {exc}", file=sys.stderr)
         return EXIT_FAILED

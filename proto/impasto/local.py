@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import importlib.util
 import subprocess
 import sys
 import tempfile
@@ -61,6 +62,12 @@ class LocalServer:
 
     def start(self) -> str:
         """Launch the server and block until it serves; return its address."""
+        if self.python == sys.executable and importlib.util.find_spec("torch") is None:
+            # the base install is a client: say so before a child process fails to import
+            raise LocalServerError(
+                "a local server needs the server's packages, which this Python lacks (no "
+                "torch): pip install 'impasto[server]', or use a running server"
+            )
         self._dir = tempfile.TemporaryDirectory(prefix="impasto-server-")
         port_file = Path(self._dir.name) / "port"
         command = [

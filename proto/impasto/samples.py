@@ -29,7 +29,7 @@ def content(name: str = "astronaut") -> np.ndarray:
         from skimage import data
     except ImportError as exc:  # the base client install has no scikit-image
         raise RuntimeError(
-            "sample photographs need scikit-image: pip install 'impasto[napari]'"
+            "sample photographs need scikit-image: pip install scikit-image"
         ) from exc
     loaders = {"astronaut": data.astronaut, "chelsea": data.chelsea, "coffee": data.coffee}
     if name not in loaders:

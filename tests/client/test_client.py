@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import os
 import re
+import subprocess
+import sys
 from pathlib import Path
 
 import numpy as np
@@ -192,3 +195,53 @@ def test_a_local_server_that_cannot_start_says_why_once(tmp_path, capfd):
     said = str(failed.value) + capfd.readouterr().err
     assert said.startswith("the local server exited with code 2:")
     assert said.count("cannot load the model") == 1, said  # the log's tail in the error only
+
+
+def test_without_the_server_extra_a_local_server_says_what_to_install(
+    monkeypatch, tmp_path, tiny_content, tiny_style, capsys
+):
+    """A client-only install (no torch) asked for a local server: one clear line, no child."""
+    import impasto.local
+
+    real = impasto.local.importlib.util.find_spec
+    monkeypatch.setattr(
+        impasto.local.importlib.util, "find_spec",
+        lambda name, *a: None if name == "torch" else real(name, *a),
+    )  # fmt: skip
+    started = []
+    monkeypatch.setattr(impasto.local.subprocess, "Popen", lambda *a, **k: started.append(a))
+    content, style = _image_files(tmp_path, tiny_content, tiny_style)
+    code = cli.main(["stylize", str(content), str(style), "-o", str(tmp_path / "o.png")])
+    said = capsys.readouterr().err
+    assert code == cli.EXIT_FAILED and not started
+    assert "impasto: error: a local server needs the server's packages" in said
+    assert "pip install 'impasto[server]'" in said
+
+
+def test_impasto_server_without_its_packages_says_what_to_install():
+    """``impasto-server`` where the server extra is missing: a message, not a traceback."""
+    blocked = (
+        "import sys; sys.modules['grpc_health'] = None; "
+        "from impasto_server.__main__ import main; sys.exit(main())"
+    )
+    done = subprocess.run([sys.executable, "-c", blocked], capture_output=True, text=True,
+                          timeout=120, check=False)  # fmt: skip
+    assert done.returncode == 2, done.stderr
+    assert "Traceback" not in done.stderr
+    assert "no module 'grpc_health'" in done.stderr
+    assert "pip install 'impasto[server]'" in done.stderr
+
+
+def test_cli_output_into_a_closed_pipe_ends_quietly(server):
+    """``impasto info | head -1``: the reader leaves early; no error message, no traceback."""
+    read, write = os.pipe()
+    os.close(read)
+    try:
+        done = subprocess.run(
+            [sys.executable, "-m", "impasto.cli", "info", "--server", server.address],
+            stdout=write, stderr=subprocess.PIPE, text=True, timeout=120, check=False,
+        )  # fmt: skip
+    finally:
+        os.close(write)
+    assert done.returncode == cli.EXIT_FAILED
+    assert done.stderr == ""
