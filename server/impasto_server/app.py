@@ -417,6 +417,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("--batch-wait-ms must lie in [0, 10000]")
     if bool(config.tls_cert) != bool(config.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    # gRPC takes a port above 65535 modulo 65536 and listens there without a word
+    for flag, port in (("--port", config.port), ("--metrics-port", config.metrics_port)):
+        if port is not None and not 0 <= port <= 65535:
+            p.error(f"{flag} must lie in [0, 65535] (0 picks a free one), got {port}")
     return config
 
 

@@ -96,3 +96,22 @@ def test_bad_blend_weights_masks_and_init(engine):
     check(engine, "region_styles", region_styles={0: 0})
     check(engine, "init_image", options=opts(init="image"))
     check(engine, "init_image", options=opts(init="image"), init_image=np.zeros((0, 3)))
+
+
+@pytest.mark.parametrize(
+    ("device", "text"),
+    [
+        ("tpu", "'tpu': impasto runs on cpu, cuda or cuda:N"),
+        ("meta", "'meta': impasto runs on cpu, cuda or cuda:N"),
+        ("cuda:1", "cuda:1: this machine has 1 CUDA devices"),
+    ],
+)
+def test_devices_it_cannot_run_on(monkeypatch, device, text):
+    """Refused where the engine is made, before the weights load or any tensor moves."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)  # as on a one-GPU machine
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 1)
+    with pytest.raises(EngineError) as info:
+        Engine(device=device)
+    assert info.value.field == "device" and text in str(info.value)

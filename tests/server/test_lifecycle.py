@@ -123,3 +123,15 @@ def test_cuda_graphs_on_a_cpu_server_is_a_clear_start_up_error():
     assert done.returncode == 2
     assert "cannot load the model" in done.stderr
     assert "CUDA graphs need a CUDA device" in done.stderr
+
+
+@pytest.mark.parametrize(
+    "argv", [["--port", "99999"], ["--port", "-1"], ["--metrics-port", "65536"]]
+)
+def test_ports_outside_the_range_are_refused(argv, capsys):
+    """gRPC would listen on 99999 modulo 65536 (34463) and say nothing of it."""
+    from impasto_server.app import parse_args
+
+    with pytest.raises(SystemExit):
+        parse_args(argv)
+    assert f"{argv[0]} must lie in [0, 65535]" in capsys.readouterr().err

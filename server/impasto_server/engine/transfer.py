@@ -116,9 +116,15 @@ class Engine:
         try:
             self._device = torch.device(device)
         except RuntimeError as exc:
-            raise EngineError("device", str(exc)) from exc
+            raise EngineError("device", f"{device!r}: impasto runs on cpu, cuda or cuda:N") from exc
+        if self._device.type not in ("cpu", "cuda"):
+            raise EngineError("device", f"{device!r}: impasto runs on cpu, cuda or cuda:N")
         if self._device.type == "cuda" and not torch.cuda.is_available():
             raise EngineError("device", f"{device} asked for, but CUDA is not available")
+        if self._device.type == "cuda" and (self._device.index or 0) >= torch.cuda.device_count():
+            raise EngineError(
+                "device", f"{device}: this machine has {torch.cuda.device_count()} CUDA devices"
+            )
         if cuda_graphs and self._device.type != "cuda":
             raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
         # Each batch's pass replayed as a CUDA graph (see graphs.py): by default on a GPU.
