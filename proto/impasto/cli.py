@@ -56,6 +56,26 @@ def _ints(text: str) -> list[int]:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers: {text!r}") from exc
 
 
+def _seconds(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected seconds: {text!r}") from exc
+    if not value > 0 or value == float("inf"):
+        raise argparse.ArgumentTypeError(f"must be a number of seconds above 0, got {text!r}")
+    return value
+
+
+def _count(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(f"expected a whole number: {text!r}") from exc
+    if value < 0:
+        raise argparse.ArgumentTypeError(f"must be >= 0, got {value}")
+    return value
+
+
 def _region(text: str) -> tuple[int, int]:
     label, sep, index = text.partition("=")
     if not sep:
@@ -126,10 +146,10 @@ def build_parser() -> argparse.ArgumentParser:
     )  # fmt: skip
     s.add_argument("--save-previews", metavar="DIR", help="write preview images into DIR")
     s.add_argument(
-        "--preview-interval", type=int, default=0,
+        "--preview-interval", type=_count, default=0,
         help="iterations between previews (default 10 with --save-previews)",
     )  # fmt: skip
-    s.add_argument("--timeout", type=float, help="deadline for the whole job in seconds")
+    s.add_argument("--timeout", type=_seconds, help="deadline for the whole job in seconds")
     s.add_argument("--quiet", action="store_true", help="no progress bar")
     _connection_args(s)
 

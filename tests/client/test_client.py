@@ -50,6 +50,12 @@ def test_an_address_without_a_port_means_the_servers_default_port():
     )
     with pytest.raises(ValueError, match="no server address"):
         Client(" ")
+    # gRPC would dial 99999 modulo 65536 (34463) without a word
+    for wrong in ("localhost:99999", "[::1]:65536", "gpu-host:0"):
+        with pytest.raises(ValueError, match="the port must lie in"):
+            Client(wrong)
+    with pytest.raises(ValueError, match="the port must lie in"):
+        Client(["localhost:7000", "localhost:70000"])
 
 
 def test_server_info_describes_options(client):
@@ -116,6 +122,22 @@ def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code
     argv = [str(path) if a == "__CONTENT__" else a for a in argv]
     assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
     assert text in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("flag", "value", "text"),
+    [
+        ("--timeout", "-1", "must be a number of seconds above 0"),
+        ("--timeout", "0", "must be a number of seconds above 0"),
+        ("--timeout", "soon", "expected seconds"),
+        ("--preview-interval", "-3", "must be >= 0"),
+    ],
+)
+def test_cli_refuses_bad_flags_before_connecting(capsys, flag, value, text):
+    with pytest.raises(SystemExit) as exited:
+        cli.main(["stylize", "--sample", flag, value, "--server", "127.0.0.1:9"])
+    assert exited.value.code == cli.EXIT_USAGE
+    assert f"argument {flag}: {text}" in capsys.readouterr().err
 
 
 @pytest.mark.parametrize(
