@@ -338,9 +338,9 @@ def _with_port(address: str) -> str:
     host, _, port = address.rpartition(":")
     # host:port or [v6]:port (not a URI, not a bare IPv6 address): gRPC would take a port
     # above 65535 modulo 65536 and connect to another one
-    if (":" not in host or host.startswith("[")) and "/" not in address and port.isdigit():
-        if not 1 <= int(port) <= 65535:
-            raise ValueError(f"{address}: the port must lie in [1, 65535]")
+    plain = (":" not in host or host.startswith("[")) and "/" not in address
+    if plain and port.isdigit() and not 1 <= int(port) <= 65535:
+        raise ValueError(f"{address}: the port must lie in [1, 65535]")
     return address
 
 
