@@ -948,7 +948,7 @@ class PreparedRun:
         self.batch_key = _batch_key(shapes, per_stage, options)
         # Each stage's content pixels, resized here rather than where the stage begins: a
         # server prepares waiting jobs ahead, while the device runs others.
-        self.content_px = [self._content_at(shape) for shape in shapes]
+        self.content_px = self._content_stages()
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
@@ -956,11 +956,18 @@ class PreparedRun:
         self.stage: _Stage | None = None
         self.losses: dict[str, float] = {}
 
-    def _content_at(self, shape: tuple[int, int]) -> torch.Tensor:
-        content_px = imaging.resize(self.inputs.content, shape)
+    def _content_stages(self) -> list[torch.Tensor]:
+        """Each stage's content pixels. The last, finest stage's come from the content itself;
+        where the content is larger, the coarser stages' come from the finest stage's: a
+        photograph many times the result's size is resized once, not once per stage."""
+        content, finest = self.inputs.content, self.shapes[-1]
+        last = imaging.resize(content, finest)
+        source = last if finest[0] * finest[1] < content.shape[-2] * content.shape[-1] else content
+        stages = [last if shape == finest else imaging.resize(source, shape)
+                  for shape in self.shapes]  # fmt: skip
         if self.options.color_preservation == "luminance":
-            content_px = imaging.luminance_rgb(content_px)
-        return content_px
+            stages = [imaging.luminance_rgb(px) for px in stages]
+        return stages
 
     def begin_stage(self, index: int) -> None:
         engine, inputs, options = self.engine, self.inputs, self.options
