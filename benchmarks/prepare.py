@@ -1,15 +1,24 @@
-"""A job's host work before its first pass (Engine.prepare: checks, images to float32 planes,
-the content resized to each coarse-to-fine stage), for photographs larger than the result.
+"""A job's host work before and between its passes, for images larger than the result: the
+content resized to each coarse-to-fine stage and each style to its size beside it.
 
-Each stage's content comes from the finest stage's pixels where the content is larger than
-that stage (the engine's way), against each stage resized from the photograph itself (as
-before, the peer, run in the same process and interleaved with it). Prints milliseconds a job
-(median of --repeats, after a warm-up), the ratio, and how far each coarse stage's pixels are
-from the photograph's own resize (mean and largest difference in levels of 255; the finest
-stage's are the same either way).
+1. Engine.prepare with a large content photograph: each coarser stage's content from the
+   finest stage's pixels where the photograph is larger (the engine's way), against each stage
+   resized from the photograph itself (as before, the peer). Also how far each coarse stage's
+   pixels are from the photograph's own resize (mean and largest difference in levels of 255;
+   the finest stage's are the same either way).
+2. A job with a large style the Gram cache has not seen: the styles resized when the job is
+   prepared (the engine's way; on a server, ahead, while the device runs other jobs) against
+   resized where each stage begins (as before), in the job worker while the device waits:
+   milliseconds of Engine.prepare and of the stages' starts (their style targets included).
+3. With --quality N ...: the default preset at 256 px on the sample images, N iterations,
+   with the content's stages made each way, measured by the yardstick of time_to_quality.py
+   (style and content distance, lower is better).
+
+Each peer runs in the same process, interleaved with the engine's way; medians of --repeats
+after a warm-up.
 
     .venv/bin/python benchmarks/prepare.py [--sides 512 2048 4032x3024] [--sizes 256 512]
-                                           [--repeats 7]
+                                           [--repeats 7] [--quality 140 150 160]
 """
 
 from __future__ import annotations
@@ -17,16 +26,20 @@ from __future__ import annotations
 import argparse
 import statistics
 import time
+from collections.abc import Callable
+from typing import Any
 
 import numpy as np
 import torch
 from impasto import samples
 from impasto_server.engine import Engine, StyleOptions, imaging
+from impasto_server.engine.cache import GramCache
 from impasto_server.engine.transfer import PreparedRun
 from machine import describe  # beside this script
 from PIL import Image
 
-ENGINES_WAY = PreparedRun._content_stages
+CONTENT_STAGES = PreparedRun._content_stages
+STYLES_AHEAD = Engine._styles_ahead
 
 
 def each_from_the_photograph(run: PreparedRun) -> list[torch.Tensor]:
@@ -37,46 +50,83 @@ def each_from_the_photograph(run: PreparedRun) -> list[torch.Tensor]:
     return stages
 
 
+def none_ahead(*_: Any) -> dict:
+    """The peer: no style resized when the job is prepared; each stage resizes its own."""
+    return {}
+
+
 def photograph(side: str) -> np.ndarray:
     width, _, height = side.partition("x")
     size = (int(width), int(height or width))
     return np.asarray(Image.fromarray(samples.content()).resize(size, Image.Resampling.BICUBIC))
 
 
-def timed(engine: Engine, way, content: np.ndarray, style: np.ndarray,
-          options: StyleOptions) -> tuple[float, PreparedRun]:  # fmt: skip
-    PreparedRun._content_stages = way
+def painting(side: str) -> np.ndarray:
+    width, _, height = side.partition("x")
+    square = samples.style(size=max(int(width), int(height or width)))
+    return np.ascontiguousarray(square[: int(height or width), : int(width)])
+
+
+def using(content_stages: Callable, styles_ahead: Callable) -> Callable:
+    def apply() -> None:
+        PreparedRun._content_stages = content_stages
+        Engine._styles_ahead = styles_ahead
+
+    return apply
+
+
+def restore() -> None:
+    using(CONTENT_STAGES, STYLES_AHEAD)()
+
+
+def prepared(engine: Engine, content: np.ndarray, style: np.ndarray, options: StyleOptions,
+             way: Callable) -> tuple[float, PreparedRun]:  # fmt: skip
+    way()
     try:
         started = time.perf_counter()
         run = engine.prepare(content, [style], options)
         return time.perf_counter() - started, run
     finally:
-        PreparedRun._content_stages = ENGINES_WAY
+        restore()
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--sides", nargs="+", default=["512", "2048", "4032x3024"])
-    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
-    parser.add_argument("--repeats", type=int, default=7)
-    args = parser.parse_args()
-    engine = Engine(device="cpu")
+def stage_starts(engine: Engine, run: PreparedRun) -> float:
+    """Seconds of the run's stage starts (one iteration a stage)."""
+    spent = 0.0
+    begin = run.begin_stage
+
+    def timed(index: int) -> None:
+        nonlocal spent
+        started = time.perf_counter()
+        begin(index)
+        spent += time.perf_counter() - started
+
+    run.begin_stage = timed  # type: ignore[method-assign]
+    for _, event in engine.run_batch([run]):
+        if isinstance(event, BaseException):
+            raise event
+    return spent
+
+
+def content_table(engine: Engine, args: argparse.Namespace) -> None:
     style = samples.style()
-    print(f"# Engine.prepare, the default preset (4 stages): {describe('cpu')}")
+    print(f"# Engine.prepare, the default preset (4 stages), the content's stages: "
+          f"{describe('cpu')}")  # fmt: skip
     print("| content | result | from the photograph ms | from the finest stage ms | ratio "
           "| coarse stages apart: mean / max levels |")  # fmt: skip
     print("|---|---|---|---|---|---|")
+    old_way = using(each_from_the_photograph, STYLES_AHEAD)
     for side in args.sides:
         content = photograph(side)
         for size in args.sizes:
             options = StyleOptions.from_preset("default", size=size)
-            timed(engine, ENGINES_WAY, content, style, options)  # warm-up, both ways
-            timed(engine, each_from_the_photograph, content, style, options)
+            prepared(engine, content, style, options, restore)  # warm-up, both ways
+            prepared(engine, content, style, options, old_way)
             old, new = [], []
             for _ in range(args.repeats):
-                seconds, before = timed(engine, each_from_the_photograph, content, style, options)
+                seconds, before = prepared(engine, content, style, options, old_way)
                 old.append(seconds)
-                seconds, now = timed(engine, ENGINES_WAY, content, style, options)
+                seconds, now = prepared(engine, content, style, options, restore)
                 new.append(seconds)
             apart = [(a - b).abs() for a, b in zip(before.content_px[:-1], now.content_px[:-1])]
             assert torch.equal(before.content_px[-1], now.content_px[-1])
@@ -86,6 +136,75 @@ def main() -> None:
             h, w = content.shape[:2]
             print(f"| {w}x{h} | {size} px | {a:.1f} | {b:.1f} | {a / b:.2f}x "
                   f"| {mean:.2f} / {worst:.1f} |")  # fmt: skip
+
+
+def style_table(engine: Engine, args: argparse.Namespace) -> None:
+    content = samples.content()
+    print(f"\n# A style the cache has not seen, the default preset with 4 iterations (one a "
+          f"stage): {describe('cpu')}")  # fmt: skip
+    print("| style | result | prepare ms: before / now | stage starts ms: before / now "
+          "| stage starts: ratio |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    old_way = using(CONTENT_STAGES, none_ahead)
+    for side in args.sides:
+        style = painting(side)
+        for size in args.sizes:
+            options = StyleOptions.from_preset("default", size=size, iterations=4)
+            for way in (restore, old_way):  # warm-up, both ways
+                engine._cache = GramCache(engine._cache.max_bytes)
+                stage_starts(engine, prepared(engine, content, style, options, way)[1])
+            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
+            for _ in range(args.repeats):
+                for name, way in (("old", old_way), ("new", restore)):
+                    engine._cache = GramCache(engine._cache.max_bytes)  # the style unseen
+                    seconds, run = prepared(engine, content, style, options, way)
+                    times[name].append((seconds, stage_starts(engine, run)))
+            (p_old, s_old), (p_new, s_new) = (
+                [statistics.median(t[i] for t in times[name]) * 1e3 for i in (0, 1)]
+                for name in ("old", "new")
+            )
+            h, w = style.shape[:2]
+            print(f"| {w}x{h} | {size} px | {p_old:.1f} / {p_new:.1f} | {s_old:.1f} / "
+                  f"{s_new:.1f} | {s_old / s_new:.2f}x |")  # fmt: skip
+
+
+def quality_table(engine: Engine, iterations: list[int]) -> None:
+    from impasto_server.engine.yardstick import Yardstick
+
+    content, style = samples.content(), samples.style(size=256)
+    measure = None
+    print(f"\n# The default preset at 256 px, the content's stages each way, distances by "
+          f"the yardstick: {describe('cpu')}")  # fmt: skip
+    print("| iterations | from the photograph: style / content | from the finest stage: "
+          "style / content |")  # fmt: skip
+    print("|---|---|---|")
+    for count in iterations:
+        cells = []
+        for way in (using(each_from_the_photograph, STYLES_AHEAD), restore):
+            options = StyleOptions.from_preset("default", size=256, iterations=count, seed=0)
+            way()
+            try:
+                image = list(engine.run(content, [style], options))[-1].image
+            finally:
+                restore()
+            measure = measure or Yardstick(content, style, image.shape[:2])
+            content_distance, style_distance = measure(image)
+            cells.append(f"{style_distance:.4g} / {content_distance:.4g}")
+        print(f"| {count} | {cells[0]} | {cells[1]} |")
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--sides", nargs="+", default=["512", "2048", "4032x3024"])
+    parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--quality", nargs="*", type=int, default=[])
+    args = parser.parse_args()
+    engine = Engine(device="cpu")
+    content_table(engine, args)
+    style_table(engine, args)
+    if args.quality:
+        quality_table(engine, args.quality)
 
 
 if __name__ == "__main__":

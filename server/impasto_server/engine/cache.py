@@ -19,6 +19,10 @@ class GramCache:
         self.hits = 0
         self.misses = 0
 
+    def __contains__(self, key: Hashable) -> bool:
+        with self._lock:
+            return key in self._items
+
     def get_or_compute(
         self, key: Hashable, compute: Callable[[], dict[str, torch.Tensor]]
     ) -> dict[str, torch.Tensor]:

@@ -771,15 +771,18 @@ class Engine:
         x = x.to(self._device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
-    def _style_grams(
-        self, inputs: _Inputs, index: int, content_px: torch.Tensor, long_side: int,
-        options: StyleOptions, cache: bool = True,
-    ) -> Targets:  # fmt: skip
-        """Whole-image Grams of one style at one size, from the cache when seen before."""
+    def _style_size(self, inputs: _Inputs, index: int, content_px: torch.Tensor,
+                    options: StyleOptions) -> tuple[int, int]:  # fmt: skip
+        """A style's size beside one stage's content."""
+        h, w = content_px.shape[-2:]
         style = inputs.styles[index]
-        size = imaging.fit_long_side(style.shape[2], style.shape[3], long_side)
+        long_side = round(max(h, w) * options.style_scale)
+        return imaging.fit_long_side(style.shape[2], style.shape[3], long_side)
+
+    def _style_key(self, inputs: _Inputs, index: int, size: tuple[int, int],
+                   content_px: torch.Tensor, options: StyleOptions) -> tuple:  # fmt: skip
         mode = options.color_preservation
-        key = (
+        return (
             self.weights_name, inputs.style_keys[index], size, options.pooling,
             tuple(sorted(options.style_layers)), mode, options.precision,
             # Colour handling makes the style depend on the content too.
@@ -787,8 +790,35 @@ class Engine:
             tuple(content_px.shape) if mode != "none" else None,
         )  # fmt: skip
 
+    def _styles_ahead(
+        self, inputs: _Inputs, options: StyleOptions, content_stages: Sequence[torch.Tensor]
+    ) -> dict[tuple[int, tuple[int, int]], torch.Tensor]:
+        """Each style in use resized to each stage's size, where the cache does not hold its
+        Grams yet: made when a job is prepared (ahead, on a server) instead of where its stage
+        begins, while the device waits. The same pixels either way."""
+        ahead: dict[tuple[int, tuple[int, int]], torch.Tensor] = {}
+        for content_px in content_stages:
+            for index in inputs.styles_in_use():
+                size = self._style_size(inputs, index, content_px, options)
+                key = self._style_key(inputs, index, size, content_px, options)
+                if (index, size) not in ahead and key not in self._cache:
+                    ahead[index, size] = imaging.resize(inputs.styles[index], size)
+        return ahead
+
+    def _style_grams(
+        self, inputs: _Inputs, index: int, content_px: torch.Tensor, options: StyleOptions,
+        cache: bool = True, ahead: dict[tuple[int, tuple[int, int]], torch.Tensor] | None = None,
+    ) -> Targets:  # fmt: skip
+        """Whole-image Grams of one style at one size, from the cache when seen before. A style
+        resized ahead (``_styles_ahead``) is taken out of ``ahead``."""
+        style = inputs.styles[index]
+        size = self._style_size(inputs, index, content_px, options)
+        mode = options.color_preservation
+        key = self._style_key(inputs, index, size, content_px, options)
+        resized = ahead.pop((index, size), None) if ahead is not None else None
+
         def compute() -> Targets:
-            px = imaging.resize(style, size)
+            px = resized if resized is not None else imaging.resize(style, size)
             if mode == "luminance":
                 px = imaging.match_luminance(px, content_px.cpu())
             elif mode == "color_statistics":
@@ -804,12 +834,11 @@ class Engine:
 
     def _regions(
         self, inputs: _Inputs, content_px: torch.Tensor, options: StyleOptions,
-        cache: bool = True,
+        cache: bool = True, ahead: dict[tuple[int, tuple[int, int]], torch.Tensor] | None = None,
     ) -> list[_Region]:  # fmt: skip
         h, w = content_px.shape[-2:]
-        long_side = round(max(h, w) * options.style_scale)
         per_style = {
-            i: self._style_grams(inputs, i, content_px, long_side, options, cache)
+            i: self._style_grams(inputs, i, content_px, options, cache, ahead)
             for i in inputs.styles_in_use()
         }
         blended = {
@@ -949,6 +978,8 @@ class PreparedRun:
         # Each stage's content pixels, resized here rather than where the stage begins: a
         # server prepares waiting jobs ahead, while the device runs others.
         self.content_px = self._content_stages()
+        # Likewise each style at each stage's size, where the cache lacks its Grams.
+        self.styles_px = engine._styles_ahead(inputs, options, self.content_px) if cache else {}
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
@@ -977,7 +1008,7 @@ class PreparedRun:
             start = engine._initial(inputs, options, shape, content_px)
         else:
             start = imaging.resize(self.x.detach().cpu(), shape)
-        regions = engine._regions(inputs, content_px, options, self.cache)
+        regions = engine._regions(inputs, content_px, options, self.cache, self.styles_px)
         history = self.pairs[index] if self.pairs else 0
         self.stage = _Stage(engine, options, start, content_px, regions, history)
 

@@ -1,0 +1,46 @@
+"""Styles resized when a job is prepared (on a server, ahead, while the device runs others),
+not where each stage begins; only where the Gram cache lacks them; the same pixels either way."""
+
+from __future__ import annotations
+
+import numpy as np
+from impasto_server.engine import Engine, StyleOptions
+from impasto_server.engine import transfer as transfer_module
+
+OPTIONS = StyleOptions.from_preset("default", size=48, num_scales=3, iterations=6, seed=1)
+
+
+def _run(engine: Engine, run) -> np.ndarray:
+    events = list(engine.run_batch([run]))
+    for _, event in events:
+        assert not isinstance(event, BaseException), event
+    return events[-1][1].image
+
+
+def test_a_new_style_is_resized_when_the_job_is_prepared(monkeypatch, content, style):
+    engine = Engine(device="cpu")
+    run = engine.prepare(content, [style], OPTIONS)
+    sizes = {size for index, size in run.styles_px}
+    assert len(sizes) == len(run.shapes) == 3 and {index for index, _ in run.styles_px} == {0}
+    resized = []
+    real = transfer_module.imaging.resize
+
+    def resize(x, size):
+        resized.append(tuple(x.shape[-2:]))
+        return real(x, size)
+
+    monkeypatch.setattr(transfer_module.imaging, "resize", resize)
+    image = _run(engine, run)
+    assert style.shape[:2] not in resized  # no stage resized the style itself
+    assert run.styles_px == {}  # each taken as its stage began
+
+    # Its Grams are cached now: the same job again has nothing to resize ahead.
+    again = engine.prepare(content, [style], OPTIONS)
+    assert again.styles_px == {}
+    monkeypatch.setattr(transfer_module.imaging, "resize", real)
+
+    # The same pixels as where a stage resizes the style itself: the same image, to the bit.
+    fresh = Engine(device="cpu")
+    late = fresh.prepare(content, [style], OPTIONS)
+    late.styles_px.clear()
+    assert np.array_equal(_run(fresh, late), image)
