@@ -44,6 +44,7 @@ test: $(STAMP) node
 
 lint: $(STAMP) node
 	$(VENV)/bin/ruff format --check proto server napari_plugin tests benchmarks scripts
+	$(VENV)/bin/ruff check proto server napari_plugin tests benchmarks scripts
 	npx --no-install buf lint
 
 bench: $(STAMP)

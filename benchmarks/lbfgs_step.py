@@ -24,9 +24,9 @@ import statistics
 import time
 
 import torch
+from host_overhead import Ops  # beside this script
 from impasto_server.engine.host_reads import HostReads
 from impasto_server.engine.lbfgs import LBFGS
-from host_overhead import Ops  # beside this script
 from machine import describe  # beside this script
 
 

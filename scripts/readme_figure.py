@@ -8,9 +8,8 @@ from __future__ import annotations
 import sys
 
 import numpy as np
-from PIL import Image
-
 from impasto import samples
+from PIL import Image
 
 
 def main() -> None:

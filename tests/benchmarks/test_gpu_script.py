@@ -13,7 +13,7 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--toy"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     lines = proc.stdout.splitlines()
@@ -54,8 +54,10 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         "L-BFGS, batched (up to 8)",
         "Adam, batched (up to 8), no jobs prepared ahead (--prepare-ahead 0)",
         "Adam, batched (up to 8), the content sent at 128 px a side",
-        "Adam, batched (up to 8), the content sent at 128 px a side, no jobs prepared ahead "
-        "(--prepare-ahead 0)",
+        (
+            "Adam, batched (up to 8), the content sent at 128 px a side, no jobs prepared "
+            "ahead (--prepare-ahead 0)"
+        ),
     ):
         assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
     # where the job worker's time went, part by part, in the profiled batched row
@@ -76,7 +78,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "gpu.py"), "--toy", "--only", "lbfgs"],
-        capture_output=True, text=True, timeout=300,
+        capture_output=True, text=True, timeout=300, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
     rows = proc.stdout.split("-- the table --")[1].strip().splitlines()

@@ -81,7 +81,7 @@ def test_pairs_without_positive_curvature_are_left_out_as_torch_does():
     x0 = torch.linspace(-0.2, 0.2, 12, dtype=torch.float64)
     theirs = x0.clone().requires_grad_(True)
     ours = x0.clone().requires_grad_(True)
-    f = lambda x: torch.cos(3 * x).sum()  # noqa: E731
+    f = lambda x: torch.cos(3 * x).sum()
     torch_lbfgs = torch.optim.LBFGS(
         [theirs], lr=0.5, max_iter=1, history_size=5, tolerance_grad=-1, tolerance_change=-1
     )
@@ -205,7 +205,7 @@ def test_host_reads_of_a_run_do_not_grow_with_its_iterations(engine, content, st
     counts = []
     for iterations in (8, 16):
         with HostReads() as reads:
-            result, progress, _ = _run(engine, content, style, iterations=iterations)
+            _, progress, _ = _run(engine, content, style, iterations=iterations)
         assert len(progress) == iterations
         counts.append(reads.count)
     assert counts[0] == counts[1]

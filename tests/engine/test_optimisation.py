@@ -132,6 +132,7 @@ def test_multi_scale_runs_each_stage_and_ends_at_the_requested_size(engine, cont
     sizes = [(p.height, p.width) for p in progress]
     assert sizes[0] == (16, 32) and sizes[-1] == (32, 64)
     explicit, progress = run(engine, wide, [style], size=64, iterations=4, scales=(32, 48), seed=1)
+    assert explicit.image.shape == (32, 64, 3)
     assert [(p.height, p.width) for p in progress][::2] == [(16, 32), (24, 48)] or {
         (p.height, p.width) for p in progress} == {(16, 32), (24, 48), (32, 64)}  # fmt: skip
 
@@ -192,6 +193,7 @@ def test_grayscale_uint16_float_and_rgba_come_back_in_their_own_form(engine, con
 def test_previews_arrive_at_the_interval_in_the_results_form(engine, content, style):
     result, progress = run(engine, content, [style], size=48, iterations=6, num_scales=1,
                            preview_every=3, preview_size=24)  # fmt: skip
+    assert result.image.shape == (48, 48, 3)  # previews smaller than the result
     with_preview = [p.iteration for p in progress if p.preview is not None]
     assert with_preview == [3, 6]
     assert progress[2].preview.shape == (24, 24, 3) and progress[2].preview.dtype == np.uint8
@@ -202,7 +204,7 @@ def test_should_stop_cancels_within_one_iteration(engine, content, style):
     options = StyleOptions.from_preset("default", size=48, iterations=50, num_scales=1)
     with pytest.raises(Cancelled):
         for event in engine.run(content, [style], options, should_stop=lambda: len(seen) >= 3):
-            seen.append(event)
+            seen.append(event)  # noqa: PERF402 - the run raises midway, after these
     assert len(seen) == 3
 
 

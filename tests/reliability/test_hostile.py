@@ -20,8 +20,8 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from impasto.client import Client, ImpastoError
 from impasto.v1 import style_transfer_pb2 as pb
-from PIL import Image as PILImage
 from job_watch import SHORT
+from PIL import Image as PILImage
 
 TOKEN = "hostile-test-token"
 MAX_MESSAGE_MB = 1

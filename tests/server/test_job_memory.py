@@ -55,9 +55,8 @@ def test_a_job_that_fits_only_with_fewer_lbfgs_pairs_runs_with_fewer(
     # Simulated memory for the job with about 15 pairs (each 24 bytes a pixel).
     memory = full.needed - 24 * 24 * 80 * 96
     server = make_server(simulated_memory_mb=memory / (1 << 20))
-    with caplog.at_level("INFO", logger="impasto_server.jobs"):
-        with Client(server.address) as client:
-            result = client.stylize(tiny_content, [tiny_style], seed=0, **job).result()
+    with caplog.at_level("INFO", logger="impasto_server.jobs"), Client(server.address) as client:
+        result = client.stylize(tiny_content, [tiny_style], seed=0, **job).result()
     assert result.iterations == 40  # ran to its end inside the simulated memory
     (line,) = [r.getMessage() for r in caplog.records if "L-BFGS pairs" in r.getMessage()]
     kept = int(line.split("keeps [")[1].split("]")[0])

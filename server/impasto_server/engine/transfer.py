@@ -454,7 +454,7 @@ class Engine:
                     with self._probe_lock:
                         probes[height, width] = self._probe(inputs, options, height, width)
                 points.append((height * width, probes[height, width]))
-        except Exception:  # noqa: BLE001 - the job then runs unchecked, as before
+        except Exception:  # logged: the job then runs unchecked, as before
             log.warning("could not measure a job's memory; it runs unchecked", exc_info=True)
             return None
         return Footprint.fit(points)
