@@ -6,6 +6,7 @@ import socket
 from typing import Any
 
 import grpc
+import pytest
 from impasto.client import ImpastoError
 from napari_helpers import add_content_and_style, use_remote, wait_for_run
 from napari_impasto.connection import describe_error
@@ -149,6 +150,23 @@ def test_a_local_server_that_did_not_start_is_described_by_its_errors() -> None:
         LocalServerError("the local server did not become ready in time:\n" + log[0]), ""
     )
     assert "did not become ready in time / " in late and late.endswith("127.0.0.1:44605")
+
+
+def test_local_mode_without_the_server_packages_says_what_to_install(monkeypatch) -> None:
+    """napari installed with the plugin alone (no torch): Local mode's message says what to
+    install, from LocalServer's own check, before any child process."""
+    import impasto.local
+
+    real = impasto.local.importlib.util.find_spec
+    monkeypatch.setattr(
+        impasto.local.importlib.util, "find_spec",
+        lambda name, *a: None if name == "torch" else real(name, *a),
+    )  # fmt: skip
+    with pytest.raises(impasto.local.LocalServerError) as failed:
+        impasto.local.LocalServer().start()
+    said = describe_error(failed.value, "")
+    assert said.startswith("impasto: the local server did not start: ")
+    assert "pip install 'impasto[server]'" in said
 
 
 def test_messages_by_reason() -> None:
