@@ -224,11 +224,13 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
 
 def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
                       batch: int, optimizer: str = "adam", stats: dict | None = None,
-                      input_side: int = 512, **config: Any) -> tuple[float, float]:  # fmt: skip
+                      input_side: int = 512, style_side: int = 0,
+                      **config: Any) -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
     client is a process of its own (throughput_client.py), timed from when all are connected,
-    and sends the sample photograph at ``input_side`` pixels a side.
+    and sends the sample photograph at ``input_side`` pixels a side (and with ``style_side``, a
+    style of its own each job, drawn at that side; throughput_client.py).
     ``config``: more of the server's settings (ServerConfig's fields); ``stats``, if given,
     gets the row's seconds and the CPU seconds the server's process (this one) and its clients
     used."""
@@ -248,7 +250,7 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
     server.load()
     script = os.path.join(os.path.dirname(os.path.abspath(__file__)), "throughput_client.py")
     command = [sys.executable, script, server.address, str(jobs_each), str(size), str(iterations),
-               optimizer, str(input_side)]  # fmt: skip
+               optimizer, str(input_side), str(style_side)]  # fmt: skip
     pipes = {"stdin": subprocess.PIPE, "stdout": subprocess.PIPE, "stderr": subprocess.PIPE}
     procs = [subprocess.Popen(command, text=True, **pipes) for _ in range(clients)]
     try:
@@ -652,9 +654,9 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
     --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
     clients without Engine.overlap; at 16 clients with no jobs prepared ahead, and with the
-    content sent at 2048 px, prepared ahead and not); then the default preset's L-BFGS jobs at
-    16 clients, alone and batched (--batch-lbfgs). One client's batch is a batch of one: not
-    run."""
+    content sent at 2048 px, prepared ahead and not, and with each job a 2048 px style of its
+    own); then the default preset's L-BFGS jobs at 16 clients, alone and batched
+    (--batch-lbfgs). One client's batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
@@ -677,6 +679,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
             how += f", --progress-rate {config['progress_rate']:g}"
         if "input_side" in config:
             how += f", the content sent at {config['input_side']} px a side"
+        if "style_side" in config:
+            how += f", each job its own {config['style_side']} px style"
         if config.get("prepare_ahead") == 0:
             how += ", no jobs prepared ahead (--prepare-ahead 0)"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
@@ -703,6 +707,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     side = 128 if toy else 2048  # a photograph as a phone takes it: more to prepare a job
     row(many, GPU_MAX_BATCH, input_side=side)
     row(many, GPU_MAX_BATCH, input_side=side, prepare_ahead=0)
+    row(many, GPU_MAX_BATCH, style_side=side)  # styles not yet cached, resized when prepared
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
     label = f"server, {many} clients, Adam, {batched}: the worker's time"

@@ -2,10 +2,10 @@
 device's time alone, and where the job worker's time goes.
 
     python benchmarks/server_host.py [--clients 1 4 16] [--jobs 3] [--size 64] [--iterations 50]
-                                     [--input-side 512]
+                                     [--input-side 512] [--style-side 0]
                                      [--pass-ms 0.41 0.59] [--forward-ms 0.3]
                                      [--progress-rates 0 20] [--overlap off on]
-                                     [--prepare-ahead on]
+                                     [--prepare-ahead on] [--styles-ahead on]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -22,10 +22,14 @@ takes ``--forward-ms`` and is waited for at once; its features are zeros of thei
 wait for the device is a sleep, which does not hold the interpreter lock (nor does a wait for
 a GPU). Everything else is real: the requests (the 512 x 512 sample photograph, or it resized
 by each client to --input-side pixels a side; the server resizes it to --size), the optimiser
-steps (on this machine's CPU, small at 64 px), events, results.
+steps (on this machine's CPU, small at 64 px), events, results. With --style-side N each job
+sends a style of its own, N pixels a side, which the server has not cached (by default every
+job sends the same small style, cached after the first).
 
-Per configuration (clients, the server's --progress-rate, Engine.overlap, and whether the
-server prepares waiting jobs ahead: --prepare-ahead's default, or 0): jobs per minute; the
+Per configuration (clients, the server's --progress-rate, Engine.overlap, whether the server
+prepares waiting jobs ahead: --prepare-ahead's default, or 0, and whether a job's styles are
+resized when it is prepared, the engine's way, or where each stage begins, as before): jobs
+per minute; the
 ideal, from the device's time alone at the mean batch size; the worker's time per batch
 iteration: waiting for the device, waiting to take the interpreter back after it, preparing
 jobs (or waiting for what the server prepared ahead), starting and ending stages, optimiser
@@ -216,7 +220,7 @@ PARTS = ("waiting for the device", "waiting for the interpreter", "preparing job
 def measure(
     engine: Engine, clock: Clock, clients: int, jobs: int, size: int, iterations: int,
     batch: int, progress_rate: float, pass_ms: tuple[float, float], ahead: bool = True,
-    input_side: int = 512,
+    input_side: int = 512, style_side: int = 0, styles_ahead: bool = True,
 ) -> tuple[str, ...]:  # fmt: skip
     batches: list[int] = []  # each batch's jobs
     stats: dict = {}
@@ -229,9 +233,13 @@ def measure(
 
         restore.callback(setattr, service.StyleTransferService, "_run_batch", timed)
         service.StyleTransferService._run_batch = counted
+        if not styles_ahead:  # as before: each stage resizes its styles as it begins
+            restore.callback(setattr, Engine, "_styles_ahead", Engine._styles_ahead)
+            Engine._styles_ahead = lambda *_: {}
         jpm, mean = server_throughput(
             engine, clients, jobs, size, iterations, batch if clients > 1 else 1,
-            stats=stats, input_side=input_side, progress_rate=progress_rate,
+            stats=stats, input_side=input_side, style_side=style_side,
+            progress_rate=progress_rate,
             prepare_ahead=None if ahead else 0,
         )  # fmt: skip
     a, b = pass_ms
@@ -241,7 +249,7 @@ def measure(
     done = clients * jobs
     return (
         f"{clients}", f"{progress_rate:g}", "on" if engine.overlap else "off",
-        "on" if ahead else "off", f"{jpm:.1f}",
+        "on" if ahead else "off", "on" if styles_ahead else "off", f"{jpm:.1f}",
         f"{ideal:.0f}", f"{jpm / ideal:.2f}", f"{mean:.1f}",
         f"{sum(clock.seconds.values()) * per_iteration:.2f} ({shares})",
         (f"{stats['server_cpu_seconds'] / done * 1e3:.0f} / "
@@ -257,6 +265,8 @@ def main() -> None:
     parser.add_argument("--iterations", type=int, default=50)
     parser.add_argument("--input-side", type=int, default=512,
                         help="the content's pixels a side, as the clients send it")  # fmt: skip
+    parser.add_argument("--style-side", type=int, default=0,
+                        help="each job a style of its own, this many pixels a side")  # fmt: skip
     parser.add_argument("--batch", type=int, default=8, help="the server's --max-batch")
     parser.add_argument("--pass-ms", type=float, nargs=2, default=[0.41, 0.59],
                         metavar=("A", "B"), help="a pass sleeps A + B * batch ms")  # fmt: skip
@@ -273,6 +283,9 @@ def main() -> None:
     parser.add_argument("--prepare-ahead", choices=("off", "on"), nargs="+", default=["on"],
                         help="compare the server preparing waiting jobs ahead (its default) "
                         "with not (0)")  # fmt: skip
+    parser.add_argument("--styles-ahead", choices=("off", "on"), nargs="+", default=["on"],
+                        help="compare a job's styles resized when it is prepared (the engine's "
+                        "way) with where each stage begins")  # fmt: skip
     args = parser.parse_args()
 
     engine = Engine(device="cpu")
@@ -282,10 +295,11 @@ def main() -> None:
         f"ms, a forward {args.forward_ms:g} ms; {args.size} px Adam jobs of "
         f"{args.iterations} iterations from {args.input_side} px content, {args.jobs} a client, "
         f"batches of up to {args.batch}"
+        + (f"; each job its own {args.style_side} px style" if args.style_side else "")
     )
     header = (
-        "clients", "progress rate", "overlap", "prepare ahead", "jobs/min", "ideal", "of ideal",
-        "mean batch",
+        "clients", "progress rate", "overlap", "prepare ahead", "styles ahead", "jobs/min",
+        "ideal", "of ideal", "mean batch",
         f"worker ms a batch iteration: all ({' / '.join(PARTS)})",
         "CPU ms a job: server / clients",
     )  # fmt: skip
@@ -293,14 +307,16 @@ def main() -> None:
     print("|" + "---|" * len(header))
     for clients in args.clients:
         for rate in args.progress_rates:
-            for overlap, ahead in itertools.product(args.overlap, args.prepare_ahead):
+            for overlap, ahead, styles in itertools.product(
+                args.overlap, args.prepare_ahead, args.styles_ahead
+            ):
                 engine.overlap = overlap == "on"
                 clock = Clock()
                 undo = stand_in(engine, clock, pass_ms, args.forward_ms)
                 try:
                     row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
-                                  args.batch, rate, pass_ms, ahead == "on",
-                                  args.input_side)  # fmt: skip
+                                  args.batch, rate, pass_ms, ahead == "on", args.input_side,
+                                  args.style_side, styles == "on")  # fmt: skip
                 finally:
                     undo()
                 print("| " + " | ".join(row) + " |", flush=True)

@@ -2,16 +2,21 @@
 share the server's interpreter (and its lock) as threads of the benchmark's process would.
 
     python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER [INPUT_SIDE]
+                                           [STYLE_SIDE]
 
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
 then prints as JSON the batch size each job ran in and the CPU seconds the process used for
 them. The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
-resized (a phone's photograph is some 4000 pixels a side).
+resized (a phone's photograph is some 4000 pixels a side). The style is the sample style drawn
+at SIZE, the same for every job; with STYLE_SIDE above 0, each job sends a style of its own
+(the sample style drawn at up to 512 px and resized to STYLE_SIDE, shifted by a different
+number of columns), which the server's cache has not seen.
 """
 
 from __future__ import annotations
 
 import json
+import os
 import sys
 import time
 
@@ -29,13 +34,22 @@ def main() -> None:
 
         side = int(sys.argv[6])
         content = np.asarray(Image.fromarray(content).resize((side, side), Image.BICUBIC))
+    styles = [style] * int(jobs)
+    if len(sys.argv) > 7 and int(sys.argv[7]) > 0:
+        from PIL import Image
+
+        side = int(sys.argv[7])  # drawn at 512 px at most (drawing takes seconds), then resized
+        drawn = samples.style(size=min(side, 512))
+        drawn = np.asarray(Image.fromarray(drawn).resize((side, side), Image.BICUBIC))
+        shifts = np.random.default_rng(os.getpid()).choice(drawn.shape[1], int(jobs), False)
+        styles = [np.ascontiguousarray(np.roll(drawn, int(k), axis=1)) for k in shifts]
     with Client(address) as client:
         client.server_info()  # connected, and the server answers
         print("ready", flush=True)
         sys.stdin.readline()
         cpu = time.process_time()
         batch_sizes = []
-        for _ in range(int(jobs)):
+        for style in styles:
             job = client.stylize(content, [style], size=int(size), iterations=int(iterations),
                                  num_scales=1, seed=0, optimizer=optimizer)  # fmt: skip
             for event in job:

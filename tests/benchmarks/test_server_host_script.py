@@ -1,6 +1,7 @@
 """benchmarks/server_host.py with two clients of one short job each: it runs, and its table holds
 together (the device's time is the stand-in's, the parts add up), with the engine's iterations
-overlapped and not, and jobs prepared ahead and not."""
+overlapped and not, jobs prepared ahead and not, each job its own style resized as its stages
+begin."""
 
 from __future__ import annotations
 
@@ -16,7 +17,8 @@ def test_server_host_table():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "server_host.py"), "--clients", "2",
          "--jobs", "1", "--iterations", "6", "--batch", "2", "--pass-ms", "1", "2",
-         "--progress-rates", "0", "--overlap", "off", "on", "--prepare-ahead", "on", "off"],
+         "--progress-rates", "0", "--overlap", "off", "on", "--prepare-ahead", "on", "off",
+         "--style-side", "160", "--styles-ahead", "off"],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(
             [os.path.join(ROOT, "proto"), os.path.join(ROOT, "server")])},
@@ -25,11 +27,11 @@ def test_server_host_table():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# server_host.py: cpu")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[3:]]
-    assert [row[:4] for row in rows] == [
-        ["2", "0", "off", "on"], ["2", "0", "off", "off"],
-        ["2", "0", "on", "on"], ["2", "0", "on", "off"],
+    assert [row[:5] for row in rows] == [
+        ["2", "0", "off", "on", "off"], ["2", "0", "off", "off", "off"],
+        ["2", "0", "on", "on", "off"], ["2", "0", "on", "off", "off"],
     ]  # fmt: skip
-    for _clients, _rate, overlap, _ahead, jpm, ideal, share, mean, worker, cpu in rows:
+    for _clients, _rate, overlap, _ahead, _styles, jpm, ideal, share, mean, worker, cpu in rows:
         assert 0 < float(jpm) and abs(float(share) - float(jpm) / float(ideal)) <= 0.01
         assert 1.0 <= float(mean) <= 2.0
         total, parts = re.fullmatch(r"([\d.]+) \((.*)\)", worker).groups()
