@@ -55,16 +55,21 @@ def none_ahead(*_: Any) -> dict:
     return {}
 
 
-def photograph(side: str) -> np.ndarray:
+def dimensions(side: str) -> tuple[int, int]:
+    """Width and height from "2048" or "4032x3024"."""
     width, _, height = side.partition("x")
-    size = (int(width), int(height or width))
+    return int(width), int(height or width)
+
+
+def photograph(side: str) -> np.ndarray:
+    size = dimensions(side)
     return np.asarray(Image.fromarray(samples.content()).resize(size, Image.Resampling.BICUBIC))
 
 
 def painting(side: str) -> np.ndarray:
-    width, _, height = side.partition("x")
-    square = samples.style(size=max(int(width), int(height or width)))
-    return np.ascontiguousarray(square[: int(height or width), : int(width)])
+    width, height = dimensions(side)
+    square = samples.style(size=max(width, height))
+    return np.ascontiguousarray(square[:height, :width])
 
 
 def using(content_stages: Callable, styles_ahead: Callable) -> Callable:

@@ -21,6 +21,12 @@ import sys
 import time
 
 import numpy as np
+from PIL import Image
+
+
+def square(image: np.ndarray, side: int) -> np.ndarray:
+    """``image`` resized to ``side`` x ``side`` pixels."""
+    return np.asarray(Image.fromarray(image).resize((side, side), Image.BICUBIC))
 
 
 def main() -> None:
@@ -30,17 +36,11 @@ def main() -> None:
 
     content, style = samples.content(), samples.style(size=int(size))
     if len(sys.argv) > 6 and int(sys.argv[6]) != content.shape[0]:
-        from PIL import Image
-
-        side = int(sys.argv[6])
-        content = np.asarray(Image.fromarray(content).resize((side, side), Image.BICUBIC))
+        content = square(content, int(sys.argv[6]))
     styles = [style] * int(jobs)
     if len(sys.argv) > 7 and int(sys.argv[7]) > 0:
-        from PIL import Image
-
         side = int(sys.argv[7])  # drawn at 512 px at most (drawing takes seconds), then resized
-        drawn = samples.style(size=min(side, 512))
-        drawn = np.asarray(Image.fromarray(drawn).resize((side, side), Image.BICUBIC))
+        drawn = square(samples.style(size=min(side, 512)), side)
         shifts = np.random.default_rng(os.getpid()).choice(drawn.shape[1], int(jobs), False)
         styles = [np.ascontiguousarray(np.roll(drawn, int(k), axis=1)) for k in shifts]
     with Client(address) as client:
