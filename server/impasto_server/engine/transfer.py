@@ -115,16 +115,17 @@ class Engine:
             device = "cuda" if torch.cuda.is_available() else "cpu"
         try:
             self._device = torch.device(device)
-        except RuntimeError as exc:
-            raise EngineError("device", f"{device!r}: impasto runs on cpu, cuda or cuda:N") from exc
-        if self._device.type not in ("cpu", "cuda"):
+            known = self._device.type in ("cpu", "cuda")
+        except RuntimeError:  # not a device's name at all
+            known = False
+        if not known:
             raise EngineError("device", f"{device!r}: impasto runs on cpu, cuda or cuda:N")
-        if self._device.type == "cuda" and not torch.cuda.is_available():
-            raise EngineError("device", f"{device} asked for, but CUDA is not available")
-        if self._device.type == "cuda" and (self._device.index or 0) >= torch.cuda.device_count():
-            raise EngineError(
-                "device", f"{device}: this machine has {torch.cuda.device_count()} CUDA devices"
-            )
+        if self._device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise EngineError("device", f"{device} asked for, but CUDA is not available")
+            count = torch.cuda.device_count()
+            if (self._device.index or 0) >= count:
+                raise EngineError("device", f"{device}: this machine has {count} CUDA devices")
         if cuda_graphs and self._device.type != "cuda":
             raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
         # Each batch's pass replayed as a CUDA graph (see graphs.py): by default on a GPU.
