@@ -29,12 +29,11 @@ job sends the same small style, cached after the first).
 Per configuration (clients, the server's --progress-rate, Engine.overlap, whether the server
 prepares waiting jobs ahead: --prepare-ahead's default, or 0, and whether a job's styles are
 resized when it is prepared, the engine's way, or where each stage begins, as before): jobs
-per minute; the
-ideal, from the device's time alone at the mean batch size; the worker's time per batch
-iteration: waiting for the device, waiting to take the interpreter back after it, preparing
-jobs (or waiting for what the server prepared ahead), starting and ending stages, optimiser
-steps, handing events to the streams, results, and the rest of the worker's loop; and the CPU
-time a job of the server's process and of the clients'. Only ratios within one run mean
+per minute; the ideal, from the device's time alone at the mean batch size; the worker's time
+per batch iteration: waiting for the device, waiting to take the interpreter back after it,
+preparing jobs (or waiting for what the server prepared ahead), starting and ending stages,
+optimiser steps, handing events to the streams, results, and the rest of the worker's loop;
+and the CPU time a job of the server's process and of the clients'. Only ratios within one run mean
 much: this machine is noisy, and its cores are shared with the clients.
 """
 
