@@ -6,6 +6,7 @@ from __future__ import annotations
 import numpy as np
 from impasto_server.engine import Engine, StyleOptions
 from impasto_server.engine import transfer as transfer_module
+from impasto_server.engine.cache import GramCache
 
 OPTIONS = StyleOptions.from_preset("default", size=48, num_scales=3, iterations=6, seed=1)
 
@@ -44,3 +45,34 @@ def test_a_new_style_is_resized_when_the_job_is_prepared(monkeypatch, content, s
     late = fresh.prepare(content, [style], OPTIONS)
     late.styles_px.clear()
     assert np.array_equal(_run(fresh, late), image)
+
+
+def test_a_cached_style_is_never_converted_and_none_is_held(monkeypatch, content, style):
+    engine = Engine(device="cpu")
+    image = _run(engine, engine.prepare(content, [style], OPTIONS))  # its Grams cached now
+    converted = []
+    real = transfer_module.imaging.to_pixels
+
+    def to_pixels(array):
+        converted.append(array.shape)
+        return real(array)
+
+    monkeypatch.setattr(transfer_module.imaging, "to_pixels", to_pixels)
+    run = engine.prepare(content, [style], OPTIONS)
+    assert converted == [content.shape]  # the content's pixels, not the style's
+    assert run.inputs._style_px == {}
+    assert np.array_equal(_run(engine, run), image)
+    assert converted == [content.shape]
+
+    # A new style is converted once, to be resized ahead, and its full size is not kept.
+    other = np.ascontiguousarray(style[::-1])
+    run = engine.prepare(content, [other], OPTIONS)
+    assert converted == [content.shape] * 2 + [other.shape]
+    assert run.inputs._style_px == {}
+
+    # The cache may let a style's Grams go before its stage begins: converted then.
+    run = engine.prepare(content, [style], OPTIONS)
+    assert run.styles_px == {}
+    engine._cache = GramCache(engine._cache.max_bytes)
+    assert np.array_equal(_run(engine, run), image)
+    assert converted[-1] == style.shape

@@ -12,7 +12,7 @@ import secrets
 import threading
 import time
 from collections.abc import Callable, Iterator, Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -74,18 +74,36 @@ class _Inputs:
     content: torch.Tensor  # (1, 3, H, W) 0..255 on the CPU
     alpha: torch.Tensor | None
     source: imaging.Source
-    styles: list[torch.Tensor]
+    # The styles as given, (H, W, C): each becomes float32 pixels only where a target is made
+    # from it (a style whose Grams are cached needs none), and those are let go once the job is
+    # prepared (see PreparedRun).
+    styles: list[np.ndarray]
     style_keys: list[str]
     blend: list[float]
     labels: np.ndarray | None
     region_styles: dict[int, int]
     init: torch.Tensor | None
     content_key: str | None  # only where the style targets depend on the content (colours)
+    _style_px: dict[int, torch.Tensor] = field(default_factory=dict)
 
     def styles_in_use(self) -> list[int]:
         """The styles that make a target: blended in, or a mask region's own."""
         return [i for i, weight in enumerate(self.blend)
                 if weight > 0 or i in self.region_styles.values()]  # fmt: skip
+
+    def style_px(self, index: int) -> torch.Tensor:
+        """Style ``index`` as (1, 3, H, W) float32 pixels in 0..255, converted on first use."""
+        if index not in self._style_px:
+            self._style_px[index] = imaging.to_pixels(self.styles[index])[0]
+        return self._style_px[index]
+
+    def drop_style_px(self) -> None:
+        self._style_px.clear()
+
+    def style_px_bytes(self) -> int:
+        """What the styles in use take as float32 pixels, converted or not."""
+        return sum(12 * self.styles[i].shape[0] * self.styles[i].shape[1]
+                   for i in self.styles_in_use())  # fmt: skip
 
 
 def _digest(array: np.ndarray) -> str:
@@ -315,7 +333,8 @@ class Engine:
     ) -> PreparedRun:
         """Validate a run (raising EngineError) and hold it ready for ``run_batch``. Unless
         ``memory`` (from ``plan_memory``) is given, the run is planned against
-        ``job_memory_bytes`` here (raising InsufficientMemory)."""
+        ``job_memory_bytes`` here (raising InsufficientMemory). The run reads the style
+        arrays again where it needs their pixels: they must not change until it ends."""
         self.validate(
             content, styles, options, style_weights=style_weights, mask=mask,
             region_styles=region_styles, init_image=init_image,
@@ -378,8 +397,8 @@ class Engine:
         # content at each stage's size share the memory too; on a GPU they stay in host memory.
         extra = len(shapes) * self._target_bytes(run_inputs, options)
         if not self._cuda:
-            extra += sum(t.nbytes for t in (run_inputs.content, *run_inputs.styles,
-                                            run_inputs.init) if t is not None)  # fmt: skip
+            extra += sum(t.nbytes for t in (run_inputs.content, run_inputs.init) if t is not None)
+            extra += run_inputs.style_px_bytes()
             extra += sum(3 * 4 * h * w for h, w in shapes)
         footprint = dataclasses.replace(footprint, fixed=footprint.fixed + extra)
         wanted = default or (0,) * len(shapes)
@@ -742,11 +761,7 @@ class Engine:
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
-        style_tensors, keys = [], []
-        for style in styles:
-            style = imaging.check_image("style", style)
-            style_tensors.append(imaging.to_pixels(style)[0])
-            keys.append(_digest(style))
+        style_arrays = [imaging.check_image("style", style) for style in styles]
         blend = list(style_weights) if style_weights is not None else [1.0] * len(styles)
         total = float(sum(blend))
         labels = None
@@ -756,7 +771,8 @@ class Engine:
         if options.init == "image":
             init = imaging.to_pixels(imaging.check_image("init_image", init_image))[0]
         return _Inputs(
-            content=rgb, alpha=alpha, source=source, styles=style_tensors, style_keys=keys,
+            content=rgb, alpha=alpha, source=source, styles=style_arrays,
+            style_keys=[_digest(style) for style in style_arrays],
             blend=[w / total for w in blend], labels=labels,
             region_styles={int(k): int(v) for k, v in (region_styles or {}).items()},
             init=init,
@@ -776,9 +792,8 @@ class Engine:
                     options: StyleOptions) -> tuple[int, int]:  # fmt: skip
         """A style's size beside one stage's content."""
         h, w = content_px.shape[-2:]
-        style = inputs.styles[index]
-        long_side = round(max(h, w) * options.style_scale)
-        return imaging.fit_long_side(style.shape[2], style.shape[3], long_side)
+        style_h, style_w = inputs.styles[index].shape[:2]
+        return imaging.fit_long_side(style_h, style_w, round(max(h, w) * options.style_scale))
 
     def _style_key(self, inputs: _Inputs, index: int, size: tuple[int, int],
                    content_px: torch.Tensor, options: StyleOptions) -> tuple:  # fmt: skip
@@ -803,7 +818,7 @@ class Engine:
                 size = self._style_size(inputs, index, content_px, options)
                 key = self._style_key(inputs, index, size, content_px, options)
                 if (index, size) not in ahead and key not in self._cache:
-                    ahead[index, size] = imaging.resize(inputs.styles[index], size)
+                    ahead[index, size] = imaging.resize(inputs.style_px(index), size)
         return ahead
 
     def _style_grams(
@@ -812,14 +827,13 @@ class Engine:
     ) -> Targets:  # fmt: skip
         """Whole-image Grams of one style at one size, from the cache when seen before. A style
         resized ahead (``_styles_ahead``) is taken out of ``ahead``."""
-        style = inputs.styles[index]
         size = self._style_size(inputs, index, content_px, options)
         mode = options.color_preservation
         key = self._style_key(inputs, index, size, content_px, options)
         resized = ahead.pop((index, size), None) if ahead is not None else None
 
         def compute() -> Targets:
-            px = resized if resized is not None else imaging.resize(style, size)
+            px = resized if resized is not None else imaging.resize(inputs.style_px(index), size)
             if mode == "luminance":
                 px = imaging.match_luminance(px, content_px.cpu())
             elif mode == "color_statistics":
@@ -981,6 +995,10 @@ class PreparedRun:
         self.content_px = self._content_stages()
         # Likewise each style at each stage's size, where the cache lacks its Grams.
         self.styles_px = engine._styles_ahead(inputs, options, self.content_px) if cache else {}
+        # The styles' full-size pixels are needed again only where the cache lets a style's
+        # Grams go before its stage begins: converted again then, instead of held meanwhile.
+        if cache:
+            inputs.drop_style_px()
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
