@@ -107,7 +107,10 @@ class _Inputs:
 
 
 def _digest(array: np.ndarray) -> str:
-    h = hashlib.blake2b(digest_size=16)
+    """An image's key in the Gram cache, taken for every job that sends it. SHA-256, which
+    most x86-64 and Arm CPUs compute in hardware: 2.2x blake2b's speed on a 12-megapixel image
+    on the development machine (``benchmarks/prepare.py``)."""
+    h = hashlib.sha256()
     h.update(str((array.shape, array.dtype.str)).encode())
     h.update(np.ascontiguousarray(array).data)
     return h.hexdigest()
