@@ -683,6 +683,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
             how += f", each job its own {config['style_side']} px style"
         if config.get("prepare_ahead") == 0:
             how += ", no jobs prepared ahead (--prepare-ahead 0)"
+        if "prepare_threads" in config:
+            how += f", {config['prepare_threads']} thread(s) preparing them (--prepare-threads)"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
         label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
         with rows.section(label):
@@ -707,6 +709,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     side = 128 if toy else 2048  # a photograph as a phone takes it: more to prepare a job
     row(many, GPU_MAX_BATCH, input_side=side)
     row(many, GPU_MAX_BATCH, input_side=side, prepare_ahead=0)
+    row(many, GPU_MAX_BATCH, input_side=side, prepare_threads=4)  # one by default
     row(many, GPU_MAX_BATCH, style_side=side)  # styles not yet cached, resized when prepared
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)

@@ -75,6 +75,8 @@ class ServerConfig:
     #: Waiting jobs whose host work is done ahead, while the device runs others; None: one
     #: batch's (max_batch); 0: none.
     prepare_ahead: int | None = None
+    #: Threads that prepare those jobs, each a different job.
+    prepare_threads: int = 1
 
 
 #: The batch size a GPU server uses unless told otherwise.
@@ -132,6 +134,7 @@ class Server:
             max_batch_pixels=max_batch_pixels,
             batch_wait=config.batch_wait_ms / 1000.0,
             prepare_ahead=max_batch if config.prepare_ahead is None else config.prepare_ahead,
+            prepare_threads=config.prepare_threads,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
         )
         # Re-read when the file changes: tokens are added or revoked without a restart.
@@ -397,6 +400,11 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="waiting jobs whose host work (checks, images to tensors) is done ahead, while "
         "the device runs others (default: one batch's, --max-batch; 0: none)",
     )  # fmt: skip
+    p.add_argument(
+        "--prepare-threads", type=int, default=d.prepare_threads,
+        help="threads that prepare those jobs, each a different one; more can keep a fast "
+        "device fed when clients send large photographs (default: %(default)s)",
+    )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
     for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
@@ -407,6 +415,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         p.error("--max-batch must be >= 1")
     if config.prepare_ahead is not None and config.prepare_ahead < 0:
         p.error("--prepare-ahead must be >= 0")
+    if config.prepare_threads < 1:
+        p.error("--prepare-threads must be >= 1")
     if config.job_memory_mb is not None and config.job_memory_mb < 0:
         p.error("--job-memory-mb must be >= 0")
     if config.max_batch_megapixels <= 0:

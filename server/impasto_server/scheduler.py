@@ -11,11 +11,12 @@ Their clients go to the back of the rotation as if their turn had come. A batch 
 starts only once its first job has waited ``batch_wait`` seconds since it was sent, so jobs sent
 at about the same time run together.
 
-Preparing ahead: with ``prepare_ahead`` > 0, a thread of its own runs the ``prepare`` of the
-jobs at the front of the rotation (at most that many waiting jobs hold what it made), so a job
-worker that takes them finds their host work (decoding to tensors, checks) done, and the device
-waits less between batches. The jobs stay queued meanwhile: cancelling one, or a new client's
-turn coming first, works as before.
+Preparing ahead: with ``prepare_ahead`` > 0, ``prepare_threads`` threads of its own run the
+``prepare`` of the jobs at the front of the rotation, each a different job (at most
+``prepare_ahead`` waiting jobs hold what they made), so a job worker that takes them finds
+their host work (decoding to tensors, checks) done, and the device waits less between batches.
+The jobs stay queued meanwhile: cancelling one, or a new client's turn coming first, works as
+before.
 """
 
 from __future__ import annotations
@@ -195,6 +196,7 @@ class Scheduler:
         max_batch_pixels: int = 4 << 20,
         batch_wait: float = 0.0,
         prepare_ahead: int = 0,
+        prepare_threads: int = 1,
         on_change: Callable[[Scheduler], None] | None = None,
     ) -> None:
         if min(queue_capacity, max_running, max_per_client, max_batch) < 1:
@@ -203,6 +205,8 @@ class Scheduler:
             )
         if prepare_ahead < 0:
             raise ValueError("prepare_ahead must be >= 0")
+        if prepare_threads < 1:
+            raise ValueError("prepare_threads must be >= 1")
         self.queue_capacity = queue_capacity
         self.max_running = max_running
         self.max_per_client = max_per_client
@@ -224,9 +228,10 @@ class Scheduler:
             for i in range(max_running)
         ]
         if prepare_ahead:
-            self._workers.append(
-                threading.Thread(target=self._preparer, name="impasto-prepare", daemon=True)
-            )
+            self._workers += [
+                threading.Thread(target=self._preparer, name=f"impasto-prepare-{i}", daemon=True)
+                for i in range(prepare_threads)
+            ]
         for worker in self._workers:
             worker.start()
 

@@ -59,6 +59,10 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
             "ahead (--prepare-ahead 0)"
         ),
         "Adam, batched (up to 8), each job its own 128 px style",
+        (
+            "Adam, batched (up to 8), the content sent at 128 px a side, 4 thread(s) preparing "
+            "them (--prepare-threads)"
+        ),
     ):
         assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
     # where the job worker's time went, part by part, in the profiled batched row

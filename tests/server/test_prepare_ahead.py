@@ -42,8 +42,8 @@ class Recorder:
                 assert self.hold[job.client].wait(30)
 
 
-def scheduler_with_a_running_job(recorder: Recorder, ahead: int) -> Scheduler:
-    scheduler = Scheduler(max_running=1, prepare_ahead=ahead)
+def scheduler_with_a_running_job(recorder: Recorder, ahead: int, threads: int = 1) -> Scheduler:
+    scheduler = Scheduler(max_running=1, prepare_ahead=ahead, prepare_threads=threads)
     scheduler.submit(Job(client="blocker", work=recorder.work))
     wait_until(lambda: scheduler.running == 1)
     return scheduler
@@ -64,12 +64,12 @@ def test_the_next_jobs_are_prepared_ahead_and_run_with_it():
         submit(scheduler, recorder, "b", "c", "d")
         wait_until(lambda: len(recorder.made) == 2)
         time.sleep(0.3)  # no more: two waiting jobs hold what was made for them
-        assert recorder.made == [("b", "impasto-prepare"), ("c", "impasto-prepare")]
+        assert recorder.made == [("b", "impasto-prepare-0"), ("c", "impasto-prepare-0")]
         assert scheduler.queued == 3
         recorder.release.set()
         # b runs (with what was made for it); d is prepared ahead meanwhile
         wait_until(lambda: len(recorder.made) == 3)
-        assert recorder.made[2] == ("d", "impasto-prepare")
+        assert recorder.made[2] == ("d", "impasto-prepare-0")
         assert recorder.got == {"b": "prepared b"}
         recorder.hold["b"].set()
         wait_until(lambda: len(recorder.got) == 3)
@@ -81,15 +81,42 @@ def test_the_next_jobs_are_prepared_ahead_and_run_with_it():
         scheduler.close()
 
 
+def test_threads_prepare_different_jobs_at_once():
+    recorder = Recorder()
+    together = threading.Barrier(3, timeout=10)  # each prepare waits for the other two
+    prepare = recorder.prepare
+
+    def meeting(job: Job) -> str:
+        made = prepare(job)
+        together.wait()  # one thread alone would wait here in vain, and raise
+        return made
+
+    recorder.prepare = meeting  # type: ignore[method-assign]
+    scheduler = scheduler_with_a_running_job(recorder, ahead=3, threads=3)
+    try:
+        submit(scheduler, recorder, "b", "c", "d")
+        wait_until(lambda: len(recorder.made) == 3)
+        assert sorted(client for client, _ in recorder.made) == ["b", "c", "d"]
+        assert {thread for _, thread in recorder.made} == {f"impasto-prepare-{i}" for i in range(3)}
+        recorder.release.set()
+        wait_until(lambda: len(recorder.got) == 3)
+        assert recorder.got == {c: f"prepared {c}" for c in "bcd"}
+    finally:
+        recorder.release.set()
+        scheduler.close()
+    with pytest.raises(ValueError, match="prepare_threads"):
+        Scheduler(prepare_ahead=1, prepare_threads=0)
+
+
 def test_a_cancelled_job_makes_room_for_the_next():
     recorder = Recorder()
     scheduler = scheduler_with_a_running_job(recorder, ahead=1)
     try:
         jobs = submit(scheduler, recorder, "b", "c")
-        wait_until(lambda: recorder.made == [("b", "impasto-prepare")])
+        wait_until(lambda: recorder.made == [("b", "impasto-prepare-0")])
         scheduler.cancel(jobs["b"])
         assert jobs["b"].state == "done"
-        wait_until(lambda: recorder.made[-1] == ("c", "impasto-prepare"))
+        wait_until(lambda: recorder.made[-1] == ("c", "impasto-prepare-0"))
         recorder.release.set()
         wait_until(lambda: "c" in recorder.got)
         assert recorder.got == {"c": "prepared c"}
@@ -158,8 +185,8 @@ def test_a_server_prepares_a_queued_job_ahead(make_server, tiny_content, tiny_st
     if ahead is None:
         # the first job waited in the queue a moment too, so either thread may have made it;
         # the second, queued while the worker ran the first, only the preparer could make
-        assert threads[0] in ("impasto-job-0", "impasto-prepare")
-        assert threads[1:] == ["impasto-prepare"]
+        assert threads[0] in ("impasto-job-0", "impasto-prepare-0")
+        assert threads[1:] == ["impasto-prepare-0"]
     else:
         assert threads == ["impasto-job-0", "impasto-job-0"]
 
@@ -171,3 +198,14 @@ def test_prepare_ahead_flag():
     assert parse_args(["--prepare-ahead", "0"]).prepare_ahead == 0
     with pytest.raises(SystemExit):
         parse_args(["--prepare-ahead", "-1"])
+    assert parse_args([]).prepare_threads == ServerConfig().prepare_threads == 1
+    assert parse_args(["--prepare-threads", "4"]).prepare_threads == 4
+    with pytest.raises(SystemExit):
+        parse_args(["--prepare-threads", "0"])
+
+
+def test_a_server_runs_its_prepare_threads(make_server):
+    server = make_server(load=False, max_batch=4, prepare_threads=2)
+    alive = [t.name for t in server.scheduler._workers if t.is_alive()]
+    assert alive == ["impasto-job-0", "impasto-prepare-0", "impasto-prepare-1"]
+    assert server.scheduler.prepare_ahead == 4  # one batch's jobs, as before
