@@ -10,7 +10,16 @@ content resized to each coarse-to-fine stage and each style to its size beside i
    prepared (the engine's way; on a server, ahead, while the device runs other jobs) against
    resized where each stage begins (as before), in the job worker while the device waits:
    milliseconds of Engine.prepare and of the stages' starts (their style targets included).
-3. With --quality N ...: the default preset at 256 px on the sample images, N iterations,
+3. A job whose style the Gram cache holds (a client that sends its style with every job): the
+   style converted to float32 pixels only where a target is made from it (the engine's way),
+   against every style converted when the job is prepared and held while the job lasts (as
+   before): milliseconds of Engine.prepare and the MiB a prepared job holds.
+4. The key the Gram cache files an image under, taken for every job that sends it: SHA-256
+   (the engine's, computed in hardware by most x86-64 and Arm CPUs) against blake2b (before).
+5. With --threads N ...: jobs prepared a second by N threads at once, each job with a content
+   photograph and a style of its own of each side (the most a job can bring to prepare), the
+   Gram cache empty: what a server's --prepare-threads can gain on this machine's cores.
+6. With --quality N ...: the default preset at 256 px on the sample images, N iterations,
    with the content's stages made each way, measured by the yardstick of time_to_quality.py
    (style and content distance, lower is better).
 
@@ -18,15 +27,18 @@ Each peer runs in the same process, interleaved with the engine's way; medians o
 after a warm-up.
 
     .venv/bin/python benchmarks/prepare.py [--sides 512 2048 4032x3024] [--sizes 256 512]
-                                           [--repeats 7] [--quality 140 150 160]
+                                           [--repeats 7] [--threads 1 2 3]
+                                           [--quality 140 150 160]
 """
 
 from __future__ import annotations
 
 import argparse
+import hashlib
 import statistics
 import time
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 import numpy as np
@@ -34,12 +46,14 @@ import torch
 from impasto import samples
 from impasto_server.engine import Engine, StyleOptions, imaging
 from impasto_server.engine.cache import GramCache
-from impasto_server.engine.transfer import PreparedRun
+from impasto_server.engine.transfer import PreparedRun, _digest, _Inputs
 from machine import describe  # beside this script
 from PIL import Image
 
 CONTENT_STAGES = PreparedRun._content_stages
 STYLES_AHEAD = Engine._styles_ahead
+INPUTS = Engine._inputs
+DROP_STYLE_PX = _Inputs.drop_style_px
 
 
 def each_from_the_photograph(run: PreparedRun) -> list[torch.Tensor]:
@@ -53,6 +67,28 @@ def each_from_the_photograph(run: PreparedRun) -> list[torch.Tensor]:
 def none_ahead(*_: Any) -> dict:
     """The peer: no style resized when the job is prepared; each stage resizes its own."""
     return {}
+
+
+def styles_converted(engine: Engine, *args: Any) -> _Inputs:
+    """The peer: every style converted to float32 pixels as the job is prepared."""
+    inputs = INPUTS(engine, *args)
+    for index in range(len(inputs.styles)):
+        inputs.style_px(index)
+    return inputs
+
+
+def hold_style_px(_: _Inputs) -> None:
+    """The peer: a job's styles' pixels held while it lasts."""
+
+
+def held_bytes(run: PreparedRun) -> int:
+    """Host memory a prepared job's pixels take (its images as float32, each stage's content,
+    the styles resized ahead)."""
+    inputs = run.inputs
+    tensors = [inputs.content, inputs.alpha, inputs.init, *inputs._style_px.values(),
+               *run.content_px, *run.styles_px.values()]  # fmt: skip
+    unique = {id(t): t for t in tensors if t is not None}
+    return sum(t.untyped_storage().nbytes() for t in unique.values())
 
 
 def dimensions(side: str) -> tuple[int, int]:
@@ -82,6 +118,13 @@ def using(content_stages: Callable, styles_ahead: Callable) -> Callable:
 
 def restore() -> None:
     using(CONTENT_STAGES, STYLES_AHEAD)()
+    Engine._inputs = INPUTS
+    _Inputs.drop_style_px = DROP_STYLE_PX
+
+
+def converting_every_style() -> None:
+    Engine._inputs = styles_converted
+    _Inputs.drop_style_px = hold_style_px
 
 
 def prepared(engine: Engine, content: np.ndarray, style: np.ndarray, options: StyleOptions,
@@ -173,6 +216,87 @@ def style_table(engine: Engine, args: argparse.Namespace) -> None:
                   f"{s_new:.1f} | {s_old / s_new:.2f}x |")  # fmt: skip
 
 
+def cached_style_table(engine: Engine, args: argparse.Namespace) -> None:
+    content = samples.content()
+    print(f"\n# A style the cache holds, the default preset with 4 iterations: {describe('cpu')}")
+    print("| style | result | prepare ms: every style converted / only where needed | ratio "
+          "| MiB a prepared job holds: before / now |")  # fmt: skip
+    print("|---|---|---|---|---|")
+    for side in args.sides:
+        style = painting(side)
+        for size in args.sizes:
+            options = StyleOptions.from_preset("default", size=size, iterations=4)
+            stage_starts(engine, engine.prepare(content, [style], options))  # its Grams cached
+            times: dict[str, list[float]] = {"old": [], "new": []}
+            held = {}
+            for _ in range(args.repeats + 1):  # the first, a warm-up
+                for name, way in (("old", converting_every_style), ("new", restore)):
+                    seconds, run = prepared(engine, content, style, options, way)
+                    assert not run.styles_px  # nothing to resize: the Grams are cached
+                    times[name].append(seconds)
+                    held[name] = held_bytes(run)
+            old, new = (statistics.median(times[name][1:]) * 1e3 for name in ("old", "new"))
+            h, w = style.shape[:2]
+            print(f"| {w}x{h} | {size} px | {old:.1f} / {new:.1f} | {old / new:.2f}x "
+                  f"| {held['old'] / 2**20:.1f} / {held['new'] / 2**20:.1f} |")  # fmt: skip
+
+
+def digest_table(args: argparse.Namespace) -> None:
+    print(f"\n# The key the Gram cache files an image under: {describe('cpu')}")
+    print("| image | blake2b ms (before) | sha256 ms (now) | ratio |")
+    print("|---|---|---|---|")
+
+    def blake2b(array: np.ndarray) -> str:
+        h = hashlib.blake2b(digest_size=16)
+        h.update(str((array.shape, array.dtype.str)).encode())
+        h.update(np.ascontiguousarray(array).data)
+        return h.hexdigest()
+
+    for side in args.sides:
+        image = photograph(side)
+        times: dict[str, list[float]] = {"old": [], "new": []}
+        for repeat in range(args.repeats + 1):  # the first, a warm-up
+            for name, digest in (("old", blake2b), ("new", _digest)):
+                started = time.perf_counter()
+                digest(image)
+                if repeat:
+                    times[name].append(time.perf_counter() - started)
+        old, new = (statistics.median(times[name]) * 1e3 for name in ("old", "new"))
+        h, w = image.shape[:2]
+        print(f"| {w}x{h} | {old:.2f} | {new:.2f} | {old / new:.2f}x |")
+
+
+def threads_table(engine: Engine, args: argparse.Namespace, jobs: int = 16) -> None:
+    print(f"\n# Jobs prepared a second by threads at once, {jobs} jobs, each a content and a "
+          f"style of its own, the default preset at {args.sizes[0]} px, the cache empty: "
+          f"{describe('cpu')}")  # fmt: skip
+    print("| content and style | " + " | ".join(f"{n} thread{'s' * (n > 1)}"
+                                               for n in args.threads) + " |")  # fmt: skip
+    print("|---|" + "---|" * len(args.threads))
+    options = StyleOptions.from_preset("default", size=args.sizes[0])
+    for side in args.sides:
+        photo, style = photograph(side), painting(side)
+        pairs = [(np.roll(photo, k, axis=1), np.roll(style, k, axis=1)) for k in range(jobs)]
+
+        def prepare(pair: tuple[np.ndarray, np.ndarray]) -> None:
+            engine.prepare(pair[0], [pair[1]], options)
+
+        rates: dict[int, list[float]] = {n: [] for n in args.threads}
+        for repeat in range(args.repeats + 1):  # the first, a warm-up
+            for n in args.threads:
+                engine._cache = GramCache(engine._cache.max_bytes)
+                started = time.perf_counter()
+                with ThreadPoolExecutor(n) as pool:
+                    list(pool.map(prepare, pairs))
+                if repeat:
+                    rates[n].append(jobs / (time.perf_counter() - started))
+        base = statistics.median(rates[args.threads[0]])
+        cells = [f"{statistics.median(rates[n]):.1f} ({statistics.median(rates[n]) / base:.2f}x)"
+                 for n in args.threads]  # fmt: skip
+        h, w = photo.shape[:2]
+        print(f"| {w}x{h} | " + " | ".join(cells) + " |")
+
+
 def quality_table(engine: Engine, iterations: list[int]) -> None:
     from impasto_server.engine.yardstick import Yardstick
 
@@ -203,11 +327,16 @@ def main() -> None:
     parser.add_argument("--sides", nargs="+", default=["512", "2048", "4032x3024"])
     parser.add_argument("--sizes", nargs="+", type=int, default=[256, 512])
     parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--threads", nargs="*", type=int, default=[])
     parser.add_argument("--quality", nargs="*", type=int, default=[])
     args = parser.parse_args()
     engine = Engine(device="cpu")
     content_table(engine, args)
     style_table(engine, args)
+    cached_style_table(engine, args)
+    digest_table(args)
+    if args.threads:
+        threads_table(engine, args)
     if args.quality:
         quality_table(engine, args.quality)
 

@@ -24,11 +24,11 @@ def _tables(text: str) -> list[list[list[str]]]:
 def test_prepare_compares_each_way_with_its_peer():
     proc = subprocess.run(
         [sys.executable, os.path.join(ROOT, "benchmarks", "prepare.py"), "--sides", "300x200",
-         "64", "--sizes", "96", "--repeats", "1", "--quality", "4"],
+         "64", "--sizes", "96", "--repeats", "1", "--threads", "1", "2", "--quality", "4"],
         capture_output=True, text=True, timeout=600, check=False,
     )  # fmt: skip
     assert proc.returncode == 0, proc.stderr[-2000:]
-    contents, styles, quality = _tables(proc.stdout)
+    contents, styles, cached, digests, threads, quality = _tables(proc.stdout)
     assert [row[:2] for row in contents] == [["300x200", "96 px"], ["64x64", "96 px"]]
     for row in contents:
         old, new, ratio = float(row[2]), float(row[3]), float(row[4].rstrip("x"))
@@ -40,6 +40,20 @@ def test_prepare_compares_each_way_with_its_peer():
     for row in styles:
         for cell in row[2:4]:
             assert all(float(v) > 0 for v in cell.split(" / "))
+    assert [row[:2] for row in cached] == [["300x200", "96 px"], ["64x64", "96 px"]]
+    for row in cached:
+        old, new = (float(v) for v in row[2].split(" / "))
+        assert old > 0 and new > 0
+        held_before, held_now = (float(v) for v in row[4].split(" / "))
+        assert 0 < held_now <= held_before  # the style's pixels are not held
+    # A 300x200 style as float32 is 0.69 MiB, held before and not now.
+    held_before, held_now = (float(v) for v in cached[0][4].split(" / "))
+    assert abs(held_before - held_now - 300 * 200 * 12 / 2**20) < 0.05
+    assert [row[0] for row in digests] == ["300x200", "64x64"]
+    assert float(digests[0][1]) > 0 and float(digests[0][2]) > 0  # 0.17 MiB: a few hundredths
+    assert [row[0] for row in threads] == ["300x200", "64x64"]
+    for row in threads:
+        assert row[1].endswith("(1.00x)") and float(row[2].split()[0]) > 0
     assert [row[0] for row in quality] == ["4"]
     for cell in quality[0][1:]:
         style_distance, content_distance = (float(v) for v in cell.split(" / "))
