@@ -268,8 +268,10 @@ def connect(args: argparse.Namespace) -> Iterator[Client]:
         return
     from impasto.local import LocalServer
 
+    local = LocalServer(device=args.device)
+    local.check()  # before saying that it starts
     print("starting a local impasto server ...", file=sys.stderr)
-    with LocalServer(device=args.device) as server, Client(server.address) as client:
+    with local as server, Client(server.address) as client:
         yield client
 
 

@@ -60,14 +60,18 @@ class LocalServer:
         except OSError:
             return ""
 
-    def start(self) -> str:
-        """Launch the server and block until it serves; return its address."""
+    def check(self) -> None:
+        """Raise LocalServerError where this Python cannot run a server (a client-only
+        install): said at once, before a child process fails to import."""
         if self.python == sys.executable and importlib.util.find_spec("torch") is None:
-            # the base install is a client: say so before a child process fails to import
             raise LocalServerError(
                 "a local server needs the server's packages, which this Python lacks (no "
                 "torch): pip install 'impasto[server]', or use a running server"
             )
+
+    def start(self) -> str:
+        """Launch the server and block until it serves; return its address."""
+        self.check()
         self._dir = tempfile.TemporaryDirectory(prefix="impasto-server-")
         port_file = Path(self._dir.name) / "port"
         command = [

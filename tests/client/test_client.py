@@ -238,6 +238,7 @@ def test_without_the_server_extra_a_local_server_says_what_to_install(
     assert code == cli.EXIT_FAILED and not started
     assert "impasto: error: a local server needs the server's packages" in said
     assert "pip install 'impasto[server]'" in said
+    assert "starting a local impasto server" not in said  # it never starts
 
 
 def test_impasto_server_without_its_packages_says_what_to_install():
