@@ -11,9 +11,11 @@ content resized to each coarse-to-fine stage and each style to its size beside i
    resized where each stage begins (as before), in the job worker while the device waits:
    milliseconds of Engine.prepare and of the stages' starts (their style targets included).
 3. A job whose style the Gram cache holds (a client that sends its style with every job): the
-   style converted to float32 pixels only where a target is made from it (the engine's way),
-   against every style converted when the job is prepared and held while the job lasts (as
-   before): milliseconds of Engine.prepare and the MiB a prepared job holds.
+   style converted to float32 pixels only where a target is made from it, and the content's
+   full-size pixels let go once its stages are made (the engine's way), against every style
+   converted when the job is prepared and both held while the job lasts (as before), for a
+   content photograph and a style of each side: milliseconds of Engine.prepare and the MiB of
+   pixels a prepared job holds.
 4. The key the Gram cache files an image under, taken for every job that sends it: SHA-256
    (the engine's, computed in hardware by most x86-64 and Arm CPUs) against blake2b (before).
 5. With --threads N ...: jobs prepared a second by N threads at once, each job with a content
@@ -53,7 +55,7 @@ from PIL import Image
 CONTENT_STAGES = PreparedRun._content_stages
 STYLES_AHEAD = Engine._styles_ahead
 INPUTS = Engine._inputs
-DROP_STYLE_PX = _Inputs.drop_style_px
+LET_GO = _Inputs.let_go
 
 
 def each_from_the_photograph(run: PreparedRun) -> list[torch.Tensor]:
@@ -77,8 +79,8 @@ def styles_converted(engine: Engine, *args: Any) -> _Inputs:
     return inputs
 
 
-def hold_style_px(_: _Inputs) -> None:
-    """The peer: a job's styles' pixels held while it lasts."""
+def hold_pixels(_: _Inputs, keep_content: bool) -> None:
+    """The peer: a job's full-size pixels (content and styles) held while it lasts."""
 
 
 def held_bytes(run: PreparedRun) -> int:
@@ -119,12 +121,12 @@ def using(content_stages: Callable, styles_ahead: Callable) -> Callable:
 def restore() -> None:
     using(CONTENT_STAGES, STYLES_AHEAD)()
     Engine._inputs = INPUTS
-    _Inputs.drop_style_px = DROP_STYLE_PX
+    _Inputs.let_go = LET_GO
 
 
 def converting_every_style() -> None:
     Engine._inputs = styles_converted
-    _Inputs.drop_style_px = hold_style_px
+    _Inputs.let_go = hold_pixels
 
 
 def prepared(engine: Engine, content: np.ndarray, style: np.ndarray, options: StyleOptions,
@@ -217,13 +219,13 @@ def style_table(engine: Engine, args: argparse.Namespace) -> None:
 
 
 def cached_style_table(engine: Engine, args: argparse.Namespace) -> None:
-    content = samples.content()
-    print(f"\n# A style the cache holds, the default preset with 4 iterations: {describe('cpu')}")
-    print("| style | result | prepare ms: every style converted / only where needed | ratio "
+    print(f"\n# A content photograph and a style the cache holds, of one side, the default "
+          f"preset with 4 iterations: {describe('cpu')}")  # fmt: skip
+    print("| content and style | result | prepare ms: as before / the engine's way | ratio "
           "| MiB a prepared job holds: before / now |")  # fmt: skip
     print("|---|---|---|---|---|")
     for side in args.sides:
-        style = painting(side)
+        content, style = photograph(side), painting(side)
         for size in args.sizes:
             options = StyleOptions.from_preset("default", size=size, iterations=4)
             stage_starts(engine, engine.prepare(content, [style], options))  # its Grams cached

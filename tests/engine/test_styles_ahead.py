@@ -47,7 +47,7 @@ def test_a_new_style_is_resized_when_the_job_is_prepared(monkeypatch, content, s
     assert np.array_equal(_run(fresh, late), image)
 
 
-def test_a_cached_style_is_never_converted_and_none_is_held(monkeypatch, content, style):
+def test_a_cached_style_is_never_converted_and_full_sizes_are_not_held(monkeypatch, content, style):
     engine = Engine(device="cpu")
     image = _run(engine, engine.prepare(content, [style], OPTIONS))  # its Grams cached now
     converted = []
@@ -61,6 +61,14 @@ def test_a_cached_style_is_never_converted_and_none_is_held(monkeypatch, content
     run = engine.prepare(content, [style], OPTIONS)
     assert converted == [content.shape]  # the content's pixels, not the style's
     assert run.inputs._style_px == {}
+    assert run.inputs.content is None  # its stages are made; luminance transfer alone keeps it
+    luminance = engine.prepare(content, [style], OPTIONS.replace(color_preservation="luminance"))
+    assert (
+        luminance.inputs.content is not None
+        and luminance.inputs.content.shape[-2:] == (content.shape[:2])
+    )
+    converted.clear()
+    converted.append(content.shape)
     assert np.array_equal(_run(engine, run), image)
     assert converted == [content.shape]
 

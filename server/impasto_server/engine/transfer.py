@@ -71,12 +71,13 @@ class _Region:
 
 @dataclass
 class _Inputs:
-    content: torch.Tensor  # (1, 3, H, W) 0..255 on the CPU
+    # (1, 3, H, W) 0..255 on the CPU; None once a prepared run no longer needs it (see
+    # PreparedRun)
+    content: torch.Tensor | None
     alpha: torch.Tensor | None
     source: imaging.Source
     # The styles as given, (H, W, C): each becomes float32 pixels only where a target is made
-    # from it (a style whose Grams are cached needs none), and those are let go once the job is
-    # prepared (see PreparedRun).
+    # from it (a style whose Grams are cached needs none), let go once the job is prepared.
     styles: list[np.ndarray]
     style_keys: list[str]
     blend: list[float]
@@ -97,8 +98,11 @@ class _Inputs:
             self._style_px[index] = imaging.to_pixels(self.styles[index])[0]
         return self._style_px[index]
 
-    def drop_style_px(self) -> None:
+    def let_go(self, keep_content: bool) -> None:
+        """Drop the full-size pixels a prepared run no longer needs (see PreparedRun)."""
         self._style_px.clear()
+        if not keep_content:
+            self.content = None
 
     def style_px_bytes(self) -> int:
         """What the styles in use take as float32 pixels, converted or not."""
@@ -901,6 +905,7 @@ class Engine:
         """The optimised pixels in the content's own form (dtype, channels, colours)."""
         x = x.detach().float().cpu()
         if options.color_preservation == "luminance":
+            assert inputs.content is not None
             x = imaging.with_chroma_of(x, imaging.resize(inputs.content, x.shape[-2:]))
         if long_side:
             x = imaging.resize(x, imaging.fit_long_side(*x.shape[-2:], long_side))
@@ -998,10 +1003,12 @@ class PreparedRun:
         self.content_px = self._content_stages()
         # Likewise each style at each stage's size, where the cache lacks its Grams.
         self.styles_px = engine._styles_ahead(inputs, options, self.content_px) if cache else {}
-        # The styles' full-size pixels are needed again only where the cache lets a style's
-        # Grams go before its stage begins: converted again then, instead of held meanwhile.
+        # Past here a run needs a style's full-size pixels only where the cache lets its Grams go
+        # before its stage begins (converted again then), and the full-size content only to take
+        # its colours at the end (luminance transfer): neither is held meanwhile, so a job that
+        # waits or runs holds its images at its stages' sizes alone.
         if cache:
-            inputs.drop_style_px()
+            inputs.let_go(keep_content=options.color_preservation == "luminance")
         self.total_cost = sum(n * h * w for n, (h, w) in zip(per_stage, shapes))
         self.done_cost = 0
         self.iteration = 0
@@ -1014,6 +1021,7 @@ class PreparedRun:
         where the content is larger, the coarser stages' come from the finest stage's: a
         photograph many times the result's size is resized once, not once per stage."""
         content, finest = self.inputs.content, self.shapes[-1]
+        assert content is not None
         last = imaging.resize(content, finest)
         source = last if finest[0] * finest[1] < content.shape[-2] * content.shape[-1] else content
         stages = [last if shape == finest else imaging.resize(source, shape)
