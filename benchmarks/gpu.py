@@ -1,7 +1,8 @@
 """Every GPU measurement in one run, printed as one table (see docs/benchmarks.md).
 
-    python benchmarks/gpu.py                 # on a CUDA machine: the full run, a few minutes
-    python benchmarks/gpu.py --toy           # tiny sizes on the CPU (the test suite runs this)
+    python benchmarks/gpu.py                 # on a CUDA machine: the goals' run, a few minutes
+    python benchmarks/gpu.py --only all      # that and the parts that explain it (marked *)
+    python benchmarks/gpu.py --toy --only all           # tiny sizes on the CPU (the test suite)
     python benchmarks/gpu.py --only largest,compile     # some parts (names below), e.g. a rerun
 
 0. (checks) Whether the style loss takes the float32 Grams of bfloat16 features without a
@@ -20,10 +21,10 @@
    third time: the L-BFGS step recorded in the pass's graph too (Engine(capturable_lbfgs=True),
    off by default until this row shows it pays). Every other part runs the
    engine's default; the table says which it was, and how many passes could not be recorded.
-3. (lbfgs) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
+3. (lbfgs *) One L-BFGS step at 512 px with a full history of 100 pairs, torch.optim.LBFGS against
    impasto's (benchmarks/lbfgs_step.py): ms and host reads (synchronisations) per step; and
    impasto's capturable step, eager and replayed as a CUDA graph.
-4. (profile) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
+4. (profile *) Kernels and GPU-busy time per iteration at 512 px, bfloat16 (torch.profiler),
    eager and with CUDA graphs; the busiest kernels to $OUT/profile.txt and profile-graphs.txt.
 5. (largest) The largest square image one job can stylize (up to the engine's limit, 8192 px),
    found by doubling from 4096 px (the goal on an 80 GB card) then bisecting with the engine's
@@ -39,14 +40,20 @@
    iteration's progress event, --progress-rate 0, and with CUDA graphs the other way), 1 and
    16 clients without overlapping an Adam iteration's report with the next pass (Engine.overlap
    off), and 16 clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs.
-7. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+7. (server-more *) The server's rows that say why: one client again (each ratio's base), 16
+   batched clients with every iteration's progress event (--progress-rate 0), without
+   overlapped Adam iterations (and one client so), without jobs prepared ahead, with 2048 px
+   photographs (prepared ahead by one thread, by four, and not ahead), with each job a new
+   2048 px style, with CUDA graphs the other way, and once with the job worker under cProfile.
+8. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
-8. (autotune) The default 512 px job on new shapes with cuDNN autotuning on and off.
+9. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
-is 1. The last row gives the seconds each part took (the goal: the whole run in 5 minutes on
-one H100).
+is 1. The last row gives the seconds each part took. By default the run is the measurements the
+goals name (the goal: that run in 5 minutes on one H100); the parts marked * explain them and
+run when named (``--only all``: every part).
 """
 
 from __future__ import annotations
@@ -593,6 +600,7 @@ def checks_part(device: str, rows: Rows) -> None:
         rows.append((label, f"Grams from {how}; relative error of loss / gradient {errors}"))
 
 
+#: Every part, in the order they run.
 PARTS = (
     "checks",
     "iteration",
@@ -601,9 +609,12 @@ PARTS = (
     "profile",
     "largest",
     "server",
+    "server-more",
     "compile",
     "autotune",
 )
+#: The parts that explain the others: run only when named.
+MORE = ("lbfgs", "profile", "server-more", "autotune")
 
 
 class Rows(list):
@@ -651,15 +662,56 @@ class Rows(list):
 
 def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
-    GPU default (GPU_MAX_BATCH; at 16 clients also with every iteration's progress event sent,
-    --progress-rate 0, and with CUDA graphs the other way from the engine's default; at 1 and 16
-    clients without Engine.overlap; at 16 clients with no jobs prepared ahead, and with the
-    content sent at 2048 px, prepared ahead and not, and with each job a 2048 px style of its
-    own); then the default preset's L-BFGS jobs at 16 clients, alone and batched
-    (--batch-lbfgs). One client's batch is a batch of one: not run."""
+    GPU default (GPU_MAX_BATCH); then the default preset's L-BFGS jobs at 16 clients, alone and
+    batched (--batch-lbfgs). One client's batch is a batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
-    size, its, jobs_each = (32, 2, 2) if toy else (256, 50, 3)
+    row, many = server_rows(engine, rows, toy)
+    for clients in (2,) if toy else (4, 16):
+        row(clients, 1)
+        row(clients, GPU_MAX_BATCH)
+    row(many, 1, "lbfgs")
+    row(many, GPU_MAX_BATCH, "lbfgs")
+
+
+def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
+    """The server's rows that say why (all at 16 clients batched up to GPU_MAX_BATCH but where
+    said): with every iteration's progress event sent (--progress-rate 0); without
+    Engine.overlap, and one client so; with no jobs prepared ahead; with the content sent at
+    2048 px, prepared ahead by one thread, by four and not ahead; with each job a 2048 px style
+    of its own; with CUDA graphs the other way from the engine's default; and the job worker's
+    time under cProfile."""
+    from impasto_server.app import GPU_MAX_BATCH
+
+    row, many = server_rows(engine, rows, toy)
+    row(many, GPU_MAX_BATCH, progress_rate=0)  # every iteration's progress event, as before
+    row(1, 1, overlap=False)  # Adam's iterations one after another, as before
+    row(many, GPU_MAX_BATCH, overlap=False)
+    row(many, GPU_MAX_BATCH, prepare_ahead=0)  # each batch's jobs prepared as it starts
+    side = 128 if toy else 2048  # a photograph as a phone takes it: more to prepare a job
+    row(many, GPU_MAX_BATCH, input_side=side)
+    row(many, GPU_MAX_BATCH, input_side=side, prepare_ahead=0)
+    row(many, GPU_MAX_BATCH, input_side=side, prepare_threads=4)  # one by default
+    row(many, GPU_MAX_BATCH, style_side=side)  # styles not yet cached, resized when prepared
+    if engine.device.startswith("cuda"):
+        row(many, GPU_MAX_BATCH, other_graphs=True)
+    size, its, jobs_each = server_job(toy)
+    label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}): the worker's time"
+    with rows.section(label):
+        rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
+
+
+def server_job(toy: bool) -> tuple[int, int, int]:
+    """The server rows' jobs: side, iterations, and jobs each client sends."""
+    return (32, 2, 2) if toy else (256, 50, 3)
+
+
+def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., None], int]:
+    """``row(clients, batch, ...)``, which measures one server row, after a warm-up and one
+    client's row (every row's ratio is to it); and how many clients are many."""
+    from impasto_server.app import GPU_MAX_BATCH
+
+    size, its, jobs_each = server_job(toy)
     base = None
     many = 2 if toy else 16
     batched = f"batched (up to {GPU_MAX_BATCH})"
@@ -699,25 +751,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
             rows.append((label, text))
 
     row(1, 1)
-    for clients in (2,) if toy else (4, 16):
-        row(clients, 1)
-        row(clients, GPU_MAX_BATCH)
-    row(many, GPU_MAX_BATCH, progress_rate=0)  # every iteration's progress event, as before
-    row(1, 1, overlap=False)  # Adam's iterations one after another, as before
-    row(many, GPU_MAX_BATCH, overlap=False)
-    row(many, GPU_MAX_BATCH, prepare_ahead=0)  # each batch's jobs prepared as it starts
-    side = 128 if toy else 2048  # a photograph as a phone takes it: more to prepare a job
-    row(many, GPU_MAX_BATCH, input_side=side)
-    row(many, GPU_MAX_BATCH, input_side=side, prepare_ahead=0)
-    row(many, GPU_MAX_BATCH, input_side=side, prepare_threads=4)  # one by default
-    row(many, GPU_MAX_BATCH, style_side=side)  # styles not yet cached, resized when prepared
-    if engine.device.startswith("cuda"):
-        row(many, GPU_MAX_BATCH, other_graphs=True)
-    label = f"server, {many} clients, Adam, {batched}: the worker's time"
-    with rows.section(label):
-        rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
-    row(many, 1, "lbfgs")
-    row(many, GPU_MAX_BATCH, "lbfgs")
+    return row, many
 
 
 #: What worker_time sums, by (file name, function name) as cProfile names them, and where a
@@ -838,9 +872,11 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--toy", action="store_true", help="tiny sizes; runs on the CPU")
     parser.add_argument("--device", default=None)
+    goals = [part for part in PARTS if part not in MORE]
     parser.add_argument(
-        "--only", default=",".join(PARTS), help="comma-separated: " + ",".join(PARTS)
-    )
+        "--only", default=",".join(goals),
+        help=f"comma-separated: {','.join(PARTS)}, or all (default: {','.join(goals)})",
+    )  # fmt: skip
     parser.add_argument(
         "--cudnn-autotune", choices=("on", "off"), default=None,
         help="cuDNN's autotuner (torch.backends.cudnn.benchmark) for the whole run; default: "
@@ -849,7 +885,7 @@ def main() -> None:
     args = parser.parse_args()
     if args.cudnn_autotune:
         torch.backends.cudnn.benchmark = args.cudnn_autotune == "on"
-    only = set(args.only.split(","))
+    only = set(PARTS) if args.only == "all" else set(args.only.split(","))
     if only - set(PARTS):
         parser.error(f"unknown parts {sorted(only - set(PARTS))}; choose from {PARTS}")
     toy = args.toy
@@ -914,6 +950,9 @@ def main() -> None:
     if "server" in only:
         with rows.part("server"):
             server_part(engine, rows, toy)
+    if "server-more" in only:
+        with rows.part("server-more"):
+            server_more_part(engine, rows, toy)
     if cuda and "compile" in only:
         with rows.part("compile"):
             compile_part(engine, rows, content, style, iters, warm)

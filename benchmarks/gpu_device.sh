@@ -6,6 +6,7 @@
 #   run here first:  bash benchmarks/gpu_wheels.sh
 #   then there:      bash benchmarks/gpu_device.sh          (carry .whl)
 #   a rerun of some parts of gpu.py alone:  BATCHING=0 bash benchmarks/gpu_device.sh --only largest
+#   every part, those that explain the goals' rows too:  bash benchmarks/gpu_device.sh --only all
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
