@@ -44,7 +44,8 @@
    batched clients with every iteration's progress event (--progress-rate 0), without
    overlapped Adam iterations (and one client so), without jobs prepared ahead, with 2048 px
    photographs (prepared ahead by one thread, by four, and not ahead), with each job a new
-   2048 px style, with CUDA graphs the other way, and once with the job worker under cProfile.
+   2048 px style, with CUDA graphs the other way, with recordings that keep the allocator's
+   cache the other way (1 and 16 clients), and once with the job worker under cProfile.
 8. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 9. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -423,6 +424,16 @@ def graphs_set(engine: Engine, on: bool, steps: bool = False):
 
 
 @contextlib.contextmanager
+def keep_cache_set(engine: Engine, on: bool):
+    """Engine.graphs_keep_cache set inside the block, the engine's own again after it."""
+    saved, engine.graphs_keep_cache = engine.graphs_keep_cache, on
+    try:
+        yield
+    finally:
+        engine.graphs_keep_cache = saved
+
+
+@contextlib.contextmanager
 def overlap_set(engine: Engine, on: bool):
     """Engine.overlap set inside the block, the engine's own again after it."""
     saved, engine.overlap = engine.overlap, on
@@ -679,8 +690,9 @@ def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
     said): with every iteration's progress event sent (--progress-rate 0); without
     Engine.overlap, and one client so; with no jobs prepared ahead; with the content sent at
     2048 px, prepared ahead by one thread, by four and not ahead; with each job a 2048 px style
-    of its own; with CUDA graphs the other way from the engine's default; and the job worker's
-    time under cProfile."""
+    of its own; with CUDA graphs the other way from the engine's default; with recordings that
+    keep the allocator's cache the other way from the engine's default (Engine.graphs_keep_cache),
+    one client and 16; and the job worker's time under cProfile."""
     from impasto_server.app import GPU_MAX_BATCH
 
     row, many = server_rows(engine, rows, toy)
@@ -695,6 +707,9 @@ def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
     row(many, GPU_MAX_BATCH, style_side=side)  # styles not yet cached, resized when prepared
     if engine.device.startswith("cuda"):
         row(many, GPU_MAX_BATCH, other_graphs=True)
+        # a recording per job alone, per batch batched: torch empties the cache at each
+        row(1, 1, keep_cache=not engine.graphs_keep_cache)
+        row(many, GPU_MAX_BATCH, keep_cache=not engine.graphs_keep_cache)
     size, its, jobs_each = server_job(toy)
     label = f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}): the worker's time"
     with rows.section(label):
@@ -719,12 +734,15 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
         server_throughput(engine, 1, 2, size, its, 1)
 
     def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False,
-            overlap: bool = True, **config):  # fmt: skip
+            overlap: bool = True, keep_cache: bool | None = None, **config):  # fmt: skip
         nonlocal base
         graphs = engine.cuda_graphs != other_graphs  # the engine's default unless told other
         how = batched if batch > 1 else "alone"
         if other_graphs:
             how += ", CUDA graphs" if graphs else ", eager (no CUDA graphs)"
+        if keep_cache is not None:
+            how += ", recordings keep the allocator's cache" if keep_cache else (
+                ", recordings empty the allocator's cache")  # fmt: skip
         if not overlap:
             how += ", each pass read before the next (no overlap)"
         if "progress_rate" in config:
@@ -741,8 +759,13 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
         label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
         with rows.section(label):
             # a row that asks for graphs must not report an eager time as theirs
-            check = graph_failures() if other_graphs and graphs else contextlib.nullcontext()
-            with check, graphs_set(engine, graphs), overlap_set(engine, overlap):
+            asks = (other_graphs and graphs) or keep_cache is not None
+            check = graph_failures() if asks else contextlib.nullcontext()
+            kept = engine.graphs_keep_cache if keep_cache is None else keep_cache
+            with (
+                check, graphs_set(engine, graphs), overlap_set(engine, overlap),
+                keep_cache_set(engine, kept),
+            ):  # fmt: skip
                 jpm, mean_batch = server_throughput(
                     engine, clients, jobs_each, size, its, batch, optimizer, **config
                 )

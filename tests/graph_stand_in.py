@@ -11,9 +11,10 @@ from typing import Any
 class EagerReplays:
     replays = 0  # passes "replayed", on this class or a subclass
     with_steps = 0  # of them, those that held the optimiser steps
+    keep_cache: list[bool] = []  # what each batch's graphs were told  # noqa: RUF012
 
-    def __init__(self, device: Any) -> None:
-        pass
+    def __init__(self, device: Any, keep_cache: bool = False) -> None:
+        type(self).keep_cache.append(keep_cache)
 
     def release(self) -> None:
         pass
@@ -34,4 +35,5 @@ def install(monkeypatch: Any, stand_in: type[EagerReplays] = EagerReplays) -> ty
     monkeypatch.setattr(transfer, "PassGraphs", stand_in)
     monkeypatch.setattr(stand_in, "replays", 0)
     monkeypatch.setattr(stand_in, "with_steps", 0)
+    monkeypatch.setattr(stand_in, "keep_cache", [])
     return stand_in

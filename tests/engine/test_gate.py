@@ -115,7 +115,7 @@ class RecordsAlone(EagerReplays):
 
     recordings: ClassVar[list[threading.Thread]] = []
 
-    def __init__(self, device) -> None:
+    def __init__(self, device, keep_cache=False) -> None:
         self.key = None
 
     def release(self) -> None:

@@ -65,3 +65,50 @@ def test_l_bfgs_steps_recorded_with_the_pass_are_taken_once(
     # every pass from each stage's third on was a "replay"; with the steps where capturable
     assert stand_in.replays == 8 - 2 * 2
     assert stand_in.with_steps == (stand_in.replays if capturable else 0)
+
+
+def test_recordings_keep_the_allocators_cache_where_asked(content, style, monkeypatch):
+    engine = Engine(device="cpu")
+    assert engine.graphs_keep_cache is False  # torch's way by default
+    options = StyleOptions.from_preset("default", size=40, iterations=4, num_scales=1, seed=4)
+    stand_in = install(monkeypatch)
+    monkeypatch.setattr(engine, "cuda_graphs", True)
+    _batch_results(engine, content, [(style, options)])
+    monkeypatch.setattr(engine, "graphs_keep_cache", True)
+    _batch_results(engine, content, [(style, options)])
+    assert stand_in.keep_cache == [False, True]  # each batch's graphs as the engine says
+
+
+def test_a_capture_that_keeps_the_cache_is_torchs_less_its_empty_cache(monkeypatch):
+    """What the GPU would be asked, in order (a GPU run measures the rest: gpu.py)."""
+    import contextlib
+
+    from impasto_server.engine import graphs
+
+    calls = []
+
+    @contextlib.contextmanager
+    def on_stream(stream):
+        calls.append(f"on {stream}")
+        try:
+            yield
+        finally:
+            calls.append(f"off {stream}")
+
+    class Graph:
+        def capture_begin(self, capture_error_mode):
+            calls.append(f"begin {capture_error_mode}")
+
+        def capture_end(self):
+            calls.append("end")
+
+    monkeypatch.setattr(graphs.torch.cuda, "synchronize", lambda: calls.append("synchronize"))
+    monkeypatch.setattr(graphs.torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
+    monkeypatch.setattr(graphs.torch.cuda, "stream", on_stream)
+    with graphs._capture_keeping_cache(Graph(), "side"):
+        calls.append("pass")
+    assert calls == ["synchronize", "on side", "begin thread_local", "pass", "end", "off side"]
+    calls.clear()
+    with pytest.raises(ValueError), graphs._capture_keeping_cache(Graph(), "side"):
+        raise ValueError("a pass that fails")
+    assert calls == ["synchronize", "on side", "begin thread_local", "end", "off side"]

@@ -133,11 +133,30 @@ def empty_cache() -> None:
             torch.cuda.empty_cache()
 
 
-class PassGraphs:
-    """The graph of one batch's pass while the batch lasts (one per ``Engine._drive``)."""
+@contextlib.contextmanager
+def _capture_keeping_cache(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream):
+    """``torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")`` less the
+    ``torch.cuda.empty_cache()`` that torch does as every capture begins: the allocator keeps
+    the blocks cached by the eager passes before it, so the passes after it need no new device
+    allocations, but the graph's own memory cannot take those blocks (nothing is freed during a
+    capture), so a job near the memory limit may fail to record (it then runs eagerly)."""
+    torch.cuda.synchronize()
+    with torch.cuda.stream(stream):
+        graph.capture_begin(capture_error_mode="thread_local")
+        try:
+            yield
+        finally:
+            graph.capture_end()
 
-    def __init__(self, device: torch.device) -> None:
+
+class PassGraphs:
+    """The graph of one batch's pass while the batch lasts (one per ``Engine._drive``).
+    ``keep_cache``: record without emptying the allocator's cache first (see
+    ``_capture_keeping_cache``; off, torch's way, until a GPU run says which pays)."""
+
+    def __init__(self, device: torch.device, keep_cache: bool = False) -> None:
         self.device = device
+        self.keep_cache = keep_cache
         self.enabled = True
         self._key: tuple[int, ...] | None = None
         self._graph: torch.cuda.CUDAGraph | None = None
@@ -194,10 +213,11 @@ class PassGraphs:
             stage.x.grad = None
         graph = torch.cuda.CUDAGraph()
         # Alone (see above); thread_local as well, for whatever GPU work runs outside the gate.
-        with (
-            gate.alone(),
-            torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local"),
-        ):
+        capture = (
+            _capture_keeping_cache(graph, stream) if self.keep_cache
+            else torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")
+        )  # fmt: skip
+        with gate.alone(), capture:
             terms = evaluate(stages)
             if steps is not None:
                 steps(stages)

@@ -135,6 +135,7 @@ class Engine:
         cuda_graphs: bool | None = None,
         capturable_lbfgs: bool = False,
         overlap: bool = True,
+        graphs_keep_cache: bool = False,
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -158,6 +159,9 @@ class Engine:
         # L-BFGS steps with no host value (lbfgs.py, capturable): with CUDA graphs, recorded
         # in the pass's graph. Off until a GPU run shows it pays (benchmarks/gpu.py, graphs).
         self.capturable_lbfgs = capturable_lbfgs
+        # Recordings that leave the allocator's cache as it is (graphs.PassGraphs): off, as
+        # torch does it, until a GPU run says which pays (benchmarks/gpu.py, server-more).
+        self.graphs_keep_cache = graphs_keep_cache
         # Adam runs launch each iteration's pass before the host handles the last one's losses
         # (its events, its divergence check), so that work overlaps the device's (see _iterate).
         self.overlap = overlap
@@ -539,7 +543,7 @@ class Engine:
     def _drive(self, runs: list[PreparedRun]) -> Iterator[tuple[int, Any]]:
         if not runs:
             return
-        graphs = PassGraphs(self._device) if self.cuda_graphs else None
+        graphs = PassGraphs(self._device, self.graphs_keep_cache) if self.cuda_graphs else None
         try:
             yield from self._iterate(runs, graphs)
         finally:
