@@ -424,23 +424,14 @@ def graphs_set(engine: Engine, on: bool, steps: bool = False):
 
 
 @contextlib.contextmanager
-def keep_cache_set(engine: Engine, on: bool):
-    """Engine.graphs_keep_cache set inside the block, the engine's own again after it."""
-    saved, engine.graphs_keep_cache = engine.graphs_keep_cache, on
+def engine_set(engine: Engine, name: str, value: Any):
+    """The engine's setting ``name`` set to ``value`` inside the block, its own again after."""
+    saved = getattr(engine, name)
+    setattr(engine, name, value)
     try:
         yield
     finally:
-        engine.graphs_keep_cache = saved
-
-
-@contextlib.contextmanager
-def overlap_set(engine: Engine, on: bool):
-    """Engine.overlap set inside the block, the engine's own again after it."""
-    saved, engine.overlap = engine.overlap, on
-    try:
-        yield
-    finally:
-        engine.overlap = saved
+        setattr(engine, name, saved)
 
 
 class GraphFailures(logging.Handler):
@@ -763,8 +754,8 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             check = graph_failures() if asks else contextlib.nullcontext()
             kept = engine.graphs_keep_cache if keep_cache is None else keep_cache
             with (
-                check, graphs_set(engine, graphs), overlap_set(engine, overlap),
-                keep_cache_set(engine, kept),
+                check, graphs_set(engine, graphs), engine_set(engine, "overlap", overlap),
+                engine_set(engine, "graphs_keep_cache", kept),
             ):  # fmt: skip
                 jpm, mean_batch = server_throughput(
                     engine, clients, jobs_each, size, its, batch, optimizer, **config
