@@ -36,6 +36,7 @@ after a warm-up.
 from __future__ import annotations
 
 import argparse
+import functools
 import hashlib
 import statistics
 import time
@@ -140,6 +141,18 @@ def prepared(engine: Engine, content: np.ndarray, style: np.ndarray, options: St
         restore()
 
 
+def interleaved(ways: dict[Any, Callable[[], Any]], repeats: int) -> dict[Any, list[Any]]:
+    """What each way returns in ``repeats`` rounds in which the ways take turns (so this
+    machine's drift touches them alike), after one round that warms them up."""
+    results: dict[Any, list[Any]] = {name: [] for name in ways}
+    for repeat in range(repeats + 1):
+        for name, way in ways.items():
+            outcome = way()
+            if repeat:
+                results[name].append(outcome)
+    return results
+
+
 def stage_starts(engine: Engine, run: PreparedRun) -> float:
     """Seconds of the run's stage starts (one iteration a stage)."""
     spent = 0.0
@@ -158,6 +171,39 @@ def stage_starts(engine: Engine, run: PreparedRun) -> float:
     return spent
 
 
+def unseen(engine: Engine, content: np.ndarray, style: np.ndarray, options: StyleOptions,
+           way: Callable) -> tuple[float, float]:  # fmt: skip
+    """Seconds to prepare a job and of its stage starts, its style unseen by the cache."""
+    engine._cache = GramCache(engine._cache.max_bytes)
+    seconds, run = prepared(engine, content, style, options, way)
+    return seconds, stage_starts(engine, run)
+
+
+def cached(engine: Engine, content: np.ndarray, style: np.ndarray, options: StyleOptions,
+           way: Callable) -> tuple[float, int]:  # fmt: skip
+    """Seconds to prepare a job whose style the cache holds, and the bytes of pixels it holds."""
+    seconds, run = prepared(engine, content, style, options, way)
+    assert not run.styles_px  # nothing to resize: the Grams are cached
+    return seconds, held_bytes(run)
+
+
+def timed(digest: Callable[[np.ndarray], str], image: np.ndarray) -> float:
+    """Seconds of one key of ``image``."""
+    started = time.perf_counter()
+    digest(image)
+    return time.perf_counter() - started
+
+
+def rate(engine: Engine, jobs: list[tuple[np.ndarray, np.ndarray]], options: StyleOptions,
+         threads: int) -> float:  # fmt: skip
+    """Jobs ((content, style) pairs) prepared a second by ``threads`` at once, the cache empty."""
+    engine._cache = GramCache(engine._cache.max_bytes)
+    started = time.perf_counter()
+    with ThreadPoolExecutor(threads) as pool:
+        list(pool.map(lambda job: engine.prepare(job[0], [job[1]], options), jobs))
+    return len(jobs) / (time.perf_counter() - started)
+
+
 def content_table(engine: Engine, args: argparse.Namespace) -> None:
     style = samples.style()
     print(f"# Engine.prepare, the default preset (4 stages), the content's stages: "
@@ -170,19 +216,16 @@ def content_table(engine: Engine, args: argparse.Namespace) -> None:
         content = photograph(side)
         for size in args.sizes:
             options = StyleOptions.from_preset("default", size=size)
-            prepared(engine, content, style, options, restore)  # warm-up, both ways
-            prepared(engine, content, style, options, old_way)
-            old, new = [], []
-            for _ in range(args.repeats):
-                seconds, before = prepared(engine, content, style, options, old_way)
-                old.append(seconds)
-                seconds, now = prepared(engine, content, style, options, restore)
-                new.append(seconds)
+            runs = interleaved(
+                {way: functools.partial(prepared, engine, content, style, options, way)
+                 for way in (old_way, restore)}, args.repeats,
+            )  # fmt: skip
+            (_, before), (_, now) = runs[old_way][-1], runs[restore][-1]
             apart = [(a - b).abs() for a, b in zip(before.content_px[:-1], now.content_px[:-1])]
             assert torch.equal(before.content_px[-1], now.content_px[-1])
             mean = float(torch.cat([d.flatten() for d in apart]).mean()) if apart else 0.0
             worst = max((float(d.max()) for d in apart), default=0.0)
-            a, b = statistics.median(old) * 1e3, statistics.median(new) * 1e3
+            a, b = (statistics.median(t for t, _ in runs[way]) * 1e3 for way in (old_way, restore))
             h, w = content.shape[:2]
             print(f"| {w}x{h} | {size} px | {a:.1f} | {b:.1f} | {a / b:.2f}x "
                   f"| {mean:.2f} / {worst:.1f} |")  # fmt: skip
@@ -200,15 +243,10 @@ def style_table(engine: Engine, args: argparse.Namespace) -> None:
         style = painting(side)
         for size in args.sizes:
             options = StyleOptions.from_preset("default", size=size, iterations=4)
-            for way in (restore, old_way):  # warm-up, both ways
-                engine._cache = GramCache(engine._cache.max_bytes)
-                stage_starts(engine, prepared(engine, content, style, options, way)[1])
-            times: dict[str, list[tuple[float, float]]] = {"old": [], "new": []}
-            for _ in range(args.repeats):
-                for name, way in (("old", old_way), ("new", restore)):
-                    engine._cache = GramCache(engine._cache.max_bytes)  # the style unseen
-                    seconds, run = prepared(engine, content, style, options, way)
-                    times[name].append((seconds, stage_starts(engine, run)))
+            times = interleaved(
+                {name: functools.partial(unseen, engine, content, style, options, way)
+                 for name, way in (("old", old_way), ("new", restore))}, args.repeats,
+            )  # fmt: skip
             (p_old, s_old), (p_new, s_new) = (
                 [statistics.median(t[i] for t in times[name]) * 1e3 for i in (0, 1)]
                 for name in ("old", "new")
@@ -229,15 +267,15 @@ def cached_style_table(engine: Engine, args: argparse.Namespace) -> None:
         for size in args.sizes:
             options = StyleOptions.from_preset("default", size=size, iterations=4)
             stage_starts(engine, engine.prepare(content, [style], options))  # its Grams cached
-            times: dict[str, list[float]] = {"old": [], "new": []}
-            held = {}
-            for _ in range(args.repeats + 1):  # the first, a warm-up
-                for name, way in (("old", converting_every_style), ("new", restore)):
-                    seconds, run = prepared(engine, content, style, options, way)
-                    assert not run.styles_px  # nothing to resize: the Grams are cached
-                    times[name].append(seconds)
-                    held[name] = held_bytes(run)
-            old, new = (statistics.median(times[name][1:]) * 1e3 for name in ("old", "new"))
+            runs = interleaved(
+                {name: functools.partial(cached, engine, content, style, options, way)
+                 for name, way in (("old", converting_every_style), ("new", restore))},
+                args.repeats,
+            )  # fmt: skip
+            old, new = (
+                statistics.median(t for t, _ in runs[name]) * 1e3 for name in ("old", "new")
+            )
+            held = {name: runs[name][-1][1] for name in ("old", "new")}
             h, w = style.shape[:2]
             print(f"| {w}x{h} | {size} px | {old:.1f} / {new:.1f} | {old / new:.2f}x "
                   f"| {held['old'] / 2**20:.1f} / {held['new'] / 2**20:.1f} |")  # fmt: skip
@@ -256,13 +294,10 @@ def digest_table(args: argparse.Namespace) -> None:
 
     for side in args.sides:
         image = photograph(side)
-        times: dict[str, list[float]] = {"old": [], "new": []}
-        for repeat in range(args.repeats + 1):  # the first, a warm-up
-            for name, digest in (("old", blake2b), ("new", _digest)):
-                started = time.perf_counter()
-                digest(image)
-                if repeat:
-                    times[name].append(time.perf_counter() - started)
+        times = interleaved(
+            {"old": functools.partial(timed, blake2b, image),
+             "new": functools.partial(timed, _digest, image)}, args.repeats,
+        )  # fmt: skip
         old, new = (statistics.median(times[name]) * 1e3 for name in ("old", "new"))
         h, w = image.shape[:2]
         print(f"| {w}x{h} | {old:.2f} | {new:.2f} | {old / new:.2f}x |")
@@ -279,19 +314,10 @@ def threads_table(engine: Engine, args: argparse.Namespace, jobs: int = 16) -> N
     for side in args.sides:
         photo, style = photograph(side), painting(side)
         pairs = [(np.roll(photo, k, axis=1), np.roll(style, k, axis=1)) for k in range(jobs)]
-
-        def prepare(pair: tuple[np.ndarray, np.ndarray]) -> None:
-            engine.prepare(pair[0], [pair[1]], options)
-
-        rates: dict[int, list[float]] = {n: [] for n in args.threads}
-        for repeat in range(args.repeats + 1):  # the first, a warm-up
-            for n in args.threads:
-                engine._cache = GramCache(engine._cache.max_bytes)
-                started = time.perf_counter()
-                with ThreadPoolExecutor(n) as pool:
-                    list(pool.map(prepare, pairs))
-                if repeat:
-                    rates[n].append(jobs / (time.perf_counter() - started))
+        rates = interleaved(
+            {n: functools.partial(rate, engine, pairs, options, n) for n in args.threads},
+            args.repeats,
+        )
         base = statistics.median(rates[args.threads[0]])
         cells = [f"{statistics.median(rates[n]):.1f} ({statistics.median(rates[n]) / base:.2f}x)"
                  for n in args.threads]  # fmt: skip
