@@ -50,6 +50,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     for row in (
         "Adam, alone",
         "Adam, batched (up to 8)",
+        "Adam, batched (up to 16)",  # the batch size the GPU default may become
         "L-BFGS, alone",
         "L-BFGS, batched (up to 8)",
         "Adam, batched (up to 8), no jobs prepared ahead (--prepare-ahead 0)",
@@ -74,7 +75,6 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert 0 < int(worker.split("the worker busy ")[1].split("%")[0]) <= 100
     assert int(shares["passes"].rstrip("%")) >= 20  # the CPU's passes: most of a toy batch
     assert shares["recordings"] == "0%"  # no CUDA graphs on the CPU
-    assert not any("up to 16" in key for key in table)
     # where the run's time went: every part that ran, in the order it ran
     parts, whole = table["seconds by part"].split("; in all ")
     names = [part.rsplit(" ", 1)[0] for part in parts.split(", ")]
