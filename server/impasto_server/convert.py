@@ -170,7 +170,7 @@ def parse_request(
         preset = values.pop("preset", "default")
         values.setdefault("precision", default_precision)
         options = StyleOptions.from_preset(preset, **values)
-        options.validate()
+        violations.extend((wire_field(exc.field), exc.message) for exc in options.problems())
     except EngineError as exc:
         violations.append((wire_field(exc.field), exc.message))
 
@@ -187,7 +187,7 @@ def parse_request(
     if request.preview_interval > limits.max_preview_interval:
         violations.append(("preview_interval", f"at most {limits.max_preview_interval}"))
     if request.preview_size and not SIZE_RANGE[0] <= request.preview_size <= SIZE_RANGE[1]:
-        violations.append(("preview_size", f"0 or within {SIZE_RANGE}"))
+        violations.append(("preview_size", f"0 or within [{SIZE_RANGE[0]}, {SIZE_RANGE[1]}]"))
 
     if violations:
         raise RequestError(violations)

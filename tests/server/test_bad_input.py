@@ -69,6 +69,10 @@ CASES = {
         "styles[0]",
     ),
     "enum": (_set("options.pooling", 42), "options.pooling"),
+    # size (32) is the last stage: a scale above it would make the schedule shrink
+    "scale above size": (_call(lambda r: r.options.scales.extend([24, 48])), "options.scales"),
+    # eight scales below size, and size's own: nine stages
+    "nine stages": (_call(lambda r: r.options.scales.extend(range(16, 24))), "options.scales"),
     # float16 runs on GPUs only (bfloat16 runs on CPUs with native support too)
     "precision": (_set("options.precision", pb.PRECISION_FLOAT16), "options.precision"),
     "init image missing": (_set("options.init", pb.INIT_IMAGE), "init_image"),
@@ -146,3 +150,21 @@ def test_result_above_the_pixel_limit_is_refused(make_server, tiny_content, tiny
             client.stylize(tiny_content, [tiny_style], size=64, iterations=1).result()
         assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
         assert info.value.field_violations[0][0] == "options.size"
+
+
+def test_every_option_out_of_range_is_named(client, tiny_content, tiny_style):
+    """A client fixes its request once: BadRequest names every option the server refuses."""
+    request = client.build_request(tiny_content, [tiny_style], **SHORT)
+    request.options.size = 0
+    request.options.iterations = 0
+    request.options.content_weight = -1.0
+    request.options.style_scale = 9.0
+    request.styles[0].weight = -1.0
+    with pytest.raises(ImpastoError) as info:
+        client.submit(request, timeout=10).result()
+    assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+    fields = [f for f, _ in info.value.field_violations]
+    assert fields == ["styles[0].weight", "options.size", "options.iterations",
+                      "options.content_weight", "options.style_scale"], fields  # fmt: skip
+    messages = dict(info.value.field_violations)
+    assert messages["options.style_scale"] == "9.0 is outside [0.1, 4.0]"

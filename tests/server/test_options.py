@@ -57,3 +57,34 @@ def test_mask_regions_and_init_image_reach_the_engine(client, tiny_content, tiny
     from_content = client.stylize(tiny_content, [tiny_style], **common).result()
     assert from_image.settings["init"] == "image"
     assert not np.array_equal(from_image.image, from_content.image)
+
+
+def test_style_weights_too_large_to_sum_still_blend(client, tiny_content, tiny_style):
+    """Weights are finite and >= 0, so any are valid: two at 1e308 blend half and half."""
+    blue = np.zeros_like(tiny_style)
+    blue[..., 2] = 255
+    common = {"size": 32, "iterations": 2, "num_scales": 1, "seed": 3}
+    huge = client.stylize(tiny_content, [tiny_style, blue], style_weights=[1e308, 1e308],
+                          **common).result()  # fmt: skip
+    even = client.stylize(tiny_content, [tiny_style, blue], style_weights=[1, 1],
+                          **common).result()  # fmt: skip
+    assert np.array_equal(huge.image, even.image)
+
+
+def test_the_result_settings_give_the_stages_that_ran(client, tiny_content):
+    """The 40x48 content at 32 px: stages of long side 16 are 13 px high, under the network's
+    16, and are left out; so are the coarsest stages beyond one iteration each. The settings
+    say which ran, and sent again they make the same stages."""
+    style = np.zeros((32, 32, 3), np.uint8)
+    job = client.stylize(tiny_content, [style], size=32, iterations=4, num_scales=4)
+    counts = {event.scale_count for event in job if hasattr(event, "scale_count")}
+    result = job.result()
+    assert counts == {2} and result.settings["num_scales"] == 2  # sides 16, 16, 23, 32 asked
+    one = client.stylize(tiny_content, [style], size=32, iterations=1, num_scales=4).result()
+    assert one.settings["num_scales"] == 1
+    explicit = client.stylize(tiny_content, [style], size=32, iterations=4,
+                              scales=[16, 24]).result()  # fmt: skip
+    assert explicit.settings["scales"] == (24, 32) and explicit.settings["num_scales"] == 2
+    again = client.stylize(tiny_content, [style], size=32, iterations=4,
+                           scales=explicit.settings["scales"]).result()  # fmt: skip
+    assert again.settings["scales"] == (24, 32)

@@ -6,6 +6,7 @@ import dataclasses
 import math
 from collections.abc import Mapping
 from dataclasses import dataclass, field
+from functools import partial
 from typing import Any
 
 #: VGG19's convolution layers in order; features are taken after each layer's ReLU.
@@ -103,37 +104,65 @@ class StyleOptions:
 
     def validate(self) -> None:
         """Raise EngineError naming the first field whose value is out of range."""
-        _choice("preset", self.preset, PRESETS_NAMES)
-        _int_range("size", self.size, SIZE_RANGE)
-        _int_range("iterations", self.iterations, ITERATIONS_RANGE)
-        for name in ("content_weight", "style_weight", "tv_weight"):
-            _non_negative(name, getattr(self, name))
-        _layers("content_layers", self.content_layers, allow_empty=False)
-        _layers("style_layers", self.style_layers, allow_empty=False)
-        if (
-            not STYLE_SCALE_RANGE[0]
-            <= _finite("style_scale", self.style_scale)
-            <= STYLE_SCALE_RANGE[1]
-        ):
-            raise EngineError("style_scale", f"must lie in {STYLE_SCALE_RANGE}")
-        _choice("init", self.init, INITS)
-        _choice("optimizer", self.optimizer, OPTIMIZERS)
+        found = self.problems()
+        if found:
+            raise found[0]
+
+    def problems(self) -> list[EngineError]:
+        """An EngineError for every field whose value is out of range, in the fields' order."""
+        checks = (
+            partial(_choice, "preset", self.preset, PRESETS_NAMES),
+            partial(_int_range, "size", self.size, SIZE_RANGE),
+            partial(_int_range, "iterations", self.iterations, ITERATIONS_RANGE),
+            partial(_non_negative, "content_weight", self.content_weight),
+            partial(_non_negative, "style_weight", self.style_weight),
+            partial(_non_negative, "tv_weight", self.tv_weight),
+            partial(_layers, "content_layers", self.content_layers, allow_empty=False),
+            partial(_layers, "style_layers", self.style_layers, allow_empty=False),
+            partial(_float_range, "style_scale", self.style_scale, STYLE_SCALE_RANGE),
+            partial(_choice, "init", self.init, INITS),
+            partial(_choice, "optimizer", self.optimizer, OPTIMIZERS),
+            self._check_learning_rate,
+            partial(_choice, "pooling", self.pooling, POOLINGS),
+            self._check_seed,
+            partial(_choice, "color_preservation", self.color_preservation, COLOR_PRESERVATIONS),
+            partial(_int_range, "num_scales", self.num_scales, NUM_SCALES_RANGE),
+            self._check_scales,
+            partial(_choice, "precision", self.precision, PRECISIONS),
+        )
+        found = []
+        for check in checks:
+            try:
+                check()
+            except EngineError as exc:
+                found.append(exc)
+        return found
+
+    def _check_learning_rate(self) -> None:
         if _finite("learning_rate", self.learning_rate) <= 0:
             raise EngineError("learning_rate", "must be > 0")
-        _choice("pooling", self.pooling, POOLINGS)
+
+    def _check_seed(self) -> None:
         if self.seed is not None and not (isinstance(self.seed, int) and 0 <= self.seed < 2**64):
             raise EngineError("seed", "must be an integer in [0, 2**64)")
-        _choice("color_preservation", self.color_preservation, COLOR_PRESERVATIONS)
-        _int_range("num_scales", self.num_scales, NUM_SCALES_RANGE)
-        if len(self.scales) > NUM_SCALES_RANGE[1]:
-            raise EngineError("scales", f"at most {NUM_SCALES_RANGE[1]} stages")
+
+    def _check_scales(self) -> None:
         previous = 0
         for s in self.scales:
             _int_range("scales", s, SIZE_RANGE)
             if s <= previous:
                 raise EngineError("scales", "must be strictly increasing")
             previous = s
-        _choice("precision", self.precision, PRECISIONS)
+        if not self.scales or not isinstance(self.size, int):
+            return
+        if self.scales[-1] > self.size:
+            raise EngineError(
+                "scales", f"{self.scales[-1]} is above size ({self.size}), the last stage's side"
+            )
+        if len(self.schedule()) > NUM_SCALES_RANGE[1]:
+            raise EngineError(
+                "scales", f"at most {NUM_SCALES_RANGE[1]} stages, size's own included"
+            )
 
 
 def _choice(name: str, value: object, allowed: tuple[str, ...]) -> None:
@@ -145,6 +174,11 @@ def _int_range(name: str, value: object, bounds: tuple[int, int]) -> None:
     if isinstance(value, bool) or not isinstance(value, int):
         raise EngineError(name, f"must be an integer, got {value!r}")
     if not bounds[0] <= value <= bounds[1]:
+        raise EngineError(name, f"{value} is outside [{bounds[0]}, {bounds[1]}]")
+
+
+def _float_range(name: str, value: object, bounds: tuple[float, float]) -> None:
+    if not bounds[0] <= _finite(name, value) <= bounds[1]:
         raise EngineError(name, f"{value} is outside [{bounds[0]}, {bounds[1]}]")
 
 

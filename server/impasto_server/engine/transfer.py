@@ -774,6 +774,8 @@ class Engine:
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
         style_arrays = [imaging.check_image("style", style) for style in styles]
         blend = list(style_weights) if style_weights is not None else [1.0] * len(styles)
+        top = float(max(blend))  # over the largest first: finite weights may sum past a float's
+        blend = [w / top for w in blend]
         total = float(sum(blend))
         labels = None
         if mask is not None:
@@ -945,6 +947,15 @@ def _stage_shapes(height: int, width: int, options: StyleOptions) -> list[tuple[
     return kept[-options.iterations :]
 
 
+def _as_run(options: StyleOptions, shapes: list[tuple[int, int]]) -> StyleOptions:
+    """``options`` with the stages that ran (a stage too small for the network or beyond one
+    iteration each is left out): their number, and their long sides where ``scales`` named
+    them, so that the settings sent again make the same stages."""
+    if options.scales:
+        return options.replace(num_scales=len(shapes), scales=tuple(max(s) for s in shapes))
+    return options.replace(num_scales=len(shapes))
+
+
 def _default_pairs(shapes: list[tuple[int, int]], options: StyleOptions) -> tuple[int, ...] | None:
     """L-BFGS pairs of each stage with memory to spare: torch's 100, but no more than the
     stage has steps to fill (None for Adam)."""
@@ -1087,7 +1098,7 @@ class PreparedRun:
         assert self.x is not None
         image = self.engine._finish(self.x, self.inputs, self.options)
         return Result(
-            image=image, settings=self.options, losses=self.losses,
+            image=image, settings=_as_run(self.options, self.shapes), losses=self.losses,
             elapsed=time.perf_counter() - started, iterations=self.iteration,
         )  # fmt: skip
 
