@@ -216,10 +216,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
     ) -> Iterator[pb.StylizeResponse]:
         engine = self.engine
         if engine is None:
+            self.metrics.rejected("unavailable")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         if not self.accepting:
             # Only a call that arrived just as the drain closed the transport gets here; with
             # no retry pushback, gRPC's retry policy may send it to another replica.
+            self.metrics.rejected("unavailable")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         try:
             parsed = convert.parse_request(

@@ -25,6 +25,10 @@ def test_health_is_not_serving_until_the_model_is_loaded(make_server, tiny_conte
             client.stylize(tiny_content, [tiny_style], timeout=10, **SHORT).result()
         assert info.value.code == grpc.StatusCode.UNAVAILABLE
         assert "loading" in info.value.message
+        counted = server.metrics.registry.get_sample_value(
+            "impasto_rejected_requests_total", {"reason": "unavailable"}
+        )
+        assert counted is not None and counted >= 1  # the client's retries are counted too
         server.load()
         assert client.health() == "SERVING"
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
