@@ -122,15 +122,25 @@ def test_bad_command_line_is_a_usage_error(tmp_path: Path) -> None:
     assert "cannot read the content image" in done.stderr
     done = run_node("a.png", "b.png", "-o", "x.png", "--iterations", "zero")
     assert done.returncode == 2 and "--iterations must be a positive integer" in done.stderr
+    # numbers past their field's range would reach the server as other numbers
+    done = run_node("a.png", "b.png", "-o", "x.png", "--size", str(2**32))
+    assert done.returncode == 2 and "--size must be a positive integer below 2^32" in done.stderr
+    done = run_node("a.png", "b.png", "-o", "x.png", "--seed", str(2**64))
+    assert done.returncode == 2 and "--seed must be an integer in [0, 2^64)" in done.stderr
 
 
 def test_output_is_checked_before_the_job_and_the_result_kept(
     server: Any, image_files: list[Path], tmp_path: Path
 ) -> None:
     (tmp_path / "a_file").write_text("")
-    for output, text in [(tmp_path / "a_file" / "out.png", "cannot write"), (tmp_path, "folder")]:
+    for output, text in [
+        (tmp_path / "a_file" / "out.png", "cannot write"),
+        (tmp_path, "folder"),
+        ("/proc/impasto/out.png", "cannot write"),  # a folder that cannot be made
+        ("/proc/out.png", "cannot write"),  # a file that cannot be made, even by root
+    ]:
         # refused before connecting: no server listens at that address
-        done = run_node(*image_files[:2], "-o", output, "--server", "127.0.0.1:9")
+        done = run_node(*image_files[:2], "-o", output, "--server", "127.0.0.1:9", timeout=20)
         assert done.returncode == 2 and text in done.stderr, done.stderr
     # missing folders are made
     out = tmp_path / "new" / "folder" / "out.png"

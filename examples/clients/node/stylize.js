@@ -70,8 +70,11 @@ function parseArgs(argv) {
     return argv[i + 1];
   };
   const positiveInt = (text, flag) => {
-    if (!/^\d+$/.test(text) || Number(text) < 1) {
-      throw new UsageError(`${flag} must be a positive integer, not ${JSON.stringify(text)}`);
+    // a uint32 field: a larger number would be sent as another
+    if (!/^\d+$/.test(text) || Number(text) < 1 || Number(text) > 0xffffffff) {
+      throw new UsageError(
+        `${flag} must be a positive integer below 2^32, not ${JSON.stringify(text)}`,
+      );
     }
     return Number(text);
   };
@@ -122,7 +125,9 @@ function parseArgs(argv) {
         break;
       case '--seed': {
         const text = valueOf(i, arg);
-        if (!/^\d+$/.test(text)) throw new UsageError('--seed must be an integer >= 0');
+        if (!/^\d+$/.test(text) || BigInt(text) >= 2n ** 64n) {
+          throw new UsageError(`--seed must be an integer in [0, 2^64), not ${text}`);
+        }
         args.seed = text; // uint64: kept as a string so no precision is lost
         i++;
         break;
@@ -415,13 +420,24 @@ function prepareOutput(file) {
     throw new UsageError(`cannot write ${file}: it is a folder; give a file name`);
   }
   try {
-    const dir = path.dirname(path.resolve(file));
-    fs.mkdirSync(dir, { recursive: true });
-    fs.accessSync(dir, fs.constants.W_OK);
-    if (stat) fs.accessSync(file, fs.constants.W_OK);
+    makeFolders(path.dirname(path.resolve(file)));
+    // Opened to append, which changes nothing, and closed: what access() would allow (root
+    // may write anywhere) may still be refused by the file system (/proc, a read-only mount).
+    fs.closeSync(fs.openSync(file, 'a'));
+    if (!stat) fs.unlinkSync(file);
   } catch (e) {
     throw new UsageError(`cannot write ${file}: ${e.message}`);
   }
+}
+
+// The missing folders above a file, outermost first, one at a time: Node 20's recursive
+// mkdirSync never returns where a folder cannot be made in an existing one (/proc/x/y).
+function makeFolders(dir) {
+  const missing = [];
+  for (let d = dir; !fs.existsSync(d) && path.dirname(d) !== d; d = path.dirname(d)) {
+    missing.unshift(d);
+  }
+  for (const d of missing) fs.mkdirSync(d);
 }
 
 // Should writing the result still fail (a full disk), it goes to the temporary folder instead.
