@@ -162,14 +162,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def read_image(path: str, field: str) -> Any:
-    """A .npy array, or the file's bytes (the server decodes PNG/JPEG/TIFF)."""
+    """A .npy array, or the file's bytes (the server decodes PNG/JPEG/TIFF), or the pixels of
+    another format Pillow reads."""
     file = Path(path)
     if not file.is_file():
         raise UsageError(f"{field}: no such file: {path}")
     if file.suffix.lower() == ".npy":
         return np.load(file, allow_pickle=False)
     data = file.read_bytes()
-    images.decode(data, field=field)  # fail here, with the file's name, not on the server
+    try:
+        images.decode(data, field=field)  # fail here, with the file's name, not on the server
+    except images.ImageError:
+        # a format the wire does not carry (WebP, BMP, GIF...) travels as its pixels
+        return images.decode(data, field=field, formats=None)
     return data
 
 

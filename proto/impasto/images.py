@@ -213,8 +213,19 @@ def from_raw(
     return array[:, :, 0] if raw.channels == 1 else array
 
 
-def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None) -> np.ndarray:
-    """Decode PNG/JPEG/TIFF bytes, refusing decompression bombs before any pixel is inflated."""
+#: The encoded formats the wire carries: no other decoder of Pillow's reads a request's bytes.
+WIRE_FORMATS = ("PNG", "JPEG", "TIFF")
+
+
+def decode(
+    data: bytes,
+    *,
+    field: str = "encoded",
+    max_pixels: int | None = None,
+    formats: tuple[str, ...] | None = WIRE_FORMATS,
+) -> np.ndarray:
+    """Decode PNG/JPEG/TIFF bytes (``formats``; None: any Pillow reads), refusing
+    decompression bombs before any pixel is inflated."""
     if not data:
         raise ImageError(field, "empty image bytes")
     if data.startswith(_PNG_SIGNATURE):
@@ -226,7 +237,7 @@ def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
-            image = PILImage.open(io.BytesIO(data))
+            image = PILImage.open(io.BytesIO(data), formats=formats)
             width, height = image.size  # the header only; nothing is decoded yet
             _check_pixels(height, width, field, limit)
             image.load()
@@ -236,7 +247,11 @@ def decode(data: bytes, *, field: str = "encoded", max_pixels: int | None = None
     except ImageError:
         raise
     except (PILImage.DecompressionBombError, PILImage.DecompressionBombWarning) as exc:
-        raise ImageError(field, f"image too large (decompression bomb guard): {exc}") from exc
+        # Pillow's own guard, which refuses more than its MAX_IMAGE_PIXELS before ours can
+        bound = (
+            PILImage.MAX_IMAGE_PIXELS if limit is None else min(limit, PILImage.MAX_IMAGE_PIXELS)
+        )
+        raise ImageError(field, f"more than {bound} pixels (decompression bomb guard)") from exc
     except PILImage.UnidentifiedImageError as exc:  # its text names Python's buffer object
         raise ImageError(
             field, "cannot decode image bytes: not PNG, JPEG or TIFF, or cut short in its header"

@@ -106,6 +106,12 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
     assert sorted(p.name for p in previews.iterdir()) == ["preview_00002.png", "preview_00004.png"]
     assert cli.main(["info", "--server", server.address]) == cli.EXIT_OK
     assert "device     cpu" in capsys.readouterr().out
+    # a style in a format the wire does not carry travels as its pixels
+    webp = tmp_path / "style.webp"
+    PILImage.open(style).save(webp, lossless=True)
+    code = cli.main(["stylize", str(content), str(webp), "-o", str(out), "--size", "32",
+                     "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
+    assert code == cli.EXIT_OK
 
 
 @pytest.mark.parametrize(

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import io
+
 import numpy as np
 import pytest
 from impasto import images
@@ -86,6 +88,38 @@ def test_bytes_of_no_image_format_get_a_plain_message():
     # a known format cut short in its pixels keeps Pillow's own reason
     with pytest.raises(images.ImageError, match="cannot decode image bytes .*truncated"):
         images.decode(jpeg[: len(jpeg) // 2])
+
+
+def test_only_the_wire_formats_are_decoded_unless_asked():
+    """The server reads PNG, JPEG and TIFF only (no other decoder of Pillow's sees a request);
+    a client may read any format Pillow reads, to send its pixels."""
+    picture = np.random.default_rng(1).integers(0, 256, (12, 10, 3), np.uint8)
+    for kind in ("WEBP", "BMP", "GIF"):
+        buffer = io.BytesIO()
+        PILImage.fromarray(picture).save(
+            buffer, kind, **({"lossless": True} if kind == "WEBP" else {})
+        )
+        with pytest.raises(images.ImageError, match="not PNG, JPEG or TIFF"):
+            images.decode(buffer.getvalue())
+        assert images.decode(buffer.getvalue(), formats=None).shape == (12, 10, 3), kind
+    assert np.array_equal(images.decode(_bmp(picture), formats=None), picture)
+
+
+def _bmp(picture: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    PILImage.fromarray(picture).save(buffer, "BMP")
+    return buffer.getvalue()
+
+
+def test_a_decompression_bomb_names_the_limit_that_refused_it():
+    big = images.encode(np.zeros((300, 300), np.uint8), "png")
+    limit = PILImage.MAX_IMAGE_PIXELS
+    try:
+        PILImage.MAX_IMAGE_PIXELS = 100 * 100  # Pillow's guard, below the caller's
+        with pytest.raises(images.ImageError, match="more than 10000 pixels"):
+            images.decode(big, max_pixels=200 * 200)
+    finally:
+        PILImage.MAX_IMAGE_PIXELS = limit
 
 
 def _tiff_with_second_frame(ifd: bytes) -> bytes:

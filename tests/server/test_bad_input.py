@@ -3,6 +3,7 @@ and the server keeps serving."""
 
 from __future__ import annotations
 
+import io
 import struct
 import time
 import zlib
@@ -13,6 +14,7 @@ import pytest
 from impasto.client import ImpastoError
 from impasto.v1 import style_transfer_pb2 as pb
 from job_watch import SHORT
+from PIL import Image
 
 
 def _png_header_only(width: int, height: int) -> bytes:
@@ -25,6 +27,12 @@ def _png_header_only(width: int, height: int) -> bytes:
 
     header = struct.pack(">IIBBBBB", width, height, 8, 2, 0, 0, 0)
     return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64))
+
+
+def _webp() -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(np.zeros((32, 32, 3), np.uint8)).save(buffer, "WEBP")
+    return buffer.getvalue()
 
 
 def _set(path: str, value):
@@ -57,6 +65,8 @@ CASES = {
         _call(lambda r: setattr(r.styles[0].image, "encoded", _png_header_only(40000, 40000))),
         "styles[0].image.encoded",
     ),
+    # the wire carries PNG, JPEG and TIFF: no other decoder of Pillow's reads a request
+    "webp": (_call(lambda r: setattr(r.styles[0].image, "encoded", _webp())), "styles[0].image"),
     "size": (_set("options.size", 5), "options.size"),
     "iterations": (_set("options.iterations", 0), "options.iterations"),
     "layer": (
