@@ -15,6 +15,7 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+import grpc
 import numpy as np
 
 from impasto import images, wire
@@ -412,6 +413,25 @@ def info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
+def _explained(error: ImpastoError, server: str | None) -> str:
+    """gRPC's words, with the address and what to check where the server was not reached."""
+    if server is None:  # a local server of this command's own: its failures say why
+        return str(error)
+    # a call that never reached a server has no reason; a job that lost it says so already
+    if (
+        error.code == grpc.StatusCode.UNAVAILABLE
+        and error.reason is None
+        and not error.message.startswith("lost the connection")
+    ):
+        return (
+            f"cannot reach the server at {server} ({error.message}); check that it runs, the "
+            "address and port, and --tls"
+        )
+    if error.code == grpc.StatusCode.DEADLINE_EXCEEDED:
+        return f"{error} (server {server})"
+    return str(error)
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
@@ -427,7 +447,10 @@ def main(argv: Sequence[str] | None = None) -> int:
         with contextlib.suppress(OSError, ValueError):
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
-    except (ImpastoError, ResultMoved) as exc:
+    except ImpastoError as exc:
+        print(f"impasto: error: {_explained(exc, args.server)}", file=sys.stderr)
+        return EXIT_FAILED
+    except ResultMoved as exc:
         print(f"impasto: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     except (UsageError, images.ImageError, wire.OptionError, ValueError, OSError) as exc:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import os
 import re
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -128,6 +129,19 @@ def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code
     argv = [str(path) if a == "__CONTENT__" else a for a in argv]
     assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
     assert text in capsys.readouterr().err
+
+
+def test_cli_says_which_server_it_could_not_reach(tmp_path, tiny_content, capsys):
+    with socket.socket() as probe:  # a port nothing listens on
+        probe.bind(("127.0.0.1", 0))
+        address = f"127.0.0.1:{probe.getsockname()[1]}"
+    path = tmp_path / "c.png"
+    PILImage.fromarray(tiny_content).save(path)
+    for argv in (["info"], ["stylize", str(path), str(path), "-o", str(tmp_path / "o.png")]):
+        assert cli.main([*argv, "--server", address]) == cli.EXIT_FAILED
+        err = capsys.readouterr().err
+        assert f"cannot reach the server at {address} (" in err, err
+        assert "check that it runs, the address and port, and --tls" in err
 
 
 @pytest.mark.parametrize(
