@@ -166,10 +166,15 @@ def read_image(path: str, field: str) -> Any:
     """A .npy array, or the file's bytes (the server decodes PNG/JPEG/TIFF), or the pixels of
     another format Pillow reads."""
     file = Path(path)
+    if file.is_dir():
+        raise UsageError(f"{field}: {path} is a folder; give an image file")
     if not file.is_file():
         raise UsageError(f"{field}: no such file: {path}")
     if file.suffix.lower() == ".npy":
-        return np.load(file, allow_pickle=False)
+        try:
+            return np.load(file, allow_pickle=False)
+        except (ValueError, OSError, EOFError) as exc:  # not an array file, or one of objects
+            raise UsageError(f"{field}: cannot read {path} as a numpy array: {exc}") from exc
     data = file.read_bytes()
     try:
         images.decode(data, field=field)  # fail here, with the file's name, not on the server

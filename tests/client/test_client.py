@@ -119,6 +119,8 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
     ("argv", "code", "text"),
     [
         (["stylize", "missing.png", "x.png"], cli.EXIT_USAGE, "no such file"),
+        (["stylize", "__DIR__", "x.png"], cli.EXIT_USAGE, "is a folder; give an image file"),
+        (["stylize", "__NPY__", "x.png"], cli.EXIT_USAGE, "cannot read"),
         (["stylize", "__CONTENT__"], cli.EXIT_USAGE, "at least one STYLE"),
         (["stylize", "__CONTENT__", "__CONTENT__", "--size", "3"], cli.EXIT_FAILED, "options.size"),
     ],
@@ -126,7 +128,9 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
 def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code, text):
     path = tmp_path / "c.png"
     PILImage.fromarray(tiny_content).save(path)
-    argv = [str(path) if a == "__CONTENT__" else a for a in argv]
+    (tmp_path / "junk.npy").write_bytes(b"not an array")
+    files = {"__CONTENT__": path, "__DIR__": tmp_path, "__NPY__": tmp_path / "junk.npy"}
+    argv = [str(files.get(a, a)) for a in argv]
     assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
     assert text in capsys.readouterr().err
 
