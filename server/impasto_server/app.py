@@ -79,6 +79,8 @@ class ServerConfig:
     prepare_threads: int = 1
 
 
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+
 #: The batch size a GPU server uses unless told otherwise.
 GPU_MAX_BATCH = 8
 
@@ -407,26 +409,43 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     )  # fmt: skip
     args = p.parse_args(argv)
     config = ServerConfig(**{k: v for k, v in vars(args).items()})
-    for name in ("queue_size", "max_running", "max_jobs_per_client", "max_message_mb",
-                 "max_styles", "max_pixels"):  # fmt: skip
-        if getattr(config, name) < 1:
-            p.error(f"--{name.replace('_', '-')} must be >= 1")
-    if config.max_batch is not None and config.max_batch < 1:
-        p.error("--max-batch must be >= 1")
-    if config.prepare_ahead is not None and config.prepare_ahead < 0:
-        p.error("--prepare-ahead must be >= 0")
-    if config.prepare_threads < 1:
-        p.error("--prepare-threads must be >= 1")
-    if config.job_memory_mb is not None and config.job_memory_mb < 0:
-        p.error("--job-memory-mb must be >= 0")
-    if config.max_batch_megapixels <= 0:
-        p.error("--max-batch-megapixels must be > 0")
-    if not 0 <= config.progress_rate <= 10_000:
-        p.error("--progress-rate must lie in [0, 10000]")
-    if not 0 <= config.batch_wait_ms <= 10_000:
-        p.error("--batch-wait-ms must lie in [0, 10000]")
+    # Each value within what the server can hold: GetServerInfo's Limits are uint32 and uint64
+    # fields (a larger value failed every call), gRPC's message limit an int32 of bytes; NaN
+    # and infinities are outside every range.
+    uint32 = 2**32 - 1
+    for flag, value, low, high in (
+        ("--queue-size", config.queue_size, 1, uint32),
+        ("--max-running", config.max_running, 1, uint32),
+        ("--max-jobs-per-client", config.max_jobs_per_client, 1, uint32),
+        ("--max-styles", config.max_styles, 1, uint32),
+        ("--max-pixels", config.max_pixels, 1, 2**62),
+        ("--max-message-mb", config.max_message_mb, 1, 2047),
+        ("--max-batch", config.max_batch, 1, uint32),
+        ("--prepare-ahead", config.prepare_ahead, 0, uint32),
+        ("--prepare-threads", config.prepare_threads, 1, 1024),
+        ("--cache-mb", config.cache_mb, 0, 2**40),
+        ("--job-memory-mb", config.job_memory_mb, 0, 2**40),
+        ("--simulated-memory-mb", config.simulated_memory_mb, 0, 2**40),
+        ("--max-batch-megapixels", config.max_batch_megapixels, 0, 2**40),
+        ("--grace-seconds", config.grace_seconds, 0, 10**6),
+        ("--progress-rate", config.progress_rate, 0, 10_000),
+        ("--batch-wait-ms", config.batch_wait_ms, 0, 10_000),
+    ):
+        if value is not None and not low <= value <= high:
+            p.error(f"{flag} must lie in [{low}, {high}], got {value}")
+    for flag, value in (
+        ("--max-batch-megapixels", config.max_batch_megapixels),
+        ("--simulated-memory-mb", config.simulated_memory_mb),
+    ):
+        if value == 0:
+            p.error(f"{flag} must be > 0")
+    if config.log_level.upper() not in LOG_LEVELS:
+        p.error(f"--log-level must be one of {', '.join(LOG_LEVELS)}, got {config.log_level}")
     if bool(config.tls_cert) != bool(config.tls_key):
         p.error("--tls-cert and --tls-key go together")
+    if config.tls_client_ca and not config.tls_cert:
+        # without them the port would be plaintext, and no client certificate asked for
+        p.error("--tls-client-ca needs --tls-cert and --tls-key (TLS) as well")
     # gRPC takes a port above 65535 modulo 65536 and listens there without a word
     for flag, port in (("--port", config.port), ("--metrics-port", config.metrics_port)):
         if port is not None and not 0 <= port <= 65535:

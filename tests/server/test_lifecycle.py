@@ -139,3 +139,32 @@ def test_ports_outside_the_range_are_refused(argv, capsys):
     with pytest.raises(SystemExit):
         parse_args(argv)
     assert f"{argv[0]} must lie in [0, 65535]" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "text"),
+    [
+        # GetServerInfo's Limits are uint32: this value failed every call after start-up
+        (["--max-styles", "5000000000"], "--max-styles must lie in [1, 4294967295]"),
+        # gRPC's message limit is an int32 of bytes: this one failed start-up with a traceback
+        (["--max-message-mb", "2048"], "--max-message-mb must lie in [1, 2047]"),
+        (["--max-batch-megapixels", "inf"], "--max-batch-megapixels must lie in"),
+        (["--max-batch-megapixels", "0"], "--max-batch-megapixels must be > 0"),
+        (["--job-memory-mb", "nan"], "--job-memory-mb must lie in"),
+        (["--simulated-memory-mb", "-5"], "--simulated-memory-mb must lie in"),
+        (["--cache-mb", "-5"], "--cache-mb must lie in"),
+        (["--grace-seconds", "nan"], "--grace-seconds must lie in [0, 1000000]"),
+        (["--grace-seconds", "-5"], "--grace-seconds must lie in [0, 1000000]"),
+        (["--log-level", "BOGUS"], "--log-level must be one of DEBUG, INFO, WARNING, ERROR"),
+        # alone, it left the port plaintext and asked no client for a certificate
+        (["--tls-client-ca", "ca.pem"], "--tls-client-ca needs --tls-cert and --tls-key"),
+    ],
+)
+def test_flag_values_the_server_cannot_hold_are_refused(argv, text, capsys):
+    from impasto_server.app import parse_args
+
+    with pytest.raises(SystemExit) as exited:
+        parse_args(argv)
+    assert exited.value.code == 2
+    assert text in capsys.readouterr().err
+    assert parse_args(["--log-level", "debug", "--grace-seconds", "0"]).grace_seconds == 0
