@@ -94,7 +94,9 @@ def _connection_args(p: argparse.ArgumentParser) -> None:
         "for round-robin, or dns:///name:port); without it a local server runs for this command",
     )
     p.add_argument("--token", help="bearer token (or set IMPASTO_TOKEN)")
-    p.add_argument("--token-file", help="file holding the bearer token")
+    p.add_argument(
+        "--token-file", help="file holding the bearer token (its first line; # comments skipped)"
+    )
     p.add_argument("--tls", action="store_true", help="connect with TLS")
     p.add_argument("--ca", help="PEM root certificates for TLS (default: the system's)")
     p.add_argument("--cert", help="PEM client certificate chain for mutual TLS")
@@ -254,11 +256,24 @@ def save_result(array: np.ndarray, path: Path) -> None:
 # ---------------------------------------------------------------- connection
 
 
+def _read_token(path: str) -> str:
+    """The token of a file: its first line that is not blank or a # comment, up to the first
+    space, so a server's token file (``token [expires=...]`` lines) serves too."""
+    for line in Path(path).read_text().splitlines():
+        if line.strip() and not line.strip().startswith("#"):
+            return line.split()[0]
+    raise UsageError(f"--token-file {path} holds no token")
+
+
 @contextlib.contextmanager
 def connect(args: argparse.Namespace) -> Iterator[Client]:
     token = args.token or os.environ.get("IMPASTO_TOKEN")
     if args.token_file:
-        token = Path(args.token_file).read_text().strip()
+        token = _read_token(args.token_file)
+    if token and not all(" " <= c <= "~" for c in token):
+        raise UsageError("the token holds characters a gRPC header cannot carry")
+    if bool(args.cert) != bool(args.key):
+        raise UsageError("--cert and --key go together (mutual TLS)")
     tls_files = {
         name: Path(value).read_bytes() if value else None
         for name, value in (("ca", args.ca), ("cert", args.cert), ("key", args.key))

@@ -403,6 +403,9 @@ class Client:
             ("grpc.service_config", _service_config(several)),
             *channel_options,  # extra gRPC channel arguments, e.g. flow-control windows
         ]
+        if (certificate_chain is None) != (private_key is None):
+            # gRPC's core aborts the process on one without the other
+            raise ValueError("certificate_chain and private_key go together (mutual TLS)")
         tls = tls or any(x is not None for x in (root_certificates, certificate_chain))
         if server_name or (tls and tls_name):
             options.append(("grpc.ssl_target_name_override", server_name or tls_name))

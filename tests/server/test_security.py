@@ -117,6 +117,32 @@ def test_bearer_tokens(make_server, tmp_path, tiny_content, tiny_style):
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
 
 
+def test_the_cli_reads_a_token_file_as_the_server_does(make_server, tmp_path, capsys, tiny_content):
+    from impasto import cli
+    from PIL import Image
+
+    tokens = tmp_path / "tokens"
+    tokens.write_text("# lab tokens\n\nsecret-one expires=2999-01-01\nsecret-two\n")
+    server = make_server(token_file=str(tokens))
+    picture = tmp_path / "p.png"
+    Image.fromarray(tiny_content).save(picture)
+    job = ["stylize", str(picture), str(picture), "-o", str(tmp_path / "o.png"), "--size", "32",
+           "--iterations", "1", "--num-scales", "1", "--server", server.address]  # fmt: skip
+    assert cli.main([*job, "--token-file", str(tokens)]) == cli.EXIT_OK  # its first token
+    info = ["info", "--server", server.address]
+    comments = tmp_path / "comments"
+    comments.write_text("# none yet\n")
+    for argv, text in [
+        (["--token-file", str(comments)], f"--token-file {comments} holds no token"),
+        (["--token", "caf\u00e9"], "the token holds characters a gRPC header cannot carry"),
+        (["--cert", str(tokens)], "--cert and --key go together"),  # gRPC aborted on it
+    ]:
+        assert cli.main([*info, *argv]) == cli.EXIT_USAGE
+        assert text in capsys.readouterr().err
+    with pytest.raises(ValueError, match="certificate_chain and private_key go together"):
+        Client(server.address, certificate_chain=b"x")
+
+
 def test_bad_tls_files_are_named_at_start(make_server, pki, tmp_path):
     """gRPC alone says only that it cannot bind the port; each file is checked first."""
     _files, paths = pki
