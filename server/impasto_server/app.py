@@ -138,6 +138,7 @@ class Server:
             prepare_ahead=max_batch if config.prepare_ahead is None else config.prepare_ahead,
             prepare_threads=config.prepare_threads,
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
+            on_dropped=lambda job, reason: self.service.dropped(job, reason),
         )
         # Re-read when the file changes: tokens are added or revoked without a restart.
         tokens = TokenStore(config.token_file) if config.token_file else None

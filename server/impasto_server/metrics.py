@@ -41,8 +41,11 @@ class Metrics:
         self.queue_depth.set(queued)
         self.running.set(running)
 
-    def job_done(self, outcome: str, seconds: float, iterations: int) -> None:
+    def job_done(self, outcome: str, seconds: float | None, iterations: int) -> None:
+        """A job's end; ``seconds`` it ran on the device, None for one that never ran."""
         self.jobs.labels(outcome=outcome).inc()
+        if seconds is None:
+            return
         self.duration.observe(seconds)
         if seconds > 0 and iterations > 0:
             self.iterations_per_second.set(iterations / seconds)

@@ -198,6 +198,7 @@ class Scheduler:
         prepare_ahead: int = 0,
         prepare_threads: int = 1,
         on_change: Callable[[Scheduler], None] | None = None,
+        on_dropped: Callable[[Job, str], None] | None = None,
     ) -> None:
         if min(queue_capacity, max_running, max_per_client, max_batch) < 1:
             raise ValueError(
@@ -216,6 +217,7 @@ class Scheduler:
         self.prepare_ahead = prepare_ahead  # waiting jobs that may hold their prepare's outcome
         self._busy = 0  # slots running a batch
         self._on_change = on_change
+        self._on_dropped = on_dropped  # a job that ended while queued, and why; else logged
         self._cond = threading.Condition()
         # client -> its waiting jobs; the dict's order is the round-robin rotation.
         self._waiting: OrderedDict[str, deque[Job]] = OrderedDict()
@@ -301,7 +303,10 @@ class Scheduler:
             job.request_stop(reason)
         if removed:
             job.outbox.finish(stopped_failure(reason))
-            log.info("job=%s client=%s outcome=%s while queued", job.id, job.client, reason)
+            if self._on_dropped is not None:
+                self._on_dropped(job, reason)
+            else:
+                log.info("job=%s client=%s outcome=%s while queued", job.id, job.client, reason)
             self._changed()
 
     def close(self) -> list[Job]:

@@ -467,24 +467,33 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 Failure("INTERNAL", f"the job failed on the server: {error}", "INTERNAL")
             )
         self.scheduler.release(job)
-        parsed = job.payload
         iterations = job.description.get("done_iterations", 0)
         duration = time.monotonic() - (job.started or time.monotonic())
         self.metrics.job_done(outcome, duration, iterations)
-        log.info(
-            "job=%s client=%s size=%s iterations=%d/%d styles=%d batch=%d queued=%.2fs "
-            "duration=%.2fs outcome=%s",
-            job.id,
-            job.client,
-            job.description.get("size"),
-            iterations,
-            parsed.options.iterations,
-            len(parsed.styles),
-            job.batch_size,
-            job.queued_seconds,
-            duration,
-            outcome,
-        )
+        _log_end(job, outcome, iterations, duration)
+
+    def dropped(self, job: Job, reason: str) -> None:
+        """Record a job that ended while queued (cancelled, its deadline, a shutdown)."""
+        self.metrics.job_done(reason, None, 0)
+        _log_end(job, reason, 0, 0.0)
+
+
+def _log_end(job: Job, outcome: str, iterations: int, duration: float) -> None:
+    """The job's line in the log, the same for every end."""
+    log.info(
+        "job=%s client=%s size=%s iterations=%d/%d styles=%d batch=%d queued=%.2fs "
+        "duration=%.2fs outcome=%s",
+        job.id,
+        job.client,
+        job.description.get("size"),
+        iterations,
+        job.description.get("iterations", 0),
+        job.description.get("styles", 0),
+        job.batch_size,
+        job.queued_seconds,
+        duration,
+        outcome,
+    )
 
 
 def _stop_reason(context: grpc.ServicerContext, job: Job) -> str:

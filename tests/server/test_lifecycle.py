@@ -12,7 +12,7 @@ from grpc_health.v1 import health_pb2, health_pb2_grpc
 from grpc_reflection.v1alpha.proto_reflection_descriptor_database import (
     ProtoReflectionDescriptorDatabase,
 )
-from impasto.client import Client, ImpastoError, Started
+from impasto.client import Client, ImpastoError, Queued, Started
 from job_watch import LONG, SHORT, Watcher, wait_until
 
 
@@ -127,6 +127,27 @@ def test_cuda_graphs_on_a_cpu_server_is_a_clear_start_up_error():
     assert done.returncode == 2
     assert "cannot load the model" in done.stderr
     assert "CUDA graphs need a CUDA device" in done.stderr
+
+
+def test_jobs_that_end_while_queued_are_counted_and_logged(
+    make_server, tiny_content, tiny_style, caplog
+):
+    server = make_server(max_running=1)
+    jobs = server.metrics.registry.get_sample_value
+    with Client(server.address) as a, Client(server.address) as b:
+        running = Watcher(a.stylize(tiny_content, [tiny_style], **LONG))
+        running.wait_for(Started)
+        waiting = Watcher(b.stylize(tiny_content, [tiny_style], **LONG))
+        waiting.wait_for(Queued)
+        with caplog.at_level("INFO", logger="impasto_server"):
+            waiting.job.cancel()
+            wait_until(lambda: jobs("impasto_jobs_total", {"outcome": "cancelled"}) == 1)
+        running.job.cancel()
+        wait_until(lambda: jobs("impasto_jobs_total", {"outcome": "cancelled"}) == 2)
+    # its line has every field of a job's line, as a job that ran does
+    (line,) = [r.getMessage() for r in caplog.records if "outcome=cancelled" in r.getMessage()]
+    assert "size=27x32 iterations=0/100000 styles=1 " in line, line
+    assert jobs("impasto_job_duration_seconds_count", {}) == 1  # only the job that ran
 
 
 @pytest.mark.parametrize(
