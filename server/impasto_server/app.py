@@ -8,6 +8,7 @@ import signal
 import ssl
 import sys
 import threading
+import time
 from collections.abc import Callable, Sequence
 from concurrent import futures
 from dataclasses import dataclass
@@ -172,6 +173,7 @@ class Server:
         self.port: int | None = None
         self.metrics_port: int | None = None
         self._stopped = threading.Event()
+        self._hurry = threading.Event()
 
     @property
     def address(self) -> str:
@@ -285,7 +287,7 @@ class Server:
             self._grpc.stop(grace + _STOP_MARGIN_SECONDS)
         self.service.accepting = False
         running = self.scheduler.close()
-        if running and not self.scheduler.wait_idle(grace):
+        if running and not self._idle_within(grace):
             for job in self.scheduler.running_jobs():
                 job.request_stop("shutdown")
             self.scheduler.wait_idle(_STOP_MARGIN_SECONDS)
@@ -295,6 +297,21 @@ class Server:
             self._grpc.stop(2.0).wait()
         self._stopped.set()
         log.info("stopped")
+
+    def hurry(self) -> None:
+        """End a shutdown's grace now: its running jobs are stopped (a second SIGTERM)."""
+        self._hurry.set()
+
+    def _idle_within(self, grace: float) -> bool:
+        """Whether the running jobs end within ``grace`` seconds and before ``hurry``."""
+        end = time.monotonic() + grace
+        while not self._hurry.is_set():
+            left = end - time.monotonic()
+            if self.scheduler.wait_idle(min(0.2, max(left, 0.0))):
+                return True
+            if left <= 0:
+                return False
+        return False
 
     def wait(self, timeout: float | None = None) -> bool:
         return self._stopped.wait(timeout)
@@ -499,15 +516,23 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s %(message)s",
     )
     stop = threading.Event()
+    started: list[Server] = []
 
     def on_signal(signum: int, _frame: object) -> None:
-        log.info("received %s", signal.Signals(signum).name)
-        stop.set()
+        if not stop.is_set():
+            log.info("received %s", signal.Signals(signum).name)
+            stop.set()
+        elif started:  # a second signal: the operator will not wait for the grace
+            log.info(
+                "received %s again: stopping the running jobs now", signal.Signals(signum).name
+            )
+            started[0].hurry()
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     try:
         server = Server(config)
+        started.append(server)
         server.start()
     except (OSError, ValueError, RuntimeError) as exc:
         log.error("cannot start: %s", exc)

@@ -78,6 +78,29 @@ def test_shutdown_drains_then_stops_running_jobs_with_unavailable(
         assert not stopper.is_alive()
 
 
+def test_a_second_signal_stops_the_running_jobs_without_the_grace(tiny_content, tiny_style):
+    """The first SIGTERM drains with the grace (here 60 s); an operator who sends another (or
+    presses Ctrl-C twice) does not wait for it: running jobs end with SHUTDOWN now."""
+    import signal
+
+    from impasto.local import LocalServer
+
+    with LocalServer(extra_args=("--grace-seconds", "60")) as server:
+        assert server.process is not None
+        with Client(server.address) as client:
+            running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))
+            running.wait_for(Started)
+            server.process.send_signal(signal.SIGTERM)
+            time.sleep(1.0)
+            assert not running.done.is_set()  # draining: the job may still finish
+            hurried = time.monotonic()
+            server.process.send_signal(signal.SIGINT)
+            assert running.done.wait(10)
+            assert running.error.reason == "SHUTDOWN"
+            assert server.process.wait(15) == 0
+            assert time.monotonic() - hurried < 15
+
+
 def test_reflection_lists_the_service(server):
     with grpc.insecure_channel(server.address) as channel:
         services = ProtoReflectionDescriptorDatabase(channel).get_services()
