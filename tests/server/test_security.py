@@ -81,6 +81,32 @@ def test_tls(make_server, pki, tiny_content, tiny_style):
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_images_health_check_speaks_tls_when_told_its_ca(make_server, pki):
+    """deploy/grpc_health_check.py (Docker's HEALTHCHECK) takes --ca and --server-name from
+    the environment, since the image's command line has neither."""
+    import os
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    _files, paths = pki
+    server = make_server(tls_cert=str(paths["server_cert"]), tls_key=str(paths["server_key"]))
+    script = Path(__file__).parents[2] / "deploy" / "grpc_health_check.py"
+
+    def check(**env: str) -> subprocess.CompletedProcess[str]:
+        return subprocess.run(
+            [sys.executable, script, f"127.0.0.1:{server.port}", "--timeout", "5"],
+            capture_output=True, text=True, check=False, timeout=30, env={**os.environ, **env},
+        )  # fmt: skip
+
+    assert check().returncode == 1  # plaintext against TLS
+    told = check(IMPASTO_HEALTH_CA=str(paths["ca"]), IMPASTO_HEALTH_SERVER_NAME="localhost")
+    assert told.returncode == 0 and "SERVING" in told.stdout, told.stderr
+    missing = check(IMPASTO_HEALTH_CA="/nonexistent.pem")
+    assert missing.returncode == 1 and "--ca /nonexistent.pem: No such file" in missing.stderr
+    assert "Traceback" not in missing.stderr
+
+
 def test_mutual_tls_requires_a_client_certificate(make_server, pki):
     files, paths = pki
     server = make_server(
