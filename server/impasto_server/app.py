@@ -241,14 +241,20 @@ class Server:
         if config.port_file:
             # Written only after binding, so whoever reads it can connect at once.
             tmp = Path(config.port_file).with_suffix(".tmp")
-            tmp.write_text(str(self.port))
-            tmp.replace(config.port_file)
+            try:
+                tmp.write_text(str(self.port))
+                tmp.replace(config.port_file)
+            except OSError as exc:
+                server.stop(None)
+                raise OSError(f"--port-file {config.port_file}: {exc.strerror or exc}") from exc
+        metrics = f", metrics on port {self.metrics_port}" if self.metrics_port else ""
         log.info(
-            "listening on %s:%d (tls=%s, tokens=%s)",
+            "listening on %s:%d (tls=%s, tokens=%s%s)",
             config.host,
             self.port,
             bool(config.tls_cert),
             self._tokens is not None,
+            metrics,
         )
         return self.port
 

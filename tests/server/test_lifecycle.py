@@ -212,3 +212,13 @@ def test_flag_values_the_server_cannot_hold_are_refused(argv, text, capsys):
     assert exited.value.code == 2
     assert text in capsys.readouterr().err
     assert parse_args(["--log-level", "debug", "--grace-seconds", "0"]).grace_seconds == 0
+
+
+def test_start_names_the_metrics_port_and_a_port_file_it_cannot_write(
+    make_server, tmp_path, caplog
+):
+    with caplog.at_level("INFO", logger="impasto_server"):
+        server = make_server(load=False, metrics_port=0)  # a free port: the log says which
+    assert server.metrics_port and f"metrics on port {server.metrics_port})" in caplog.text
+    with pytest.raises(OSError, match=f"--port-file {tmp_path}/missing/port: No such file"):
+        make_server(load=False, port_file=str(tmp_path / "missing" / "port"))
