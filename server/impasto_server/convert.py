@@ -161,6 +161,13 @@ def parse_request(
 
     init_image = image(request.init_image, "init_image") if request.HasField("init_image") else None
 
+    for name in wire.LAYERS:  # a mapping on the engine's side: a second weight would win
+        named: set[str] = set()
+        for index, entry in enumerate(getattr(request.options, name)):
+            if entry.layer in named:
+                violations.append((f"options.{name}[{index}].layer", f"{entry.layer} twice"))
+            named.add(entry.layer)
+
     options: StyleOptions | None = None
     try:
         values = wire.options_from_proto(request.options)

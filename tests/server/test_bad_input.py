@@ -73,6 +73,10 @@ CASES = {
         _call(lambda r: r.options.style_layers.add(layer="conv9_9", weight=1.0)),
         "options.style_layers",
     ),
+    "layer twice": (
+        _call(lambda r: [r.options.style_layers.add(layer="conv1_1", weight=w) for w in (1, 2)]),
+        "options.style_layers[1].layer",
+    ),
     "negative weight": (_set("options.content_weight", -1.0), "options.content_weight"),
     "nan style weight": (
         _call(lambda r: setattr(r.styles[0], "weight", float("nan"))),
