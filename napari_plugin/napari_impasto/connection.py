@@ -33,6 +33,10 @@ class ServerChoice:
         return "the local server" if self.mode == "local" else self.address
 
 
+class ConnectionClosedError(RuntimeError):
+    """The connection was closed (the widget went away) while it was being made."""
+
+
 class _LocalServers:
     """The one local server of this process, shared by reference count."""
 
@@ -94,12 +98,23 @@ class Connection:
         self._key: tuple[object, ...] | None = None
         self.address: str = ""
         self._uses_local = False
+        self._closes = 0  # how many times close() ran: a claim made across one is dropped
 
     def client(self, choice: ServerChoice) -> Client:
         """Connect (starting the local server when needed); call from a worker thread."""
         if choice.mode == "local":
-            address = LOCAL_SERVERS.acquire(id(self), choice.local_args)
-            self._uses_local = True
+            with self._lock:
+                closes = self._closes
+            address = LOCAL_SERVERS.acquire(id(self), choice.local_args)  # seconds to start
+            with self._lock:
+                closed_meanwhile = self._closes != closes
+                if not closed_meanwhile:
+                    self._uses_local = True
+            if closed_meanwhile:
+                # close() ran while the server started, so it had no claim to release yet;
+                # release it now, or the server would run on with no user until exit.
+                LOCAL_SERVERS.release(id(self))
+                raise ConnectionClosedError("the connection was closed while the server started")
             key: tuple[object, ...] = ("local", address)
         else:
             address = choice.address.strip()
@@ -131,13 +146,15 @@ class Connection:
             return self._client
 
     def close(self) -> None:
-        """Drop the client and this widget's claim on the local server."""
+        """Drop the client and this widget's claim on the local server (one being started
+        now is released once it has started). The connection can be used again later."""
         with self._lock:
             client, self._client, self._key = self._client, None, None
+            uses_local, self._uses_local = self._uses_local, False
+            self._closes += 1
         if client is not None:
             client.close()
-        if self._uses_local:
-            self._uses_local = False
+        if uses_local:
             LOCAL_SERVERS.release(id(self))
 
 
@@ -188,7 +205,7 @@ def describe_error(error: BaseException, where: str, *, during_job: bool = False
         return "impasto: the local server did not start: " + " / ".join(
             [head.rstrip(":"), *(errors or log)[-3:]]
         )
-    if isinstance(error, (ValueError, OSError)):
+    if isinstance(error, (ValueError, OSError, ConnectionClosedError)):
         return f"impasto: {error}"
     return f"impasto: unexpected error ({type(error).__name__}): {error}"
 

@@ -99,21 +99,23 @@ def is_gray_colormap(colormap: Any) -> bool:
     return name in ("gray", "grey")
 
 
-def _base_data(layer: Any) -> Any:
-    # A multiscale layer's first level holds the full resolution.
+def base_data(layer: Any) -> Any:
+    """The layer's array (a multiscale layer's first level, which holds the full
+    resolution), as it is now: napari replaces ``layer.data`` on assignment, so a reference to
+    it keeps reading what the layer held when it was taken."""
     return layer.data[0] if getattr(layer, "multiscale", False) else layer.data
 
 
 def leading_shape(layer: Any) -> tuple[int, ...]:
     """The sizes of the axes in front of the 2D plane (empty for a 2D layer)."""
-    shape = tuple(int(s) for s in _base_data(layer).shape)
+    shape = tuple(int(s) for s in base_data(layer).shape)
     if getattr(layer, "rgb", False):
         shape = shape[:-1]
     return shape[:-2]
 
 
 def plane_shape(layer: Any) -> tuple[int, int]:
-    shape = tuple(int(s) for s in _base_data(layer).shape)
+    shape = tuple(int(s) for s in base_data(layer).shape)
     if getattr(layer, "rgb", False):
         shape = shape[:-1]
     return shape[-2], shape[-1]
@@ -139,12 +141,12 @@ def all_indices(layer: Any) -> Iterator[tuple[int, ...]]:
 
 def plane(layer: Any, index: tuple[int, ...]) -> np.ndarray:
     """One 2D plane (HxW, or HxWxC for RGB) as a numpy array; reads only that plane."""
-    return np.asarray(_base_data(layer)[tuple(index)])
+    return np.asarray(base_data(layer)[tuple(index)])
 
 
 def rendering_of(layer: Any, *, colormap: bool) -> Rendering:
     """How to send ``layer``: its contrast limits and, for grayscale, optionally its colormap."""
-    data = _base_data(layer)
+    data = base_data(layer)
     dtype = np.dtype(data.dtype)
     if dtype.kind not in "biuf":
         raise LayerError(f"layer {layer.name!r} has dtype {dtype}; it needs numbers")
@@ -157,13 +159,20 @@ def rendering_of(layer: Any, *, colormap: bool) -> Rendering:
 
 def picture_of(layer: Any, index: tuple[int, ...], rendering: Rendering) -> np.ndarray:
     """The picture to send for one plane of ``layer``."""
-    return rendering.to_wire(plane(layer, index), getattr(layer, "colormap", None))
+    return picture_from(base_data(layer), index, rendering, getattr(layer, "colormap", None))
 
 
-def label_plane(labels: Any, index: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
-    """The labels under one content plane: the same leading index when the Labels layer is a
-    stack like the content, its current 2D labels otherwise."""
-    data = _base_data(labels)
+def picture_from(
+    data: Any, index: tuple[int, ...], rendering: Rendering, colormap: Any = None
+) -> np.ndarray:
+    """The picture to send for one plane of ``data`` (a layer's ``base_data``)."""
+    return rendering.to_wire(np.asarray(data[tuple(index)]), colormap)
+
+
+def label_plane(data: Any, name: str, index: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+    """The labels under one content plane, from ``data`` (``base_data`` of the Labels layer
+    called ``name``): the same leading index when the labels are a stack like the content,
+    its current 2D labels otherwise."""
     lead = tuple(int(s) for s in data.shape[:-2])
     if lead and len(lead) == len(index) and all(i < s for i, s in zip(index, lead)):
         array = np.asarray(data[tuple(index)])
@@ -173,11 +182,11 @@ def label_plane(labels: Any, index: tuple[int, ...], shape: tuple[int, int]) -> 
         array = np.asarray(data)
     if array.shape != shape:
         raise LayerError(
-            f"the mask {labels.name!r} is {array.shape[0]}x{array.shape[1]} but the content "
+            f"the mask {name!r} is {array.shape[0]}x{array.shape[1]} but the content "
             f"is {shape[0]}x{shape[1]}; a mask must match the content's plane"
         )
     if array.size and (array.min() < 0 or array.max() > 65535):
-        raise LayerError(f"the mask {labels.name!r} has labels outside 0..65535")
+        raise LayerError(f"the mask {name!r} has labels outside 0..65535")
     return array.astype(np.uint16)
 
 
@@ -198,12 +207,14 @@ def placement_of(
     layer: Any,
     index: tuple[int, ...] | None,
     result_shape: tuple[int, int],
+    source_shape: tuple[int, int] | None = None,
 ) -> Placement:
     """The transform for a result of ``result_shape`` made from ``layer``'s plane at ``index``
-    (None: the whole stack, one result plane per content plane)."""
+    (None: the whole stack, one result plane per content plane); ``source_shape``: the plane's
+    shape when it was sent (default: the layer's now)."""
     scale = [float(s) for s in layer.scale]
     translate = [float(t) for t in layer.translate]
-    height, width = plane_shape(layer)
+    height, width = source_shape or plane_shape(layer)
     for axis, (source, target) in zip((-2, -1), zip((height, width), result_shape)):
         factor = source / target
         # Pixel centres sit at integer coordinates, so a coarser pixel's centre moves by half

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -28,6 +28,10 @@ class ActiveRun:
     stack: bool
     indices: list[tuple[int, ...]]
     style_weights: list[float]
+    # The content's shape when the run began (its data may be replaced during the run).
+    lead: tuple[int, ...] = ()  # the sizes of the axes in front of the plane
+    plane_shape: tuple[int, int] | None = None
+    style_layers: list[Any] = field(default_factory=list)
     worker: Any = None
     address: str = ""
     result_layer: Image | None = None
@@ -39,7 +43,7 @@ def show_preview(viewer: Any, state: ActiveRun, plane: int, preview: np.ndarray)
     """Show a preview in the preview layer, placed like the result will be."""
     data = state.rendering.from_wire(preview)
     index = state.indices[plane]
-    placement = layer_tools.placement_of(state.content, index, data.shape[:2])
+    placement = layer_tools.placement_of(state.content, index, data.shape[:2], state.plane_shape)
     data = data.reshape((1,) * len(index) + data.shape)
     layer = _layer(viewer, PREVIEW_LAYER)
     if layer is not None and (layer.data.shape != data.shape or layer.rgb != _is_rgb(data, state)):
@@ -60,15 +64,18 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
     image = state.rendering.from_wire(result.image)
     metadata = metadata_of(state, result, item)
     if not state.stack:
-        placement = layer_tools.placement_of(state.content, item.index, image.shape[:2])
+        placement = layer_tools.placement_of(
+            state.content, item.index, image.shape[:2], state.plane_shape
+        )
         data = image.reshape((1,) * len(item.index) + image.shape)
         _add_result_layer(viewer, state, data, placement, metadata)
     else:
-        lead = layer_tools.leading_shape(state.content)
         if state.result_layer is None or state.result_layer not in viewer.layers:
             # The whole stack's result appears at the first slice, then fills in.
-            placement = layer_tools.placement_of(state.content, None, image.shape[:2])
-            data = np.zeros(lead + image.shape, dtype=image.dtype)
+            placement = layer_tools.placement_of(
+                state.content, None, image.shape[:2], state.plane_shape
+            )
+            data = np.zeros(state.lead + image.shape, dtype=image.dtype)
             data[item.index] = image
             _add_result_layer(viewer, state, data, placement, metadata)
         else:

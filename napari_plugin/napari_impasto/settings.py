@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -55,7 +57,37 @@ def load() -> PluginSettings:
         # A value of the wrong type (a hand-edited file) falls back to the default.
         if name in known and isinstance(value, type(getattr(defaults, name))):
             values[name] = value
+    if "options" in values:
+        values["options"] = _valid_options(values["options"])
     return PluginSettings(**values)
+
+
+def _is_number(value: Any) -> bool:
+    return isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value)
+
+
+_OPTION_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "preset": lambda v: isinstance(v, str),
+    "init": lambda v: isinstance(v, str),
+    "color_preservation": lambda v: isinstance(v, str),
+    "size": lambda v: _is_number(v) and v == int(v) and v >= 1,
+    "iterations": lambda v: _is_number(v) and v == int(v) and v >= 1,
+    "num_scales": lambda v: _is_number(v) and v == int(v) and v >= 1,
+    "content_weight": lambda v: _is_number(v) and v >= 0,
+    "style_weight": lambda v: _is_number(v) and v >= 0,
+    "tv_weight": lambda v: _is_number(v) and v >= 0,
+    "seed": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+}
+
+
+def _valid_options(options: dict[str, Any]) -> dict[str, Any]:
+    """The saved options the widget can use; a bad value (a hand-edited or outdated file) is
+    left out, so that option falls back to its default while the others still load."""
+    return {
+        name: value
+        for name, value in options.items()
+        if name in _OPTION_CHECKS and _OPTION_CHECKS[name](value)
+    }
 
 
 def save(settings: PluginSettings) -> None:

@@ -7,6 +7,7 @@ network work (starting the local server, connecting, streaming the job) runs in 
 
 from __future__ import annotations
 
+import contextlib
 import functools
 from typing import TYPE_CHECKING, Any
 
@@ -15,7 +16,7 @@ from impasto.client import Progress, Queued, ServerInfo, Started
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import Qt
+from qtpy.QtCore import QEvent, Qt
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -126,16 +127,16 @@ class ImpastoWidget(QWidget):
         # Options the user chose (now or in an earlier session): server defaults leave them be.
         self._user_options: set[str] = set(self.settings.options)
         self._applying = False
+        self._layer_names: list[str] = []  # the layers' names at the last refresh
         self._build()
         self._apply_allowed(FALLBACK_ALLOWED)
         self._apply_defaults({**FALLBACK_DEFAULTS, **self.settings.options})
         self._track_user_edits()
         self._load_server_settings()
         self._refresh_layer_choices()
-        events = self.viewer.layers.events
-        events.inserted.connect(self._on_layers_changed)
-        events.removed.connect(self._on_layers_changed)
-        events.moved.connect(self._on_layers_changed)
+        self._viewer_events = False
+        self._docked = False  # in a panel now (or since the last removal)
+        self._attach_viewer_events()
         # The cleanup must not need this Python object, which may be half gone by then.
         self.destroyed.connect(functools.partial(_release, self.connection, self._controls()))
         app = QApplication.instance()
@@ -278,20 +279,61 @@ class ImpastoWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
 
+    def _attach_viewer_events(self) -> None:
+        if self._viewer_events:
+            return
+        self._viewer_events = True
+        events = self.viewer.layers.events
+        events.inserted.connect(self._on_layer_inserted)
+        events.removed.connect(self._on_layer_removed)
+        events.moved.connect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.connect(self._on_layer_renamed)
+        self._refresh_layer_choices()
+
+    def _detach_viewer_events(self) -> None:
+        if not self._viewer_events:
+            return
+        self._viewer_events = False
+        events = self.viewer.layers.events
+        events.inserted.disconnect(self._on_layer_inserted)
+        events.removed.disconnect(self._on_layer_removed)
+        events.moved.disconnect(self._on_layers_changed)
+        for layer in self.viewer.layers:
+            layer.events.name.disconnect(self._on_layer_renamed)
+
+    def _on_layer_inserted(self, event: Any) -> None:
+        event.value.events.name.connect(self._on_layer_renamed)
+        self._refresh_layer_choices()
+
+    def _on_layer_removed(self, event: Any) -> None:
+        event.value.events.name.disconnect(self._on_layer_renamed)
+        self._refresh_layer_choices()
+
+    def _on_layer_renamed(self, event: Any = None) -> None:
+        # The one name that went and the one that came (plugins see proxies of the layers,
+        # so names, not identities); a choice of the renamed layer follows it.
+        names = [layer.name for layer in self.viewer.layers]
+        gone = [name for name in self._layer_names if name not in names]
+        came = [name for name in names if name not in self._layer_names]
+        renamed = (gone[0], came[0]) if len(gone) == len(came) == 1 else None
+        self._refresh_layer_choices(renamed=renamed)
+
     def _image_layers(self) -> list[Image]:
         return [layer for layer in self.viewer.layers if isinstance(layer, Image)]
 
     def _on_layers_changed(self, event: Any = None) -> None:
         self._refresh_layer_choices()
 
-    def _refresh_layer_choices(self) -> None:
+    def _refresh_layer_choices(self, renamed: tuple[str, str] | None = None) -> None:
+        self._layer_names = [layer.name for layer in self.viewer.layers]
         names = [layer.name for layer in self._image_layers() if layer.name != PREVIEW_LAYER]
         labels = [layer.name for layer in self.viewer.layers if isinstance(layer, Labels)]
-        _fill(self.content, names)
+        _fill(self.content, names, renamed=renamed)
         for row in self.style_rows:
-            _fill(row.layer, names)
-        _fill(self.init_layer, names)
-        _fill(self.mask, ["(none)", *labels])
+            _fill(row.layer, names, renamed=renamed)
+        _fill(self.init_layer, names, renamed=renamed)
+        _fill(self.mask, ["(none)", *labels], renamed=renamed)
         self._on_content_changed()  # styles propose a layer other than the content
         self._refresh_regions()
 
@@ -428,6 +470,8 @@ class ImpastoWidget(QWidget):
         self._check_worker = None
 
     def _on_checked(self, answer: tuple[str, str, ServerInfo | None]) -> None:
+        if not self._viewer_events:
+            return  # the panel was closed meanwhile (which closed the connection)
         health, address, info = answer
         if health == "ERROR":
             self.server_status.setText("unreachable")
@@ -516,25 +560,22 @@ class ImpastoWidget(QWidget):
             self._applying = False
 
     def _set_option_controls(self, values: dict[str, Any]) -> None:
-        if "size" in values:
-            self.size.setValue(int(values["size"]))
-        if "iterations" in values:
-            self.iterations.setValue(int(values["iterations"]))
-        for edit, name in (
-            (self.content_weight, "content_weight"),
-            (self.style_weight, "style_weight"),
-            (self.tv_weight, "tv_weight"),
-        ):
+        setters: dict[str, Any] = {
+            "size": lambda v: self.size.setValue(int(v)),
+            "iterations": lambda v: self.iterations.setValue(int(v)),
+            "content_weight": lambda v: self.content_weight.setText(f"{float(v):g}"),
+            "style_weight": lambda v: self.style_weight.setText(f"{float(v):g}"),
+            "tv_weight": lambda v: self.tv_weight.setText(f"{float(v):g}"),
+            "init": lambda v: self.init.setCurrentText(str(v)),
+            "color_preservation": lambda v: self.color_preservation.setCurrentText(str(v)),
+            "num_scales": lambda v: self.num_scales.setValue(int(v)),
+            "seed": lambda v: self.seed.setText("" if v is None else str(int(v))),
+        }
+        for name, set_value in setters.items():
             if name in values:
-                edit.setText(f"{float(values[name]):g}")
-        if "init" in values:
-            self.init.setCurrentText(str(values["init"]))
-        if "color_preservation" in values:
-            self.color_preservation.setCurrentText(str(values["color_preservation"]))
-        if "num_scales" in values:
-            self.num_scales.setValue(int(values["num_scales"]))
-        if "seed" in values:
-            self.seed.setText("" if values["seed"] is None else str(values["seed"]))
+                # A value that is no number (a server's odd default) leaves the control be.
+                with contextlib.suppress(TypeError, ValueError, OverflowError):
+                    set_value(values[name])
 
     def _on_preset_changed(self) -> None:
         presets = self.server_info.presets if self.server_info else {}
@@ -579,7 +620,8 @@ class ImpastoWidget(QWidget):
             values[name] = number
         seed = self.seed.text().strip()
         if seed:
-            if not seed.isdigit():
+            # isdecimal, not isdigit: "²" is a digit that int() refuses
+            if not seed.isdecimal():
                 raise ValueError(f"seed must be a whole number >= 0 or empty, not {seed!r}")
             values["seed"] = int(seed)
         return values
@@ -639,11 +681,13 @@ class ImpastoWidget(QWidget):
         styles = []
         names = []
         weights = []
+        style_layers = []
         for row in self.style_rows:
             layer = self._layer(row.layer.currentText(), Image)
             if layer is None:
                 raise ValueError("choose a style layer for every style row")
             names.append(layer.name)
+            style_layers.append(layer)
             rendering = layer_tools.rendering_of(layer, colormap=True)
             index = layer_tools.current_index(layer, self.viewer.dims.point)
             styles.append(layer_tools.picture_of(layer, index, rendering))
@@ -674,13 +718,26 @@ class ImpastoWidget(QWidget):
         if not regions:
             mask = None
         shape = layer_tools.plane_shape(content)
+        # The worker reads the planes one by one, from the arrays as they are now: napari
+        # replaces layer.data on assignment, so these references keep what Run saw without
+        # copying a whole stack. Not covered: changes made in place (layer.data[i] = ..., or a
+        # lazy dask/zarr array whose store changes), which only a full copy would survive.
+        data = layer_tools.base_data(content)
+        read_content = functools.partial(
+            layer_tools.picture_from, data, rendering=rendering, colormap=content.colormap
+        )
+        read_mask = (
+            functools.partial(
+                layer_tools.label_plane, layer_tools.base_data(mask), mask.name, shape=shape
+            )
+            if mask is not None
+            else None
+        )
         tasks = [
             PlaneTask(
                 index,
-                functools.partial(layer_tools.picture_of, content, index, rendering),
-                functools.partial(layer_tools.label_plane, mask, index, shape)
-                if mask is not None
-                else None,
+                functools.partial(read_content, index),
+                functools.partial(read_mask, index=index) if read_mask is not None else None,
             )
             for index in indices
         ]
@@ -708,6 +765,9 @@ class ImpastoWidget(QWidget):
             stack=stack,
             indices=indices,
             style_weights=weights,
+            lead=layer_tools.leading_shape(content),
+            plane_shape=shape,
+            style_layers=style_layers,
         )
         return plan, state
 
@@ -721,8 +781,8 @@ class ImpastoWidget(QWidget):
 
     def _on_event(self, item: Any) -> None:
         state = self.run_state
-        if state is None:
-            return
+        if state is None or not self._viewer_events:
+            return  # nothing runs, or the panel was closed: no more layers from this run
         if isinstance(item, Connected):
             state.address = item.address
             self._on_server_info(item.address, item.info)
@@ -787,6 +847,14 @@ class ImpastoWidget(QWidget):
                 f"impasto: the content layer {state.content.name!r} was deleted during the run"
                 + ("; the result was kept as a new layer" if state.result_layers else "")
             )
+        gone = [] if state is None else [
+            layer.name for layer in state.style_layers if layer not in self.viewer.layers
+        ]  # fmt: skip
+        if gone:
+            show_warning(
+                f"impasto: the style layer(s) {', '.join(map(repr, gone))} were deleted during "
+                "the run; the run used them as they were when it began"
+            )
         preview = self._layer(PREVIEW_LAYER, Image)
         if preview is not None:
             preview.visible = False  # the result (or the content) is what counts now
@@ -797,6 +865,28 @@ class ImpastoWidget(QWidget):
         self._set_running(False)
 
     # ------------------------------------------------------------------ teardown
+
+    def event(self, event: QEvent) -> bool:
+        if event.type() == QEvent.Type.ParentChange:
+            docked = getattr(self, "_docked", None)  # None: still in __init__
+            if self.parent() is not None:
+                if docked is False:
+                    self._docked = True
+                    self._attach_viewer_events()  # again, after a removal
+            elif docked:
+                # napari's remove_dock_widget (the panel's X button) only unparents the widget;
+                # hiding, floating or tabbing the panel keeps its parent.
+                self._docked = False
+                self._on_removed()
+        return super().event(event)
+
+    def _on_removed(self) -> None:
+        """The panel was closed: stop the run (the server frees its slot), drop the connection
+        (a local server stops when no other widget uses it) and stop following the viewer."""
+        if self.run_state is not None:
+            self.status.setText("cancelling: the panel was closed…")
+        self.close_connection()
+        self._detach_viewer_events()
 
     def close_connection(self) -> None:
         """Cancel any run and release the server (the local one stops when unused)."""
@@ -811,10 +901,18 @@ def _release(connection: Connection, controls: list[Any], *_: Any) -> None:
     connection.close()
 
 
-def _fill(combo: QComboBox, names: list[str], prefer_not: str | None = None) -> None:
-    """Replace a combo's items, keeping its choice when it still exists; a fresh choice avoids
-    ``prefer_not`` when there is another."""
+def _fill(
+    combo: QComboBox,
+    names: list[str],
+    prefer_not: str | None = None,
+    renamed: tuple[str, str] | None = None,
+) -> None:
+    """Replace a combo's items, keeping its choice when it still exists (under its new name
+    when ``renamed`` is (old, new)); a fresh choice avoids ``prefer_not`` when there is
+    another."""
     current = combo.currentText()
+    if renamed is not None and current == renamed[0]:
+        current = renamed[1]
     combo.blockSignals(True)
     combo.clear()
     combo.addItems(names)

@@ -11,11 +11,10 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, TypeVar
 
-import grpc
 import numpy as np
-from impasto.client import ImpastoError, Job, Progress, Queued, Result, ServerInfo, Started
+from impasto.client import Client, ImpastoError, Job, Progress, Queued, Result, ServerInfo, Started
 
 from napari_impasto.connection import Connection, ServerChoice, describe_error
 
@@ -105,10 +104,18 @@ def run_plan(
     done = 0
     where = choice.label
     job: Job | None = None
-    try:
-        client = connection.client(choice)
+
+    def connect() -> tuple[Client, ServerInfo]:
+        nonlocal where
+        client = connection.client(choice)  # starts the local server when needed
         where = connection.address or where
-        info = client.server_info(timeout=10)
+        return client, client.server_info(timeout=10)
+
+    try:
+        connected = _unless_cancelled(connect, control)
+        if connected is None:
+            return Outcome("cancelled", "cancelled", done)
+        client, info = connected
         yield Connected(connection.address, info)
         previous: np.ndarray | None = None
         count = len(plan.tasks)
@@ -154,13 +161,49 @@ def run_plan(
                 control.attach(None)
         return Outcome("done", "", done)
     except ImpastoError as error:
-        if control.cancelled and error.code == grpc.StatusCode.CANCELLED:
+        if control.cancelled:
+            # Whatever ended the call after Cancel (CANCELLED, or a channel closed with the
+            # panel) is the cancellation, not a failure.
             return Outcome("cancelled", "cancelled", done)
         # A job id means the server had accepted this plane's job before the call ended.
         during_job = job is not None and job.job_id is not None
         return Outcome("failed", describe_error(error, where, during_job=during_job), done)
     except Exception as error:  # noqa: BLE001 - every failure becomes a notification
+        if control.cancelled:
+            return Outcome("cancelled", "cancelled", done)
         return Outcome("failed", describe_error(error, where), done)
+
+
+_T = TypeVar("_T")
+
+
+def _unless_cancelled(call: Callable[[], _T], control: RunControl) -> _T | None:
+    """``call()``'s value, or None as soon as the run is cancelled (its exception, if it
+    raises first).
+
+    Connecting can block for seconds with nothing to cancel yet (a local server starting, a
+    server that accepts connections but does not answer), so it runs in a helper thread that is
+    left to finish on its own after a cancel: its call ends at its own timeout, and a local
+    server it started stays for the next run."""
+    outcome: list[Any] = []
+    finished = threading.Event()
+
+    def target() -> None:
+        try:
+            outcome.append((True, call()))
+        except BaseException as error:  # noqa: BLE001 - handed to the waiting thread
+            outcome.append((False, error))
+        finally:
+            finished.set()
+
+    threading.Thread(target=target, name="impasto-connect", daemon=True).start()
+    while not finished.wait(0.05):
+        if control.cancelled:
+            return None
+    ok, value = outcome[0]
+    if not ok:
+        raise value
+    return value
 
 
 def check_server(

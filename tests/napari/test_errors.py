@@ -228,3 +228,32 @@ def test_server_killed_mid_job_then_restarted(
         assert any("impasto" in layer.metadata for layer in viewer.layers)
     finally:
         local.stop()
+
+
+def test_a_seed_that_is_no_whole_number_is_refused_before_sending(
+    dock: Any, notifications: list[Any], tiny_content: Any, tiny_style: Any
+) -> None:
+    viewer, widget = dock()
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.seed.setText("²")  # a digit to str.isdigit, but no number to int()
+    widget.run()
+    assert widget.run_state is None
+    assert "seed must be a whole number" in _errors(notifications)[-1]
+
+
+def test_style_deleted_during_the_run_is_a_warning(
+    napari_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    viewer, widget = dock(napari_server, iterations=30)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done"
+    assert _errors(notifications) == []  # the layers still there: nothing to warn of
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    viewer.layers.remove("style")
+    assert wait_for_run(qtbot, widget).status == "done"
+    assert any(
+        "style layer(s) 'style' were deleted during the run" in m for m in _errors(notifications)
+    )

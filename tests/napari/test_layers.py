@@ -2,9 +2,12 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import numpy as np
 import pytest
 from napari.layers import Image, Labels
+from napari_helpers import add_content_and_style
 from napari_impasto import layers as lt
 
 
@@ -79,6 +82,42 @@ def test_placement_overlays_a_resized_result_exactly() -> None:
 
 def test_mask_plane_must_match_the_content() -> None:
     labels = Labels(np.ones((2, 10, 12), dtype=np.int32))
-    assert lt.label_plane(labels, (1,), (10, 12)).dtype == np.uint16
+    data = lt.base_data(labels)
+    assert lt.label_plane(data, labels.name, (1,), (10, 12)).dtype == np.uint16
     with pytest.raises(lt.LayerError, match="must match"):
-        lt.label_plane(labels, (0,), (10, 10))
+        lt.label_plane(data, labels.name, (0,), (10, 10))
+
+
+def _items(combo: Any) -> list[str]:
+    return [combo.itemText(i) for i in range(combo.count())]
+
+
+def test_renaming_a_layer_renames_it_in_every_choice(
+    dock: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock()
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    viewer.add_labels(np.ones(tiny_content.shape[:2], dtype=np.int32), name="regions")
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.init_layer.setCurrentText("style")
+    widget.mask.setCurrentText("regions")
+
+    viewer.layers["content"].name = "photo"
+    viewer.layers["style"].name = "brush"
+    viewer.layers["regions"].name = "areas"
+    assert _items(widget.content) == ["photo", "brush"]
+    # Each choice follows its layer to the new name.
+    assert widget.content.currentText() == "photo"
+    assert widget.style_rows[0].layer.currentText() == "brush"
+    assert widget.init_layer.currentText() == "brush"
+    assert _items(widget.mask) == ["(none)", "areas"] and widget.mask.currentText() == "areas"
+    _, state = widget._plan()  # Run would take the renamed layers
+    assert state.content.name == "photo" and state.style_names == ["brush"]
+    assert state.mask_name == "areas"
+
+    # A layer that left the viewer is no longer followed; one that came in is.
+    removed = viewer.layers.pop(viewer.layers.index("brush"))
+    removed.name = "elsewhere"
+    viewer.add_image(tiny_style, name="late", rgb=True).name = "later"
+    assert _items(widget.content) == ["photo", "later"]

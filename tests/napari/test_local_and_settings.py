@@ -6,8 +6,10 @@ import dataclasses
 import json
 from typing import Any
 
+import pytest
 from napari_helpers import add_content_and_style, use_remote, wait_for_run
 from napari_impasto.connection import LOCAL_SERVERS
+from napari_impasto.widget import FALLBACK_DEFAULTS
 
 
 def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
@@ -66,3 +68,31 @@ def test_settings_persist_between_sessions(
     assert again.preview_interval.value() == 3
     assert again.options()["style_weight"] == 5000
     assert again.options()["size"] == 48 and again.options()["iterations"] == 7
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"size": "big"},
+        {"content_weight": "x"},
+        {"seed": "abc"},
+        {"iterations": None},
+        {"tv_weight": -1},
+        {"num_scales": 2.5},
+    ],
+)
+def test_a_bad_value_in_the_settings_file_falls_back_to_its_default(
+    bad: dict[str, Any], plugin_settings: Any, make_napari_viewer: Any
+) -> None:
+    plugin_settings.write_text(
+        json.dumps({"address": "gpu-host:1", "options": {"style_weight": 5000, "size": 48, **bad}})
+    )
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("impasto", "impasto")
+    options = widget.options()
+    (name,) = bad
+    assert options.get(name) == FALLBACK_DEFAULTS[name]  # the default (seed: none, random)
+    assert name not in widget._user_options  # so a server's default may still apply
+    # The other values still load.
+    assert options["style_weight"] == 5000 and widget.address.text() == "gpu-host:1"
+    if name != "size":
+        assert options["size"] == 48

@@ -214,3 +214,34 @@ def test_queue_position_is_shown_while_waiting(
         blocker.cancel()
     outcome = wait_for_run(qtbot, widget)
     assert outcome.status == "done", outcome.message
+
+
+def test_a_run_uses_the_data_as_it_was_when_run_was_pressed(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=20, size=24)
+    _, x = np.mgrid[:24, :24]
+    stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
+    content = viewer.add_image(stack, name="content")
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+
+    # The planes a run sends are those of the data when Run was pressed, even when the
+    # layer's data is replaced before the worker reads them.
+    plan, _ = widget._plan()
+    sent = [task.content() for task in plan.tasks]
+    content.data = np.zeros((3, 24, 24), np.float32)
+    for task, picture in zip(plan.tasks, sent, strict=True):
+        np.testing.assert_array_equal(task.content(), picture)
+
+    content.data = stack
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    content.data = np.zeros((1, 24, 24), np.float32)  # fewer slices than when Run was pressed
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
+    (result,) = _result_layers(viewer)
+    assert result.data.shape == (3, 24, 24)
+    assert all(result.data[z].std() > 0 for z in range(3))
