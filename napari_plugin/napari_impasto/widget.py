@@ -279,28 +279,30 @@ class ImpastoWidget(QWidget):
 
     # ------------------------------------------------------------------ layers
 
+    def _viewer_handlers(self) -> list[tuple[Any, Any]]:
+        """(event, handler) for what the widget follows: the layer list and each name."""
+        events = self.viewer.layers.events
+        return [
+            (events.inserted, self._on_layer_inserted),
+            (events.removed, self._on_layer_removed),
+            (events.moved, self._on_layers_changed),
+            *((layer.events.name, self._on_layer_renamed) for layer in self.viewer.layers),
+        ]
+
     def _attach_viewer_events(self) -> None:
         if self._viewer_events:
             return
         self._viewer_events = True
-        events = self.viewer.layers.events
-        events.inserted.connect(self._on_layer_inserted)
-        events.removed.connect(self._on_layer_removed)
-        events.moved.connect(self._on_layers_changed)
-        for layer in self.viewer.layers:
-            layer.events.name.connect(self._on_layer_renamed)
+        for event, handler in self._viewer_handlers():
+            event.connect(handler)
         self._refresh_layer_choices()
 
     def _detach_viewer_events(self) -> None:
         if not self._viewer_events:
             return
         self._viewer_events = False
-        events = self.viewer.layers.events
-        events.inserted.disconnect(self._on_layer_inserted)
-        events.removed.disconnect(self._on_layer_removed)
-        events.moved.disconnect(self._on_layers_changed)
-        for layer in self.viewer.layers:
-            layer.events.name.disconnect(self._on_layer_renamed)
+        for event, handler in self._viewer_handlers():
+            event.disconnect(handler)
 
     def _on_layer_inserted(self, event: Any) -> None:
         event.value.events.name.connect(self._on_layer_renamed)

@@ -109,19 +109,29 @@ def test_no_layers_is_a_notification(dock: Any, notifications: list[Any]) -> Non
     assert "choose a content layer" in _errors(notifications)[-1]
 
 
-def test_content_deleted_during_the_run_keeps_the_result(
+@pytest.mark.parametrize(
+    ("deleted", "warning"),
+    [
+        ("content", "the content layer 'content' was deleted during the run"),
+        ("style", "the style layer(s) 'style' were deleted during the run"),
+    ],
+)
+def test_a_layer_deleted_during_the_run_keeps_the_result_with_a_warning(
     napari_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
-    tiny_style: Any,
+    tiny_style: Any, deleted: str, warning: str,
 ) -> None:  # fmt: skip
     viewer, widget = dock(napari_server, iterations=30)
     add_content_and_style(viewer, tiny_content, tiny_style)
     widget.run()
-    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
-    viewer.layers.remove("content")
     assert wait_for_run(qtbot, widget).status == "done"
-    (result,) = [layer for layer in viewer.layers if "impasto" in layer.metadata]
-    assert result.metadata["impasto"]["content"] == "content"
-    assert any("was deleted during the run" in m for m in _errors(notifications))
+    assert _errors(notifications) == []  # the layers still there: nothing to warn of
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    viewer.layers.remove(deleted)
+    assert wait_for_run(qtbot, widget).status == "done"
+    results = [layer for layer in viewer.layers if "impasto" in layer.metadata]
+    assert len(results) == 2 and results[-1].metadata["impasto"]["content"] == "content"
+    assert any(warning in m for m in _errors(notifications)), _errors(notifications)
 
 
 def test_messages_for_a_full_queue_and_bad_fields() -> None:
@@ -239,21 +249,3 @@ def test_a_seed_that_is_no_whole_number_is_refused_before_sending(
     widget.run()
     assert widget.run_state is None
     assert "seed must be a whole number" in _errors(notifications)[-1]
-
-
-def test_style_deleted_during_the_run_is_a_warning(
-    napari_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
-    tiny_style: Any,
-) -> None:  # fmt: skip
-    viewer, widget = dock(napari_server, iterations=30)
-    add_content_and_style(viewer, tiny_content, tiny_style)
-    widget.run()
-    assert wait_for_run(qtbot, widget).status == "done"
-    assert _errors(notifications) == []  # the layers still there: nothing to warn of
-    widget.run()
-    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
-    viewer.layers.remove("style")
-    assert wait_for_run(qtbot, widget).status == "done"
-    assert any(
-        "style layer(s) 'style' were deleted during the run" in m for m in _errors(notifications)
-    )
