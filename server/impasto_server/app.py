@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import functools
 import logging
 import signal
 import ssl
@@ -192,7 +193,8 @@ class Server:
         # Tokens first: a refused peer's request is never decoded.
         interceptors: list[grpc.ServerInterceptor] = [DecodeGuardInterceptor()]
         if self._tokens is not None:
-            interceptors.insert(0, TokenAuthInterceptor(self._tokens))
+            refused = functools.partial(self.service.rejected, "unauthenticated")
+            interceptors.insert(0, TokenAuthInterceptor(self._tokens, on_refused=refused))
         server = grpc.server(
             futures.ThreadPoolExecutor(max_workers=workers, thread_name_prefix="impasto-rpc"),
             interceptors=interceptors,

@@ -192,8 +192,13 @@ def _ignore_body(_data: bytes) -> bytes:
 class TokenAuthInterceptor(grpc.ServerInterceptor):
     """Answers UNAUTHENTICATED unless ``authorization: Bearer <token>`` names a valid token."""
 
-    def __init__(self, tokens: TokenStore | Iterable[str]) -> None:
+    def __init__(
+        self,
+        tokens: TokenStore | Iterable[str],
+        on_refused: Callable[[grpc.ServicerContext, str], None] | None = None,
+    ) -> None:
         self.store = tokens if isinstance(tokens, TokenStore) else TokenStore(tokens=tokens)
+        self._on_refused = on_refused  # counts and logs each refusal
 
     def intercept_service(
         self,
@@ -211,6 +216,8 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
             return None
 
         def deny(request: Any, context: grpc.ServicerContext) -> Any:
+            if self._on_refused is not None:
+                self._on_refused(context, refusal)
             context.abort(grpc.StatusCode.UNAUTHENTICATED, refusal)
 
         if handler.request_streaming and handler.response_streaming:

@@ -216,12 +216,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
     ) -> Iterator[pb.StylizeResponse]:
         engine = self.engine
         if engine is None:
-            self.metrics.rejected("unavailable")
+            self.rejected("unavailable", context, "the model is still loading")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the model is still loading; retry shortly")
         if not self.accepting:
             # Only a call that arrived just as the drain closed the transport gets here; with
             # no retry pushback, gRPC's retry policy may send it to another replica.
-            self.metrics.rejected("unavailable")
+            self.rejected("unavailable", context, "the server is shutting down")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         try:
             parsed = convert.parse_request(
@@ -237,10 +237,10 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                     f"this server's limit of {self.config.limits.max_pixels}",
                 )
         except convert.RequestError as exc:
-            self.metrics.rejected("invalid")
+            self.rejected("invalid", context, "; ".join(f"{f}: {m}" for f, m in exc.violations))
             context.abort_with_status(bad_request(exc.violations))
         except EngineError as exc:
-            self.metrics.rejected("invalid")
+            self.rejected("invalid", context, f"{convert.wire_field(exc.field)}: {exc.message}")
             context.abort_with_status(bad_request([(convert.wire_field(exc.field), exc.message)]))
         try:
             parsed.memory_plan = engine.plan_memory(
@@ -248,7 +248,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 **parsed.engine_kwargs(),
             )  # fmt: skip
         except InsufficientMemory as exc:
-            self.metrics.rejected("too_large")
+            self.rejected("too_large", context, str(exc))
             context.abort_with_status(too_large(exc))
 
         client = client_identity(context)
@@ -271,7 +271,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         try:
             self.scheduler.submit(job)
         except SchedulerError as exc:
-            self.metrics.rejected(exc.code.lower())
+            self.rejected(exc.code.lower(), context, exc.message)
             details = []
             if exc.retry_after is not None:
                 delay = duration_pb2.Duration()
@@ -433,6 +433,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 ",".join(job.id for job in jobs),
                 time.monotonic() - started,
             )
+
+    def rejected(self, reason: str, context: grpc.ServicerContext, detail: str) -> None:
+        """Count and log a request refused before it was queued (the client got the status)."""
+        self.metrics.rejected(reason)
+        log.info("refused client=%s reason=%s: %s", client_identity(context), reason, detail[:500])
 
     def _end(self, job: Job, error: BaseException | None) -> None:
         """Finish ``job``'s outbox for ``error`` (None: its result is already there), and

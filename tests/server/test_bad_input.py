@@ -166,6 +166,15 @@ def test_result_above_the_pixel_limit_is_refused(make_server, tiny_content, tiny
         assert info.value.field_violations[0][0] == "options.size"
 
 
+def test_a_refused_request_is_logged(client, tiny_content, tiny_style, caplog):
+    request = client.build_request(tiny_content, [tiny_style], **SHORT)
+    request.options.size = 0
+    with caplog.at_level("INFO", logger="impasto_server"), pytest.raises(ImpastoError):
+        client.submit(request, timeout=10).result()
+    (line,) = [r.getMessage() for r in caplog.records if r.getMessage().startswith("refused")]
+    assert "reason=invalid: options.size: 0 is outside [16, 8192]" in line, line
+
+
 def test_every_option_out_of_range_is_named(client, tiny_content, tiny_style):
     """A client fixes its request once: BadRequest names every option the server refuses."""
     request = client.build_request(tiny_content, [tiny_style], **SHORT)

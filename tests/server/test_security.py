@@ -141,6 +141,10 @@ def test_bearer_tokens(make_server, tmp_path, tiny_content, tiny_style):
             assert expected in info.value.message
     with Client(server.address, token="secret-two") as client:
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
+    refused = server.metrics.registry.get_sample_value(
+        "impasto_rejected_requests_total", {"reason": "unauthenticated"}
+    )
+    assert refused == 2
 
 
 def test_the_cli_reads_a_token_file_as_the_server_does(make_server, tmp_path, capsys, tiny_content):
