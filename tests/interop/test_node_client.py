@@ -12,6 +12,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from certificates import make_pki
 from PIL import Image
 
 NODE_DIR = Path(__file__).resolve().parents[2] / "examples" / "clients" / "node"
@@ -199,77 +200,10 @@ def test_server_info_as_json(server: Any) -> None:
 # ---------------------------------------------------------------- TLS
 
 
-def _key() -> Any:
-    from cryptography.hazmat.primitives.asymmetric import ec
-
-    return ec.generate_private_key(ec.SECP256R1())
-
-
-def _certificate(subject: str, key: Any, issuer: tuple[str, Any] | None, **kind: Any) -> bytes:
-    """A PEM certificate for ``subject``, self-signed when ``issuer`` (name, key) is None."""
-    import datetime
-    import ipaddress
-
-    from cryptography import x509
-    from cryptography.hazmat.primitives import hashes, serialization
-    from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
-
-    now = datetime.datetime.now(datetime.UTC)
-    issuer_name, issuer_key = issuer or (subject, key)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, issuer_name)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-    )
-    if issuer is None:  # the CA
-        builder = builder.add_extension(x509.BasicConstraints(ca=True, path_length=0), True)
-    elif kind.get("server"):
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            False,
-        ).add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.SERVER_AUTH]), False)
-    else:
-        builder = builder.add_extension(
-            x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), False
-        )
-    return builder.sign(issuer_key, hashes.SHA256()).public_bytes(serialization.Encoding.PEM)
-
-
-def _pem_key(key: Any) -> bytes:
-    from cryptography.hazmat.primitives import serialization
-
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.NoEncryption(),
-    )
-
-
 @pytest.fixture
 def pki(tmp_path: Path) -> dict[str, Path]:
     """A CA, a server certificate for 127.0.0.1 and a client certificate, as PEM files."""
-    ca_key, server_key, client_key = _key(), _key(), _key()
-    ca = _certificate("impasto test CA", ca_key, None)
-    files = {
-        "ca": ca,
-        "server_cert": _certificate(
-            "127.0.0.1", server_key, ("impasto test CA", ca_key), server=True
-        ),
-        "server_key": _pem_key(server_key),
-        "client_cert": _certificate("node client", client_key, ("impasto test CA", ca_key)),
-        "client_key": _pem_key(client_key),
-    }
-    paths = {}
-    for name, data in files.items():
-        paths[name] = tmp_path / f"{name}.pem"
-        paths[name].write_bytes(data)
-    return paths
+    return make_pki(tmp_path)[1]
 
 
 def test_tls_with_token(

@@ -2,72 +2,16 @@
 
 from __future__ import annotations
 
-import datetime
-import ipaddress
-
 import grpc
 import pytest
-from cryptography import x509
-from cryptography.hazmat.primitives import hashes, serialization
-from cryptography.hazmat.primitives.asymmetric import ec
-from cryptography.x509.oid import NameOID
+from certificates import make_pki, new_key, pem_key
 from impasto.client import Client, ImpastoError
 from job_watch import SHORT
 
 
-def _pem_key(key, password: bytes | None = None) -> bytes:
-    return key.private_bytes(
-        serialization.Encoding.PEM,
-        serialization.PrivateFormat.PKCS8,
-        serialization.BestAvailableEncryption(password)
-        if password
-        else serialization.NoEncryption(),
-    )
-
-
-def _cert(subject: str, key, issuer_name, issuer_key, *, ca: bool = False, server: bool = False):
-    now = datetime.datetime.now(datetime.UTC)
-    builder = (
-        x509.CertificateBuilder()
-        .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .issuer_name(issuer_name or x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, subject)]))
-        .public_key(key.public_key())
-        .serial_number(x509.random_serial_number())
-        .not_valid_before(now - datetime.timedelta(minutes=5))
-        .not_valid_after(now + datetime.timedelta(days=1))
-        .add_extension(x509.BasicConstraints(ca=ca, path_length=None), critical=True)
-    )
-    if server:
-        builder = builder.add_extension(
-            x509.SubjectAlternativeName(
-                [x509.DNSName("localhost"), x509.IPAddress(ipaddress.ip_address("127.0.0.1"))]
-            ),
-            critical=False,
-        )
-    return builder.sign(issuer_key or key, hashes.SHA256())
-
-
 @pytest.fixture(scope="module")
 def pki(tmp_path_factory):
-    folder = tmp_path_factory.mktemp("pki")
-    ca_key = ec.generate_private_key(ec.SECP256R1())
-    ca = _cert("impasto test CA", ca_key, None, None, ca=True)
-    server_key = ec.generate_private_key(ec.SECP256R1())
-    server = _cert("localhost", server_key, ca.subject, ca_key, server=True)
-    client_key = ec.generate_private_key(ec.SECP256R1())
-    client = _cert("a client", client_key, ca.subject, ca_key)
-    files = {
-        "ca": ca.public_bytes(serialization.Encoding.PEM),
-        "server_cert": server.public_bytes(serialization.Encoding.PEM),
-        "server_key": _pem_key(server_key),
-        "client_cert": client.public_bytes(serialization.Encoding.PEM),
-        "client_key": _pem_key(client_key),
-    }
-    paths = {}
-    for name, data in files.items():
-        paths[name] = folder / f"{name}.pem"
-        paths[name].write_bytes(data)
-    return files, paths
+    return make_pki(tmp_path_factory.mktemp("pki"))
 
 
 def test_tls(make_server, pki, tiny_content, tiny_style):
@@ -179,7 +123,7 @@ def test_bad_tls_files_are_named_at_start(make_server, pki, tmp_path):
     junk = tmp_path / "junk.pem"
     junk.write_text("not a certificate")
     encrypted = tmp_path / "encrypted.pem"
-    encrypted.write_bytes(_pem_key(ec.generate_private_key(ec.SECP256R1()), b"secret"))
+    encrypted.write_bytes(pem_key(new_key(), b"secret"))
     good = {"tls_cert": paths["server_cert"], "tls_key": paths["server_key"]}
     cases = [
         ({**good, "tls_cert": junk}, f"--tls-cert {junk} and --tls-key .* are not a PEM"),
