@@ -15,6 +15,10 @@ from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
+# gRPC's core writes each failed TLS handshake to stderr as INFO lines, and reads its verbosity
+# when grpc is imported: the command says what failed in one line of its own.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
+
 import grpc
 import numpy as np
 

@@ -148,6 +148,19 @@ def test_cli_says_which_server_it_could_not_reach(tmp_path, tiny_content, capsys
         assert "check that it runs, the address and port, and --tls" in err
 
 
+def test_cli_over_tls_to_a_plaintext_server_prints_one_line(server):
+    """gRPC's core logs each failed handshake on stderr at INFO; the command says it once."""
+    done = subprocess.run(
+        [sys.executable, "-m", "impasto.cli", "info", "--server", f"localhost:{server.port}",
+         "--tls"],
+        capture_output=True, text=True, timeout=60, check=False,
+        env={k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"},
+    )  # fmt: skip
+    assert done.returncode == cli.EXIT_FAILED
+    assert done.stderr.startswith("impasto: error: cannot reach the server at localhost:")
+    assert len(done.stderr.strip().splitlines()) == 1, done.stderr
+
+
 @pytest.mark.parametrize(
     ("flag", "value", "text"),
     [
