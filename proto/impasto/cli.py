@@ -227,14 +227,17 @@ def prepare_output(path: Path) -> None:
     if path.is_dir():
         raise UsageError(f"cannot write {path}: it is a folder; give a file name")
     _check_suffix(path)
+    existed = path.exists()
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
+        # Opened to append, which changes nothing, and closed: what access() allows (root may
+        # write anywhere) can still be refused by the file system (/proc, a read-only mount).
+        with open(path, "ab"):
+            pass
+        if not existed:
+            path.unlink()
     except OSError as exc:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
-    if not os.access(path.parent, os.W_OK | os.X_OK) or (
-        path.exists() and not os.access(path, os.W_OK)
-    ):
-        raise UsageError(f"cannot write {path}: permission denied")
 
 
 class ResultMoved(Exception):

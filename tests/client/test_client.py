@@ -183,6 +183,7 @@ def test_cli_refuses_bad_flags_before_connecting(capsys, flag, value, text):
         ("a_file/o.png", "cannot write"),  # its folder would be a file
         (".", "it is a folder"),
         ("o.gif", "use .png, .tif, .jpg or .npy"),
+        ("/proc/o.png", "cannot write /proc/o.png"),  # refused even to root, which access() allows
         ("previews:a_file", "--save-previews: .*a_file is a file, not a folder"),
         ("previews:a_file/p", "--save-previews: cannot make .*a_file/p: Not a directory"),
     ],
