@@ -88,3 +88,16 @@ def test_the_result_settings_give_the_stages_that_ran(client, tiny_content):
     again = client.stylize(tiny_content, [style], size=32, iterations=4,
                            scales=explicit.settings["scales"]).result()  # fmt: skip
     assert again.settings["scales"] == (24, 32)
+
+
+def test_small_sizes_do_not_repeat_a_stage(client):
+    """Square content at 32 px in 4 stages asks for sides 16, 16, 23 and 32: the network's
+    16 px floor makes the first two the same, and that stage runs once."""
+    content = np.full((32, 32, 3), 120, np.uint8)
+    style = np.zeros((32, 32, 3), np.uint8)
+    job = client.stylize(content, [style], size=32, iterations=6, num_scales=4)
+    counts = {event.scale_count for event in job if hasattr(event, "scale_count")}
+    result = job.result()
+    assert counts == {3} and result.settings["num_scales"] == 3
+    again = client.stylize(content, [style], size=32, iterations=6, num_scales=3).result()
+    assert again.settings["num_scales"] == 3

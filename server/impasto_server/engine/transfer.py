@@ -221,7 +221,8 @@ class Engine:
         return imaging.fit_long_side(image.shape[0], image.shape[1], options.size)
 
     def stage_shapes(self, content: np.ndarray, options: StyleOptions) -> list[tuple[int, int]]:
-        """(h, w) of each coarse-to-fine stage. Stages too small for VGG19 are left out, and
+        """(h, w) of each coarse-to-fine stage. Stages too small for VGG19 are left out, so is
+        a stage the same size as the one before (small sizes clamp several to 16 px), and
         the coarsest ones when there are fewer iterations than stages."""
         height, width = imaging.check_image("content", content).shape[:2]
         return _stage_shapes(height, width, options)
@@ -942,8 +943,12 @@ def _per_stage(iterations: int, shapes: list[tuple[int, int]]) -> list[int]:
 
 def _stage_shapes(height: int, width: int, options: StyleOptions) -> list[tuple[int, int]]:
     shapes = [imaging.fit_long_side(height, width, s) for s in options.schedule()]
-    final = shapes[-1]
-    kept = [s for s in shapes[:-1] if min(s) >= imaging.MIN_SIDE and s != final] + [final]
+    *coarse, final = shapes
+    kept: list[tuple[int, int]] = []
+    for shape in coarse:
+        if min(shape) >= imaging.MIN_SIDE and shape not in (*kept, final):
+            kept.append(shape)
+    kept.append(final)
     return kept[-options.iterations :]
 
 
