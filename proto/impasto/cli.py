@@ -240,6 +240,20 @@ def prepare_output(path: Path) -> None:
         raise UsageError(f"cannot write {path}: {exc.strerror or exc}") from exc
 
 
+def refuse_an_input(path: Path, inputs: Sequence[tuple[str, str | None]]) -> None:
+    """Refuse an output that is one of the job's input files: the result would replace it."""
+    for field, name in inputs:
+        try:
+            same = name is not None and os.path.samefile(path, name)
+        except OSError:  # either is missing: not the same file
+            same = False
+        if same:
+            raise UsageError(
+                f"cannot write {path}: it is the {field}, which the result would replace; "
+                "give another file name"
+            )
+
+
 class ResultMoved(Exception):
     """The result was written, but not where it was asked for: exit code 1."""
 
@@ -327,6 +341,9 @@ def stylize(args: argparse.Namespace) -> int:
     if args.device and args.server:
         raise UsageError("--device chooses the local server's device; --server's picks its own")
     output = Path(args.output)
+    styles_named = [(f"style image {path}", path) for path in args.styles]
+    inputs = [("content image", args.content), *styles_named]
+    refuse_an_input(output, [*inputs, ("init image", args.init_image), ("mask", args.mask)])
     prepare_output(output)
     previews = Path(args.save_previews) if args.save_previews else None
     if previews is not None:

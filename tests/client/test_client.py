@@ -186,6 +186,9 @@ def test_cli_refuses_bad_flags_before_connecting(capsys, flag, value, text):
         ("/proc/o.png", "cannot write /proc/o.png"),  # refused even to root, which access() allows
         ("previews:a_file", "--save-previews: .*a_file is a file, not a folder"),
         ("previews:a_file/p", "--save-previews: cannot make .*a_file/p: Not a directory"),
+        ("c.png", "cannot write .*c.png: it is the content image, which the result would"),
+        ("link.png", "cannot write .*link.png: it is the content image"),  # c.png by a link
+        ("m.png", "cannot write .*m.png: it is the mask"),
     ],
 )
 def test_cli_refuses_an_unwritable_output_before_the_job(
@@ -195,9 +198,13 @@ def test_cli_refuses_an_unwritable_output_before_the_job(
     (tmp_path / "a_file").write_text("")
     path = tmp_path / "c.png"
     PILImage.fromarray(tiny_content).save(path)
+    (tmp_path / "link.png").symlink_to(path)
+    PILImage.fromarray(np.zeros((27, 32), np.uint8)).save(tmp_path / "m.png")
     where = ["-o", str(tmp_path / output)]
     if output.startswith("previews:"):
         where = ["-o", str(tmp_path / "o.png"), "--save-previews", str(tmp_path / output[9:])]
+    if output == "m.png":
+        where += ["--mask", str(tmp_path / "m.png")]
     argv = ["stylize", str(path), str(path), *where, "--timeout", "5", "--server", "127.0.0.1:9"]
     assert cli.main(argv) == cli.EXIT_USAGE
     assert re.search(text, capsys.readouterr().err)
