@@ -56,6 +56,12 @@ if TYPE_CHECKING:
     import napari
 
 BLEND = "blend of all styles"
+#: ServerInfo.token values that mean a job would be refused: (status line, notification).
+TOKEN_PROBLEMS = {
+    "missing": ("token needed", "needs a bearer token: enter it in Token (or set IMPASTO_TOKEN)"),
+    "invalid": ("token not valid", "does not accept this token: check it in Token"),
+    "expired": ("token expired", "says this token has expired: ask for a new one"),
+}
 
 #: Used until a server answers GetServerInfo (the engine's defaults, without importing it).
 FALLBACK_DEFAULTS: dict[str, Any] = {
@@ -483,6 +489,8 @@ class ImpastoWidget(QWidget):
             self.server_status.setText(f"{address}: {health}")
             return
         self._on_server_info(address, info, health)
+        if info.token in TOKEN_PROBLEMS:
+            show_warning(f"impasto: the server at {address} {TOKEN_PROBLEMS[info.token][1]}")
 
     def _on_server_info(self, address: str, info: ServerInfo, health: str = "SERVING") -> None:
         first = self.server_info is None
@@ -493,6 +501,10 @@ class ImpastoWidget(QWidget):
             f"weights {info.weights} · "
             f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}"
         )
+        if info.token in TOKEN_PROBLEMS:
+            self.server_status.setText(
+                f"{self.server_status.text()} · {TOKEN_PROBLEMS[info.token][0]}"
+            )
         if first:
             self._apply_allowed(info.allowed)
             defaults = {**FALLBACK_DEFAULTS, **info.defaults}

@@ -439,6 +439,15 @@ def _follow(job: Any, previews: Path | None, *, quiet: bool) -> Result:
             bar.close()
 
 
+#: ServerInfo.token in the words of `impasto info`.
+TOKEN_WORDS = {
+    "missing": "none sent (--token-file)",
+    "accepted": "accepted",
+    "invalid": "not valid",
+    "expired": "expired",
+}
+
+
 def info(args: argparse.Namespace) -> int:
     with connect(args) as client:
         details = client.server_info()
@@ -447,7 +456,10 @@ def info(args: argparse.Namespace) -> int:
     graphs = ", CUDA graphs" if details.cuda_graphs else ""
     print(f"  device     {details.device} ({details.precision}{graphs}), weights {details.weights}")
     print(f"  load       {details.running_jobs} running, {details.queued_jobs} queued")
-    print(f"  auth       {'bearer token required' if details.auth_required else 'open'}")
+    auth = "bearer token required" if details.auth_required else "open"
+    if details.auth_required and details.token:
+        auth += f"; yours: {TOKEN_WORDS.get(details.token, details.token)}"
+    print(f"  auth       {auth}")
     for name, value in details.limits.items():
         print(f"  limit      {name} = {value}")
     for name, value in details.defaults.items():

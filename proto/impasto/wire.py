@@ -31,6 +31,14 @@ OUTPUT_FORMATS = {
     "jpeg": pb.IMAGE_FORMAT_JPEG,
     "tiff": pb.IMAGE_FORMAT_TIFF,
 }
+#: What the server makes of the client's bearer token (ServerInfo.token).
+TOKEN_STATES = {
+    "not_needed": pb.TOKEN_STATE_NOT_NEEDED,
+    "missing": pb.TOKEN_STATE_MISSING,
+    "accepted": pb.TOKEN_STATE_ACCEPTED,
+    "invalid": pb.TOKEN_STATE_INVALID,
+    "expired": pb.TOKEN_STATE_EXPIRED,
+}
 
 #: Option name -> its enum table, for the enum-typed options.
 ENUMS: dict[str, dict[str, int]] = {

@@ -158,7 +158,7 @@ class Server:
                 max_batch_pixels=max_batch_pixels,
                 batch_lbfgs=config.batch_lbfgs,
                 max_message_bytes=config.max_message_mb << 20,
-                auth_required=tokens is not None,
+                tokens=tokens,
                 memory_budget_bytes=int(config.simulated_memory_mb * (1 << 20))
                 if config.simulated_memory_mb
                 else None,

@@ -33,6 +33,14 @@ OPEN_PREFIXES = (
 )
 
 
+#: Why a token is refused, by its state, as the client is told.
+REFUSALS = {
+    "missing": "a bearer token is required: send metadata 'authorization: Bearer <token>'",
+    "invalid": "the bearer token is not valid",
+    "expired": "the bearer token has expired",
+}
+
+
 @dataclass(frozen=True)
 class Token:
     secret: bytes
@@ -137,10 +145,10 @@ class TokenStore:
             self._tokens = tokens
             log.info("token file %s reloaded: %d tokens", self.path, len(tokens))
 
-    def check(self, token: str | None) -> str | None:
-        """None when ``token`` is accepted, else why not (for the client's message)."""
+    def state(self, token: str | None) -> str:
+        """What ``token`` is now: "accepted", or one of REFUSALS' keys."""
         if not token:
-            return "a bearer token is required: send metadata 'authorization: Bearer <token>'"
+            return "missing"
         self._refresh()
         given = token.encode()
         now = self._clock()
@@ -150,13 +158,18 @@ class TokenStore:
             if hmac.compare_digest(given, candidate.secret):
                 known = candidate
         if known is None:
-            return "the bearer token is not valid"
+            return "invalid"
         if known.expires is not None and now >= known.expires:
-            return "the bearer token has expired"
-        return None
+            return "expired"
+        return "accepted"
+
+    def check(self, token: str | None) -> str | None:
+        """None when ``token`` is accepted, else why not (for the client's message)."""
+        state = self.state(token)
+        return None if state == "accepted" else REFUSALS[state]
 
 
-def _bearer(metadata: Iterable[Any] | None) -> str | None:
+def bearer(metadata: Iterable[Any] | None) -> str | None:
     for key, value in metadata or ():
         if key == "authorization":
             if isinstance(value, bytes):
@@ -177,7 +190,7 @@ def client_identity(context: grpc.ServicerContext) -> str:
     Without tokens a client is its connection (peer address and port): one Client object has
     one channel, so two programs on one host are still two clients.
     """
-    token = _bearer(context.invocation_metadata())
+    token = bearer(context.invocation_metadata())
     if token:
         return token_identity(token)
     return context.peer() or "unknown"
@@ -208,7 +221,7 @@ class TokenAuthInterceptor(grpc.ServerInterceptor):
         method = handler_call_details.method or ""
         if method.startswith(OPEN_PREFIXES):
             return continuation(handler_call_details)
-        refusal = self.store.check(_bearer(handler_call_details.invocation_metadata))
+        refusal = self.store.check(bearer(handler_call_details.invocation_metadata))
         if refusal is None:
             return continuation(handler_call_details)
         handler = continuation(handler_call_details)

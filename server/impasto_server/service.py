@@ -19,7 +19,7 @@ from impasto.v1 import style_transfer_pb2 as pb
 from impasto.v1 import style_transfer_pb2_grpc as pb_grpc
 
 from impasto_server import convert
-from impasto_server.auth import client_identity
+from impasto_server.auth import TokenStore, bearer, client_identity
 from impasto_server.engine import (
     Cancelled,
     EngineError,
@@ -56,7 +56,8 @@ class ServiceConfig:
     max_running: int
     max_per_client: int
     max_message_bytes: int
-    auth_required: bool = False
+    #: The accepted bearer tokens (None: the server takes none).
+    tokens: TokenStore | None = None
     #: Jobs that may run as one batch (1: none), and the most pixels one batch may hold.
     max_batch: int = 1
     max_batch_pixels: int = 4 << 20
@@ -196,8 +197,9 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             ),
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,
-            auth_required=self.config.auth_required,
+            auth_required=self.config.tokens is not None,
             cuda_graphs=bool(engine and engine.cuda_graphs),
+            token=self._token_state(context),
         )
         precision = engine.default_precision if engine else "float32"
         response.precision = convert.wire.PRECISIONS[precision]
@@ -209,6 +211,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         supported = engine.supported_precisions if engine else ("float32",)
         response.allowed.CopyFrom(convert.allowed_values(tuple(supported)))
         return response
+
+    def _token_state(self, context: grpc.ServicerContext) -> int:
+        if self.config.tokens is None:
+            return pb.TOKEN_STATE_NOT_NEEDED
+        state = self.config.tokens.state(bearer(context.invocation_metadata()))
+        return pb.TokenState.Value(f"TOKEN_STATE_{state.upper()}")
 
     # ------------------------------------------------------------ Stylize
     def Stylize(

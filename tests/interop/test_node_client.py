@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -182,13 +183,18 @@ def test_bearer_token(
     assert wrong.returncode == 1 and "not valid" in wrong.stderr
     allowed = run_node(*common, "--token", "s3cret-token")
     assert allowed.returncode == 0, allowed.stderr
+    # GetServerInfo says what the server makes of the token, by the enum's name
+    for token, state in (
+        ("guess", "TOKEN_STATE_INVALID"),
+        ("s3cret-token", "TOKEN_STATE_ACCEPTED"),
+    ):
+        info = run_node("--info", "--server", server.address, "--token", token)
+        assert json.loads(info.stdout)["token"] == state, info.stderr
     with Image.open(out) as result:
         assert result.size == (32, 27)
 
 
 def test_server_info_as_json(server: Any) -> None:
-    import json
-
     done = run_node("--info", "--server", server.address)
     assert done.returncode == 0, done.stderr
     info = json.loads(done.stdout)

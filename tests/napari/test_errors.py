@@ -61,6 +61,26 @@ def test_bad_token_is_unauthenticated_and_the_right_one_runs(
     assert any("impasto" in layer.metadata for layer in viewer.layers)
 
 
+def test_check_server_says_when_the_token_would_be_refused(
+    token_server: Any, dock: Any, qtbot: Any, notifications: list[Any]
+) -> None:
+    _viewer, widget = dock()
+    for token, words in (("", "token needed"), ("wrong", "token not valid")):
+        use_remote(widget, token_server.address, token=token)
+        widget.server_status.setText("")
+        widget.check_server()
+        qtbot.waitUntil(lambda: "SERVING" in widget.server_status.text(), timeout=30_000)
+        assert widget.server_status.text().endswith(f" · {words}")
+        assert token_server.address in _errors(notifications)[-1]
+    warned = len(_errors(notifications))
+    use_remote(widget, token_server.address, token="s3cret")
+    widget.server_status.setText("")
+    widget.check_server()
+    qtbot.waitUntil(lambda: "SERVING" in widget.server_status.text(), timeout=30_000)
+    assert "token" not in widget.server_status.text()
+    assert len(_errors(notifications)) == warned
+
+
 def test_image_too_large_for_the_server(
     token_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
     tiny_style: Any,

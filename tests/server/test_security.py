@@ -73,22 +73,35 @@ def test_mutual_tls_requires_a_client_certificate(make_server, pki):
 
 def test_bearer_tokens(make_server, tmp_path, tiny_content, tiny_style):
     tokens = tmp_path / "tokens"
-    tokens.write_text("# lab tokens\nsecret-one\nsecret-two\n")
+    tokens.write_text("# lab tokens\nsecret-one\nsecret-two\nold expires=2000-01-01\n")
     server = make_server(token_file=str(tokens))
-    for token, expected in ((None, "required"), ("wrong", "not valid")):
+    for token, expected, state in (
+        (None, "required", "missing"),
+        ("wrong", "not valid", "invalid"),
+        ("old", "expired", "expired"),
+    ):
         with Client(server.address, token=token) as client:
             assert client.health() == "SERVING"  # probes stay open
-            assert client.server_info().auth_required
-            with pytest.raises(ImpastoError) as info:
+            info = client.server_info()  # open too, and says what the token is
+            assert info.auth_required and info.token == state
+            with pytest.raises(ImpastoError) as error:
                 client.stylize(tiny_content, [tiny_style], **SHORT).result()
-            assert info.value.code == grpc.StatusCode.UNAUTHENTICATED
-            assert expected in info.value.message
+            assert error.value.code == grpc.StatusCode.UNAUTHENTICATED
+            assert expected in error.value.message
     with Client(server.address, token="secret-two") as client:
+        assert client.server_info().token == "accepted"
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
     refused = server.metrics.registry.get_sample_value(
         "impasto_rejected_requests_total", {"reason": "unauthenticated"}
     )
-    assert refused == 2
+    assert refused == 3  # the Stylize calls; asking for the server's info is no refusal
+
+
+def test_an_open_server_needs_no_token(make_server):
+    server = make_server()
+    with Client(server.address, token="anything") as client:
+        info = client.server_info()
+    assert not info.auth_required and info.token == "not_needed"
 
 
 def test_the_cli_reads_a_token_file_as_the_server_does(make_server, tmp_path, capsys, tiny_content):
@@ -104,6 +117,10 @@ def test_the_cli_reads_a_token_file_as_the_server_does(make_server, tmp_path, ca
            "--iterations", "1", "--num-scales", "1", "--server", server.address]  # fmt: skip
     assert cli.main([*job, "--token-file", str(tokens)]) == cli.EXIT_OK  # its first token
     info = ["info", "--server", server.address]
+    capsys.readouterr()
+    for argv, yours in ([], "none sent"), (["--token", "typo"], "not valid"):
+        assert cli.main([*info, *argv]) == cli.EXIT_OK
+        assert f"bearer token required; yours: {yours}" in capsys.readouterr().out
     comments = tmp_path / "comments"
     comments.write_text("# none yet\n")
     for argv, text in [

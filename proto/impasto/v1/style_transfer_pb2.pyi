@@ -60,6 +60,15 @@ class Precision(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
     PRECISION_FLOAT32: _ClassVar[Precision]
     PRECISION_BFLOAT16: _ClassVar[Precision]
     PRECISION_FLOAT16: _ClassVar[Precision]
+
+class TokenState(int, metaclass=_enum_type_wrapper.EnumTypeWrapper):
+    __slots__ = ()
+    TOKEN_STATE_UNSPECIFIED: _ClassVar[TokenState]
+    TOKEN_STATE_NOT_NEEDED: _ClassVar[TokenState]
+    TOKEN_STATE_MISSING: _ClassVar[TokenState]
+    TOKEN_STATE_ACCEPTED: _ClassVar[TokenState]
+    TOKEN_STATE_INVALID: _ClassVar[TokenState]
+    TOKEN_STATE_EXPIRED: _ClassVar[TokenState]
 DATA_TYPE_UNSPECIFIED: DataType
 DATA_TYPE_UINT8: DataType
 DATA_TYPE_UINT16: DataType
@@ -90,6 +99,12 @@ PRECISION_UNSPECIFIED: Precision
 PRECISION_FLOAT32: Precision
 PRECISION_BFLOAT16: Precision
 PRECISION_FLOAT16: Precision
+TOKEN_STATE_UNSPECIFIED: TokenState
+TOKEN_STATE_NOT_NEEDED: TokenState
+TOKEN_STATE_MISSING: TokenState
+TOKEN_STATE_ACCEPTED: TokenState
+TOKEN_STATE_INVALID: TokenState
+TOKEN_STATE_EXPIRED: TokenState
 
 class Image(_message.Message):
     __slots__ = ("encoded", "raw")
@@ -368,7 +383,7 @@ class PresetOptions(_message.Message):
     def __init__(self, preset: _Optional[_Union[Preset, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required", "cuda_graphs")
+    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required", "cuda_graphs", "token")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -381,6 +396,7 @@ class GetServerInfoResponse(_message.Message):
     RUNNING_JOBS_FIELD_NUMBER: _ClassVar[int]
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
+    TOKEN_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     weights: str
@@ -393,4 +409,5 @@ class GetServerInfoResponse(_message.Message):
     running_jobs: int
     auth_required: bool
     cuda_graphs: bool
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ...) -> None: ...
+    token: TokenState
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ..., token: _Optional[_Union[TokenState, str]] = ...) -> None: ...

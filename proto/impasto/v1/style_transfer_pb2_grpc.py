@@ -64,7 +64,8 @@ class StyleTransferServiceServicer:
     def GetServerInfo(self, request, context):
         """GetServerInfo describes the server: version, device, weights, limits, the
         current load, and the defaults and allowed values of every option, so that
-        clients can build their controls from it.
+        clients can build their controls from it. It needs no token, and says
+        what the server makes of the token the call carried (`token`).
         """
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
         context.set_details('Method not implemented!')
