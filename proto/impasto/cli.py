@@ -9,6 +9,7 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
+import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -469,7 +470,22 @@ def info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _explained(error: ImpastoError, server: str | None) -> str:
+def _listening(server: str) -> bool | None:
+    """Whether a TCP connection to a plain ``host:port`` opens: a refused gRPC channel then
+    failed over TLS or the protocol, not for want of a server (None: cannot tell)."""
+    host, colon, port = server.rpartition(":")
+    if not colon or not port.isdigit() or "," in server or "/" in server:
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
+            return True
+    except socket.gaierror:  # gRPC's own message says the name did not resolve
+        return None
+    except OSError:
+        return False
+
+
+def _explained(error: ImpastoError, server: str | None, tls: bool = False) -> str:
     """gRPC's words, with the address and what to check where the server was not reached."""
     if server is None:  # a local server of this command's own: its failures say why
         return str(error)
@@ -479,6 +495,25 @@ def _explained(error: ImpastoError, server: str | None) -> str:
         and error.reason is None
         and not error.message.startswith("lost the connection")
     ):
+        # gRPC names only the last address it tried (localhost's IPv6 one, say): a plain
+        # connection tells a missing server from a TLS mismatch
+        listening = _listening(server)
+        if listening and tls:
+            return (
+                f"{server} accepts connections, but TLS with it failed ({error.message}); "
+                "check --ca (the CA that signed the server's certificate) and that the "
+                "server uses TLS"
+            )
+        if listening:
+            return (
+                f"{server} accepts connections, but not gRPC without TLS ({error.message}); "
+                "if the server uses TLS, add --tls"
+            )
+        if listening is False:
+            return (
+                f"cannot reach the server at {server}: nothing accepts connections there "
+                f"({error.message}); check that it runs, and the address and port"
+            )
         return (
             f"cannot reach the server at {server} ({error.message}); check that it runs, the "
             "address and port, and --tls"
@@ -504,7 +539,7 @@ def main(argv: Sequence[str] | None = None) -> int:
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())
         return EXIT_FAILED
     except ImpastoError as exc:
-        print(f"impasto: error: {_explained(exc, args.server)}", file=sys.stderr)
+        print(f"impasto: error: {_explained(exc, args.server, args.tls)}", file=sys.stderr)
         return EXIT_FAILED
     except ResultMoved as exc:
         print(f"impasto: error: {exc}", file=sys.stderr)

@@ -144,8 +144,11 @@ def test_cli_says_which_server_it_could_not_reach(tmp_path, tiny_content, capsys
     for argv in (["info"], ["stylize", str(path), str(path), "-o", str(tmp_path / "o.png")]):
         assert cli.main([*argv, "--server", address]) == cli.EXIT_FAILED
         err = capsys.readouterr().err
-        assert f"cannot reach the server at {address} (" in err, err
-        assert "check that it runs, the address and port, and --tls" in err
+        assert f"cannot reach the server at {address}: nothing accepts connections there" in err
+        assert "check that it runs, and the address and port" in err
+    # an address it cannot test with a plain connection gets every hint
+    assert cli.main(["info", "--server", f"dns:///{address}"]) == cli.EXIT_FAILED
+    assert "check that it runs, the address and port, and --tls" in capsys.readouterr().err
 
 
 def test_cli_over_tls_to_a_plaintext_server_prints_one_line(server):
@@ -157,7 +160,9 @@ def test_cli_over_tls_to_a_plaintext_server_prints_one_line(server):
         env={k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"},
     )  # fmt: skip
     assert done.returncode == cli.EXIT_FAILED
-    assert done.stderr.startswith("impasto: error: cannot reach the server at localhost:")
+    assert done.stderr.startswith(
+        f"impasto: error: localhost:{server.port} accepts connections, but TLS"
+    )
     assert len(done.stderr.strip().splitlines()) == 1, done.stderr
 
 

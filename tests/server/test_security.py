@@ -25,6 +25,25 @@ def test_tls(make_server, pki, tiny_content, tiny_style):
     assert info.value.code == grpc.StatusCode.UNAVAILABLE
 
 
+def test_the_cli_tells_a_tls_mismatch_from_a_missing_server(make_server, pki, tmp_path, capsys):
+    """gRPC names only the last address it tried (for localhost often IPv6's, refused): the
+    command checks that the port accepts connections and points at TLS instead."""
+    from impasto import cli
+
+    _files, paths = pki
+    server = make_server(tls_cert=str(paths["server_cert"]), tls_key=str(paths["server_key"]))
+    other = make_pki(tmp_path)[1]["ca"]  # a CA that did not sign the server's certificate
+    info = ["info", "--server", f"localhost:{server.port}"]
+    for argv, hint in (
+        (["--tls", "--ca", str(other)], "but TLS with it failed"),
+        ([], "but not gRPC without TLS"),
+    ):
+        assert cli.main([*info, *argv]) == cli.EXIT_FAILED
+        err = capsys.readouterr().err
+        assert f"localhost:{server.port} accepts connections, {hint}" in err, err
+    assert cli.main([*info, "--tls", "--ca", str(paths["ca"])]) == cli.EXIT_OK
+
+
 def test_the_images_health_check_speaks_tls_when_told_its_ca(make_server, pki):
     """deploy/grpc_health_check.py (Docker's HEALTHCHECK) takes --ca and --server-name from
     the environment, since the image's command line has neither."""
