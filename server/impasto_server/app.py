@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import functools
 import logging
+import os
 import signal
 import ssl
 import sys
@@ -15,6 +16,11 @@ from concurrent import futures
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+# gRPC's core writes a line of its own on stderr, at INFO, for each failed TLS handshake (any
+# plaintext client or port scanner); it reads its verbosity when grpc is imported. Its errors
+# still show; GRPC_VERBOSITY=INFO brings the rest back.
+os.environ.setdefault("GRPC_VERBOSITY", "ERROR")
 
 import grpc
 from grpc_health.v1 import health, health_pb2, health_pb2_grpc

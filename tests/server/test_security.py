@@ -44,6 +44,42 @@ def test_the_cli_tells_a_tls_mismatch_from_a_missing_server(make_server, pki, tm
     assert cli.main([*info, "--tls", "--ca", str(paths["ca"])]) == cli.EXIT_OK
 
 
+@pytest.mark.parametrize("verbosity", [None, "INFO"])
+def test_failed_handshakes_leave_the_servers_log_alone(pki, tmp_path, verbosity):
+    """A plaintext client on the TLS port: gRPC's core logged a line for each attempt, in its
+    own format between the server's lines, unless GRPC_VERBOSITY asks for them."""
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    _files, paths = pki
+    env = {k: v for k, v in os.environ.items() if k != "GRPC_VERBOSITY"}
+    if verbosity:
+        env["GRPC_VERBOSITY"] = verbosity
+    port_file = tmp_path / "port"
+    server = subprocess.Popen(
+        [sys.executable, "-m", "impasto_server.app", "--device", "cpu", "--port", "0",
+         "--port-file", str(port_file), "--tls-cert", str(paths["server_cert"]),
+         "--tls-key", str(paths["server_key"])],
+        stderr=subprocess.PIPE, text=True, env=env,
+    )  # fmt: skip
+    try:
+        deadline = time.monotonic() + 60
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert server.poll() is None and time.monotonic() < deadline, "the server did not start"
+            time.sleep(0.1)
+        address = f"127.0.0.1:{port_file.read_text().strip()}"
+        with Client(address) as plain, pytest.raises(ImpastoError):
+            plain.server_info(timeout=3)
+    finally:
+        server.send_signal(signal.SIGTERM)
+        _out, err = server.communicate(timeout=60)
+    assert "listening on" in err
+    assert ("Handshake failed" in err) == (verbosity == "INFO"), err
+
+
 def test_the_images_health_check_speaks_tls_when_told_its_ca(make_server, pki):
     """deploy/grpc_health_check.py (Docker's HEALTHCHECK) takes --ca and --server-name from
     the environment, since the image's command line has neither."""
