@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import grpc
-from impasto.client import Client, ImpastoError
+from impasto.client import Client, ImpastoError, accepts_connections
 from impasto.local import LocalServer, LocalServerError
 
 
@@ -158,11 +158,15 @@ class Connection:
             LOCAL_SERVERS.release(id(self))
 
 
-def describe_error(error: BaseException, where: str, *, during_job: bool = False) -> str:
+def describe_error(
+    error: BaseException, where: str, *, during_job: bool = False, tls: bool | None = None
+) -> str:
     """A message for a napari notification: what went wrong, where, and what to do.
 
     ``during_job``: the server had accepted the job (it sent a queued or started event), so a
-    broken call means the connection was lost, not that the server could not be reached."""
+    broken call means the connection was lost, not that the server could not be reached.
+    ``tls``: whether a remote server was asked for with TLS; given, a server that could not be
+    reached is probed with a plain connection (blocks up to 2 s: call from a worker thread)."""
     if isinstance(error, ImpastoError):
         code, message = error.code, error.message
         # A server's verdict on a job it had carries a reason; a broken connection has none.
@@ -175,6 +179,23 @@ def describe_error(error: BaseException, where: str, *, during_job: bool = False
                     f"impasto: lost the connection to the server at {where} during the job "
                     f"({message}). The job did not finish; check that the server runs, then "
                     "run again."
+                )
+            listening = accepts_connections(where) if tls is not None else None
+            if listening and tls:
+                return (
+                    f"impasto: {where} accepts connections, but TLS with it failed ({message}). "
+                    "Check the CA file (the CA that signed the server's certificate) and that "
+                    "the server uses TLS."
+                )
+            if listening:
+                return (
+                    f"impasto: {where} accepts connections, but not gRPC without TLS "
+                    f"({message}). If the server uses TLS, tick TLS."
+                )
+            if listening is False:
+                return (
+                    f"impasto: cannot reach the server at {where}: nothing accepts connections "
+                    f"there ({message}). Check that it runs, and the address and port."
                 )
             return (
                 f"impasto: cannot reach the server at {where} ({message}). Check that it runs, "

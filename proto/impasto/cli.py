@@ -9,7 +9,6 @@ from __future__ import annotations
 import argparse
 import contextlib
 import os
-import socket
 import sys
 import tempfile
 from collections.abc import Iterator, Sequence
@@ -24,7 +23,15 @@ import grpc
 import numpy as np
 
 from impasto import images, wire
-from impasto.client import Client, ImpastoError, Progress, Queued, Result, Started
+from impasto.client import (
+    Client,
+    ImpastoError,
+    Progress,
+    Queued,
+    Result,
+    Started,
+    accepts_connections,
+)
 
 EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_INTERRUPTED = 0, 1, 2, 130
 
@@ -470,21 +477,6 @@ def info(args: argparse.Namespace) -> int:
     return EXIT_OK
 
 
-def _listening(server: str) -> bool | None:
-    """Whether a TCP connection to a plain ``host:port`` opens: a refused gRPC channel then
-    failed over TLS or the protocol, not for want of a server (None: cannot tell)."""
-    host, colon, port = server.rpartition(":")
-    if not colon or not port.isdigit() or "," in server or "/" in server:
-        return None
-    try:
-        with socket.create_connection((host.strip("[]"), int(port)), timeout=2):
-            return True
-    except socket.gaierror:  # gRPC's own message says the name did not resolve
-        return None
-    except OSError:
-        return False
-
-
 def _explained(error: ImpastoError, server: str | None, tls: bool = False) -> str:
     """gRPC's words, with the address and what to check where the server was not reached."""
     if server is None:  # a local server of this command's own: its failures say why
@@ -497,7 +489,7 @@ def _explained(error: ImpastoError, server: str | None, tls: bool = False) -> st
     ):
         # gRPC names only the last address it tried (localhost's IPv6 one, say): a plain
         # connection tells a missing server from a TLS mismatch
-        listening = _listening(server)
+        listening = accepts_connections(server)
         if listening and tls:
             return (
                 f"{server} accepts connections, but TLS with it failed ({error.message}); "

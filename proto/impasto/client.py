@@ -348,6 +348,27 @@ def _with_port(address: str) -> str:
     return address
 
 
+def accepts_connections(address: str, timeout: float = 2.0) -> bool | None:
+    """Whether a plain TCP connection to ``host[:port]`` opens. When gRPC cannot connect, it
+    names only the last address it tried (for localhost often the IPv6 one, refused); this
+    tells a server that answers but not as asked (TLS on one side only, a CA that did not sign
+    its certificate) from none at all. None for URIs, lists and names that do not resolve."""
+    try:
+        address = _with_port(address)
+    except ValueError:
+        return None
+    host, _, port = address.rpartition(":")
+    if "/" in address or "," in address or (":" in host and not host.startswith("[")):
+        return None
+    try:
+        with socket.create_connection((host.strip("[]"), int(port)), timeout=timeout):
+            return True
+    except (socket.gaierror, ValueError):  # gRPC's own message says the name did not resolve
+        return None
+    except OSError:
+        return False
+
+
 def _resolve_targets(target: str | Sequence[str]) -> tuple[str, bool, str | None]:
     """The channel target, whether it names several servers, and a TLS name override."""
     if isinstance(target, str):

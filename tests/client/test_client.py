@@ -318,3 +318,17 @@ def test_cli_output_into_a_closed_pipe_ends_quietly(server):
         os.close(write)
     assert done.returncode == cli.EXIT_FAILED
     assert done.stderr == ""
+
+
+def test_accepts_connections_probes_plain_addresses_only():
+    from impasto.client import accepts_connections
+
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        port = listener.getsockname()[1]
+        assert accepts_connections(f"127.0.0.1:{port}") is True
+        for uri in (f"dns:///127.0.0.1:{port}", f"ipv4:127.0.0.1:{port}", "a:1,b:2"):
+            assert accepts_connections(uri) is None  # not one host and port
+    assert accepts_connections(f"127.0.0.1:{port}") is False
+    assert accepts_connections("no-such-host.invalid:1") is None  # gRPC says it did not resolve

@@ -81,6 +81,33 @@ def test_check_server_says_when_the_token_would_be_refused(
     assert len(_errors(notifications)) == warned
 
 
+def test_check_server_with_tls_against_a_plaintext_server_points_at_tls(
+    token_server: Any, dock: Any, qtbot: Any, notifications: list[Any]
+) -> None:
+    """gRPC's message names the last address it tried (localhost's IPv6, refused, say): the
+    port is probed, and the message says it answers but not over TLS."""
+    _viewer, widget = dock()
+    use_remote(widget, token_server.address, token="s3cret")
+    widget.tls.setChecked(True)
+    widget.check_server()
+    qtbot.waitUntil(lambda: widget.server_status.text() == "unreachable", timeout=30_000)
+    message = _errors(notifications)[-1]
+    assert f"{token_server.address} accepts connections, but TLS with it failed" in message
+
+
+def test_unreachable_messages_tell_tls_from_no_server() -> None:
+    lost = ImpastoError(grpc.StatusCode.UNAVAILABLE, "failed to connect to all addresses")
+    with socket.socket() as listener:
+        listener.bind(("127.0.0.1", 0))
+        listener.listen()
+        address = f"127.0.0.1:{listener.getsockname()[1]}"
+        assert "but not gRPC without TLS" in describe_error(lost, address, tls=False)
+        assert "but TLS with it failed" in describe_error(lost, address, tls=True)
+        assert "accepts" not in describe_error(lost, address)  # not asked to probe
+    said = describe_error(lost, address, tls=False)  # closed now
+    assert f"cannot reach the server at {address}: nothing accepts connections there" in said
+
+
 def test_image_too_large_for_the_server(
     token_server: Any, dock: Any, qtbot: Any, notifications: list[Any], tiny_content: Any,
     tiny_style: Any,
