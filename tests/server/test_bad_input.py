@@ -191,3 +191,14 @@ def test_every_option_out_of_range_is_named(client, tiny_content, tiny_style):
                       "options.content_weight", "options.style_scale"], fields  # fmt: skip
     messages = dict(info.value.field_violations)
     assert messages["options.style_scale"] == "9.0 is outside [0.1, 4.0]"
+
+
+def test_a_size_out_of_range_is_named_once(client, tiny_content, tiny_style):
+    """scales are compared with size only when size is valid: 8 px with scales [16] is size's
+    mistake, not also a scale above size."""
+    request = client.build_request(tiny_content, [tiny_style], **SHORT)
+    request.options.size = 8
+    request.options.scales[:] = [16]
+    with pytest.raises(ImpastoError) as info:
+        client.submit(request, timeout=10).result()
+    assert [f for f, _ in info.value.field_violations] == ["options.size"]

@@ -155,6 +155,8 @@ class StyleOptions:
             previous = s
         if not self.scales or not isinstance(self.size, int):
             return
+        if not SIZE_RANGE[0] <= self.size <= SIZE_RANGE[1]:
+            return  # size's own violation says it; comparing with it would add a second
         if self.scales[-1] > self.size:
             raise EngineError(
                 "scales", f"{self.scales[-1]} is above size ({self.size}), the last stage's side"
