@@ -332,3 +332,25 @@ def test_accepts_connections_probes_plain_addresses_only():
             assert accepts_connections(uri) is None  # not one host and port
     assert accepts_connections(f"127.0.0.1:{port}") is False
     assert accepts_connections("no-such-host.invalid:1") is None  # gRPC says it did not resolve
+
+
+def test_cli_ctrl_c_cancels_the_job_and_exits_130(server, tmp_path, tiny_content, tiny_style):
+    import signal
+
+    from job_watch import wait_until
+
+    content, style = _image_files(tmp_path, tiny_content, tiny_style)
+    out = tmp_path / "out.png"
+    command = subprocess.Popen(
+        [sys.executable, "-m", "impasto.cli", "stylize", str(content), str(style), "-o", str(out),
+         "--server", server.address, "--size", "32", "--iterations", "100000", "--quiet"],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    wait_until(lambda: server.scheduler.running == 1, timeout=60)
+    command.send_signal(signal.SIGINT)
+    _out, err = command.communicate(timeout=30)
+    assert command.returncode == cli.EXIT_INTERRUPTED == 130, err
+    assert err.strip() == "cancelled"
+    jobs = server.metrics.registry.get_sample_value
+    wait_until(lambda: jobs("impasto_jobs_total", {"outcome": "cancelled"}) == 1)
+    assert not out.exists()

@@ -194,6 +194,31 @@ def test_bearer_token(
         assert result.size == (32, 27)
 
 
+def test_ctrl_c_cancels_the_job_and_exits_130(
+    server: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    import signal
+
+    from job_watch import wait_until
+
+    node = subprocess.Popen(
+        [NODE, "stylize.js", *map(str, image_files[:2]), "-o", str(tmp_path / "out.png"),
+         "--server", server.address, "--size", "32", "--iterations", "100000"],
+        cwd=NODE_DIR, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    assert node.stdout is not None
+    for line in node.stdout:  # the job runs on the server
+        if line.startswith("started:"):
+            break
+    node.send_signal(signal.SIGINT)
+    _out, err = node.communicate(timeout=30)
+    assert node.returncode == 130, err
+    assert err.splitlines()[-2:] == ["cancelling...", "cancelled"], err
+    jobs = server.metrics.registry.get_sample_value
+    wait_until(lambda: jobs("impasto_jobs_total", {"outcome": "cancelled"}) == 1)
+    assert not (tmp_path / "out.png").exists()
+
+
 def test_server_info_as_json(server: Any) -> None:
     done = run_node("--info", "--server", server.address)
     assert done.returncode == 0, done.stderr

@@ -45,6 +45,8 @@ const USAGE = `usage: node stylize.js CONTENT STYLE [STYLE ...] -o OUT.png [opti
 `;
 
 class UsageError extends Error {}
+// The user pressed Ctrl-C and the call was cancelled.
+class Interrupted extends Error {}
 
 function parseArgs(argv) {
   const args = {
@@ -462,9 +464,11 @@ function stylize(client, args) {
   return new Promise((resolve, reject) => {
     const call = client.Stylize(request, callMetadata(args), { deadline: deadlineOf(args) });
     let result = null;
+    let interrupted = false;
     // Ctrl-C cancels the call; the server stops the job within one iteration.
     const onSigint = () => {
       console.error('cancelling...');
+      interrupted = true;
       call.cancel();
     };
     process.once('SIGINT', onSigint);
@@ -506,7 +510,7 @@ function stylize(client, args) {
     });
     call.on('error', (err) => {
       process.removeListener('SIGINT', onSigint);
-      reject(err);
+      reject(interrupted ? new Interrupted() : err);
     });
     call.on('end', () => {
       process.removeListener('SIGINT', onSigint);
@@ -550,6 +554,10 @@ async function main(argv) {
     if (e instanceof UsageError) {
       console.error(`error: ${e.message}`);
       return 2;
+    }
+    if (e instanceof Interrupted) {
+      console.error('cancelled');
+      return 130; // 128 + SIGINT, as a shell reports a command that Ctrl-C stopped
     }
     if (typeof e.code === 'number') {
       console.error(describeError(e));
