@@ -60,3 +60,36 @@ def test_every_message_field_and_rpc_has_a_comment():
         if declares and index and not text[index - 1].strip().startswith("//"):
             missing.append(stripped)
     assert not missing
+
+
+def _git(*args: str) -> str:
+    return subprocess.run(
+        ["git", *args], cwd=ROOT, check=True, capture_output=True, text=True
+    ).stdout.strip()
+
+
+def test_no_breaking_change_against_any_earlier_version():
+    """Clients in other languages build on the .proto: each version in the history must still
+    read as compatible (buf's FILE rules: no field, enum value or RPC removed, renumbered or
+    retyped), whatever this change brings."""
+    buf = _buf()
+    if buf is None:
+        pytest.skip("no buf binary: run `npm ci` at the repository root (installs @bufbuild/buf)")
+    if shutil.which("git") is None or not (ROOT / ".git").exists():
+        pytest.skip("not a git checkout: no earlier versions to compare with")
+    if _git("rev-parse", "--is-shallow-repository") == "true":
+        pytest.skip("a shallow clone lacks the earlier versions: git fetch --unshallow")
+    depth = _git("rev-list", "--count", "HEAD")
+    versions: dict[str, str] = {}  # the file's content (blob) -> a commit that has it
+    for commit in _git("log", "--format=%H", "--", f"proto/{PROTO}").split():
+        versions.setdefault(_git("rev-parse", f"{commit}:proto/{PROTO}"), commit)
+    assert versions, "the .proto has no history"
+    broken = []
+    for commit in versions.values():
+        run = subprocess.run(
+            [buf, "breaking", "--against", f".git#ref={commit},depth={depth}"],
+            check=False, cwd=ROOT, capture_output=True, text=True,
+        )  # fmt: skip
+        if run.returncode != 0:
+            broken.append(f"against {commit[:10]}: {run.stdout}{run.stderr}")
+    assert not broken, "\n".join(broken)
