@@ -449,7 +449,7 @@ def _follow(job: Any, previews: Path | None, *, quiet: bool) -> Result:
 
 #: ServerInfo.token in the words of `impasto info`.
 TOKEN_WORDS = {
-    "missing": "none sent (--token or --token-file)",
+    "missing": "none sent (--token, --token-file or IMPASTO_TOKEN)",
     "accepted": "accepted",
     "invalid": "not valid",
     "expired": "expired",
