@@ -190,11 +190,17 @@ def read_image(path: str, field: str) -> Any:
         except (ValueError, OSError, EOFError) as exc:  # not an array file, or one of objects
             raise UsageError(f"{field}: cannot read {path} as a numpy array: {exc}") from exc
     data = file.read_bytes()
+    if not data:
+        raise UsageError(f"{field}: {path} is empty")
     try:
         images.decode(data, field=field)  # fail here, with the file's name, not on the server
     except images.ImageError:
         # a format the wire does not carry (WebP, BMP, GIF...) travels as its pixels
-        return images.decode(data, field=field, formats=None)
+        try:
+            return images.decode(data, field=field, formats=None)
+        except images.ImageError as exc:
+            named = field if path in field else f"{field} {path}"
+            raise UsageError(f"{named}: {exc.message}") from exc
     return data
 
 

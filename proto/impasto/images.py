@@ -253,11 +253,14 @@ def decode(
         )
         raise ImageError(field, f"more than {bound} pixels (decompression bomb guard)") from exc
     except PILImage.UnidentifiedImageError as exc:  # its text names Python's buffer object
+        kinds = ", ".join(formats[:-1]) + f" or {formats[-1]}" if formats else None
+        what = f"not {kinds}" if kinds else "not in an image format Pillow reads"
         raise ImageError(
-            field, "cannot decode image bytes: not PNG, JPEG or TIFF, or cut short in its header"
+            field, f"cannot decode image bytes: {what}, or cut short in its header"
         ) from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
-        raise ImageError(field, f"cannot decode image bytes (PNG, JPEG or TIFF): {exc}") from exc
+        known = f" ({', '.join(formats[:-1])} or {formats[-1]})" if formats else ""
+        raise ImageError(field, f"cannot decode image bytes{known}: {exc}") from exc
     return as_array(image, field)
 
 

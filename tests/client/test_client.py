@@ -121,6 +121,12 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
         (["stylize", "missing.png", "x.png"], cli.EXIT_USAGE, "no such file"),
         (["stylize", "__DIR__", "x.png"], cli.EXIT_USAGE, "is a folder; give an image file"),
         (["stylize", "__NPY__", "x.png"], cli.EXIT_USAGE, "cannot read"),
+        (["stylize", "__EMPTY__", "x.png"], cli.EXIT_USAGE, "content: __EMPTY__ is empty"),
+        (
+            ["stylize", "__CONTENT__", "__TEXT__"],
+            cli.EXIT_USAGE,
+            "style __TEXT__: cannot decode image bytes: not in an image format Pillow reads",
+        ),
         (["stylize", "__CONTENT__"], cli.EXIT_USAGE, "at least one STYLE"),
         (["stylize", "__CONTENT__", "__CONTENT__", "--size", "3"], cli.EXIT_FAILED, "options.size"),
     ],
@@ -129,8 +135,13 @@ def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code
     path = tmp_path / "c.png"
     PILImage.fromarray(tiny_content).save(path)
     (tmp_path / "junk.npy").write_bytes(b"not an array")
-    files = {"__CONTENT__": path, "__DIR__": tmp_path, "__NPY__": tmp_path / "junk.npy"}
+    (tmp_path / "empty.png").write_bytes(b"")
+    (tmp_path / "text.png").write_text("hello")
+    files = {"__CONTENT__": path, "__DIR__": tmp_path, "__NPY__": tmp_path / "junk.npy",
+             "__EMPTY__": tmp_path / "empty.png", "__TEXT__": tmp_path / "text.png"}  # fmt: skip
     argv = [str(files.get(a, a)) for a in argv]
+    text = text.replace("__EMPTY__", str(files["__EMPTY__"]))
+    text = text.replace("__TEXT__", str(files["__TEXT__"]))
     assert cli.main([*argv, "--server", server.address, "-o", str(tmp_path / "o.png")]) == code
     assert text in capsys.readouterr().err
 
