@@ -352,9 +352,16 @@ def test_cli_ctrl_c_cancels_the_job_and_exits_130(server, tmp_path, tiny_content
 
     content, style = _image_files(tmp_path, tiny_content, tiny_style)
     out = tmp_path / "out.png"
+    # As from a terminal: a suite started in the background (`make test &`) passes SIGINT on
+    # ignored, and Python then installs no KeyboardInterrupt handler.
+    as_from_a_terminal = (
+        "import runpy, signal; signal.signal(signal.SIGINT, signal.default_int_handler); "
+        "runpy.run_module('impasto.cli', run_name='__main__')"
+    )
     command = subprocess.Popen(
-        [sys.executable, "-m", "impasto.cli", "stylize", str(content), str(style), "-o", str(out),
-         "--server", server.address, "--size", "32", "--iterations", "100000", "--quiet"],
+        [sys.executable, "-c", as_from_a_terminal, "stylize", str(content), str(style), "-o",
+         str(out), "--server", server.address, "--size", "32", "--iterations", "100000",
+         "--quiet"],
         stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
     )  # fmt: skip
     wait_until(lambda: server.scheduler.running == 1, timeout=60)
