@@ -32,6 +32,12 @@ class ServerChoice:
     def label(self) -> str:
         return "the local server" if self.mode == "local" else self.address
 
+    @property
+    def remote_tls(self) -> bool | None:
+        """The TLS setting of a remote server (None for the local one), as describe_error's
+        ``tls`` takes it."""
+        return None if self.mode == "local" else self.tls
+
 
 class ConnectionClosedError(RuntimeError):
     """The connection was closed (the widget went away) while it was being made."""

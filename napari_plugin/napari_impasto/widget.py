@@ -496,15 +496,12 @@ class ImpastoWidget(QWidget):
         first = self.server_info is None
         self.server_info = info
         graphs = ", CUDA graphs" if info.cuda_graphs else ""
+        token = f" · {TOKEN_PROBLEMS[info.token][0]}" if info.token in TOKEN_PROBLEMS else ""
         self.server_status.setText(
             f"{health} at {address} · {info.device}, {info.precision}{graphs} · "
             f"weights {info.weights} · "
-            f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}"
+            f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}{token}"
         )
-        if info.token in TOKEN_PROBLEMS:
-            self.server_status.setText(
-                f"{self.server_status.text()} · {TOKEN_PROBLEMS[info.token][0]}"
-            )
         if first:
             self._apply_allowed(info.allowed)
             defaults = {**FALLBACK_DEFAULTS, **info.defaults}

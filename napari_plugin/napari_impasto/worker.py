@@ -103,7 +103,6 @@ def run_plan(
 ) -> Iterator[Connected | JobEvent | PlaneDone]:
     done = 0
     where = choice.label
-    tls = choice.tls if choice.mode == "remote" else None  # probed when it cannot connect
     job: Job | None = None
 
     def connect() -> tuple[Client, ServerInfo]:
@@ -168,7 +167,11 @@ def run_plan(
             return Outcome("cancelled", "cancelled", done)
         # A job id means the server had accepted this plane's job before the call ended.
         during_job = job is not None and job.job_id is not None
-        return Outcome("failed", describe_error(error, where, during_job=during_job, tls=tls), done)
+        return Outcome(
+            "failed",
+            describe_error(error, where, during_job=during_job, tls=choice.remote_tls),
+            done,
+        )
     except Exception as error:  # noqa: BLE001 - every failure becomes a notification
         if control.cancelled:
             return Outcome("cancelled", "cancelled", done)
@@ -217,5 +220,4 @@ def check_server(
         info = client.server_info(timeout=5) if health == "SERVING" else None
         return health, connection.address, info
     except Exception as error:  # noqa: BLE001 - shown to the user
-        tls = choice.tls if choice.mode == "remote" else None
-        return "ERROR", describe_error(error, choice.label, tls=tls), None
+        return "ERROR", describe_error(error, choice.label, tls=choice.remote_tls), None

@@ -217,6 +217,11 @@ def from_raw(
 WIRE_FORMATS = ("PNG", "JPEG", "TIFF")
 
 
+def _named(formats: tuple[str, ...]) -> str:
+    """("PNG", "JPEG", "TIFF") -> "PNG, JPEG or TIFF"."""
+    return ", ".join(formats[:-1]) + f" or {formats[-1]}" if len(formats) > 1 else formats[0]
+
+
 def decode(
     data: bytes,
     *,
@@ -253,13 +258,12 @@ def decode(
         )
         raise ImageError(field, f"more than {bound} pixels (decompression bomb guard)") from exc
     except PILImage.UnidentifiedImageError as exc:  # its text names Python's buffer object
-        kinds = ", ".join(formats[:-1]) + f" or {formats[-1]}" if formats else None
-        what = f"not {kinds}" if kinds else "not in an image format Pillow reads"
+        what = f"not {_named(formats)}" if formats else "not in an image format Pillow reads"
         raise ImageError(
             field, f"cannot decode image bytes: {what}, or cut short in its header"
         ) from exc
     except Exception as exc:  # Pillow raises many types for corrupt data
-        known = f" ({', '.join(formats[:-1])} or {formats[-1]})" if formats else ""
+        known = f" ({_named(formats)})" if formats else ""
         raise ImageError(field, f"cannot decode image bytes{known}: {exc}") from exc
     return as_array(image, field)
 

@@ -213,10 +213,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         return response
 
     def _token_state(self, context: grpc.ServicerContext) -> int:
-        if self.config.tokens is None:
-            return pb.TOKEN_STATE_NOT_NEEDED
-        state = self.config.tokens.state(bearer(context.invocation_metadata()))
-        return pb.TokenState.Value(f"TOKEN_STATE_{state.upper()}")
+        tokens = self.config.tokens
+        state = (
+            "not_needed" if tokens is None else tokens.state(bearer(context.invocation_metadata()))
+        )
+        return convert.wire.TOKEN_STATES[state]
 
     # ------------------------------------------------------------ Stylize
     def Stylize(

@@ -153,9 +153,11 @@ class StyleOptions:
             if s <= previous:
                 raise EngineError("scales", "must be strictly increasing")
             previous = s
-        if not self.scales or not isinstance(self.size, int):
+        if not self.scales:
             return
-        if not SIZE_RANGE[0] <= self.size <= SIZE_RANGE[1]:
+        try:
+            _int_range("size", self.size, SIZE_RANGE)
+        except EngineError:
             return  # size's own violation says it; comparing with it would add a second
         if self.scales[-1] > self.size:
             raise EngineError(
