@@ -10,11 +10,13 @@ small codec at the bottom of this module instead.
 
 from __future__ import annotations
 
+import functools
 import io
 import os
 import struct
 import warnings
 import zlib
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -265,7 +267,43 @@ def decode(
     except Exception as exc:  # Pillow raises many types for corrupt data
         known = f" ({_named(formats)})" if formats else ""
         raise ImageError(field, f"cannot decode image bytes{known}: {exc}") from exc
-    return as_array(image, field)
+    return _upright(as_array(image, field), _orientation(image.getexif))
+
+
+_ORIENTATION = 0x0112  # the EXIF (and TIFF) tag
+# How viewers turn the stored rows for each orientation (TIFF 6.0's Orientation tag): a camera
+# or phone stores the sensor's rows as they came and the way to hold them in this tag, which
+# every image viewer and browser applies; a photograph taken upright would otherwise be
+# stylized (and written back) lying on its side.
+_TURNS = {
+    2: np.fliplr,
+    3: lambda a: np.rot90(a, 2),
+    4: np.flipud,
+    5: lambda a: np.swapaxes(a, 0, 1),
+    6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.swapaxes(np.rot90(a, 2), 0, 1),
+    8: lambda a: np.rot90(a, 1),
+}
+
+
+def _orientation(read: Callable[[], PILImage.Exif]) -> int:
+    """The orientation that an image's EXIF gives, ``read`` on demand: 1 (upright) where it
+    gives none, or cannot be read (the pixels are still good)."""
+    try:
+        return int(read().get(_ORIENTATION, 1))
+    except Exception:  # noqa: BLE001 - Pillow raises many types for a corrupt block
+        return 1
+
+
+def _exif(block: bytes) -> PILImage.Exif:
+    exif = PILImage.Exif()
+    exif.load(block)
+    return exif
+
+
+def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
+    turn = _TURNS.get(orientation)
+    return array if turn is None else np.ascontiguousarray(turn(array))
 
 
 def _check_pixels(height: int, width: int, field: str, limit: int | None) -> None:
@@ -310,13 +348,16 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
     if interlace:
         raise ImageError(field, "interlaced 16-bit colour PNG is not supported")
     channels = 3 if color == 2 else 4
-    idat, offset = bytearray(), 8
+    idat, offset, orientation = bytearray(), 8, 1
     try:
         while offset < len(data):
             (length,) = struct.unpack(">I", data[offset : offset + 4])
             kind = data[offset + 4 : offset + 8]
             if kind == b"IDAT":
                 idat += data[offset + 8 : offset + 8 + length]
+            elif kind == b"eXIf":
+                block = data[offset + 8 : offset + 8 + length]
+                orientation = _orientation(functools.partial(_exif, block))
             offset += 12 + length
         stride = width * channels * 2
         decompressor = zlib.decompressobj()
@@ -345,7 +386,8 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
             raise ImageError(field, f"corrupt PNG: unknown filter {kind}")
         out[y] = row
         previous = row
-    return out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    array = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    return _upright(array, orientation)
 
 
 def _unfilter_slow(kind: int, line: np.ndarray, prior: np.ndarray, bpp: int) -> np.ndarray:

@@ -113,6 +113,16 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
     code = cli.main(["stylize", str(content), str(webp), "-o", str(out), "--size", "32",
                      "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
     assert code == cli.EXIT_OK
+    # a phone's photograph, its rows stored landscape and held upright (EXIF orientation 6):
+    # the server stylizes it as viewers show it, portrait
+    phone = tmp_path / "phone.jpg"
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    PILImage.fromarray(tiny_content).save(phone, exif=exif)
+    code = cli.main(["stylize", str(phone), str(style), "-o", str(out), "--size", "32",
+                     "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
+    assert code == cli.EXIT_OK
+    assert np.asarray(PILImage.open(out)).shape == (32, 27, 3)
 
 
 @pytest.mark.parametrize(

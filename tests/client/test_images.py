@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import io
+import struct
+import zlib
 
 import numpy as np
 import pytest
 from impasto import images
 from PIL import Image as PILImage
+from PIL import ImageOps
 
 SHAPES = [(9, 13), (9, 13, 3), (9, 13, 4)]
 
@@ -155,3 +158,58 @@ def test_raw_images_read_only_where_asked(dtype):
     view = images.from_wire(message, writable=False)  # the server's: only read
     assert not view.flags.writeable and view.dtype.isnative
     np.testing.assert_array_equal(view, array)
+
+
+def _oriented(stored: np.ndarray, fmt: str, orientation: int) -> bytes:
+    exif = PILImage.Exif()
+    exif[0x0112] = orientation
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, fmt, exif=exif)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("orientation", range(1, 9))
+@pytest.mark.parametrize("fmt", ["PNG", "TIFF"])
+def test_decode_turns_a_picture_as_its_exif_orientation_says(orientation, fmt):
+    stored = _random(np.uint8, (4, 7, 3))
+    data = _oriented(stored, fmt, orientation)
+    decoded = images.decode(data)
+    assert decoded.shape == ((4, 7, 3) if orientation < 5 else (7, 4, 3))
+    shown = ImageOps.exif_transpose(PILImage.open(io.BytesIO(data)))  # as a viewer shows it
+    np.testing.assert_array_equal(decoded, np.asarray(shown))
+
+
+def test_a_16_bit_colour_png_is_turned_too():
+    stored = _random(np.uint16, (4, 7, 3))
+    plain = images.encode(stored, "png")  # impasto's own 16-bit codec
+    block = PILImage.Exif()
+    block[0x0112] = 8  # turn left
+    body = block.tobytes()
+    chunk = struct.pack(">I", len(body)) + b"eXIf" + body
+    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + body) & 0xFFFFFFFF)
+    at = plain.index(b"IDAT") - 4
+    np.testing.assert_array_equal(images.decode(plain[:at] + chunk + plain[at:]), np.rot90(stored))
+    np.testing.assert_array_equal(images.decode(plain), stored)
+
+
+def test_an_unreadable_exif_block_leaves_the_picture_as_stored():
+    stored = _random(np.uint8, (4, 7, 3))
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, "PNG", exif=b"Exif\x00\x00MM\x00*\xff\xff")
+    np.testing.assert_array_equal(images.decode(out.getvalue()), stored)
+
+
+def test_a_phone_jpeg_lying_on_its_side_is_decoded_upright():
+    # a 32 x 48 picture stored landscape, its left half dark: held upright (orientation 6) the
+    # dark half is on top
+    stored = np.full((32, 48, 3), 230, np.uint8)
+    stored[:, :24] = 20
+    exif = PILImage.Exif()
+    exif[0x0112] = 6
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, "JPEG", exif=exif, quality=95)
+    decoded = images.decode(out.getvalue())
+    assert decoded.shape == (48, 32, 3)
+    assert decoded[:20].mean() < 40 and decoded[28:].mean() > 210
+    # any format Pillow reads goes the same way (the CLI's path for WebP, BMP...)
+    np.testing.assert_array_equal(images.decode(out.getvalue(), formats=None), decoded)
