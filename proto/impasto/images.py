@@ -267,7 +267,7 @@ def decode(
     except Exception as exc:  # Pillow raises many types for corrupt data
         known = f" ({_named(formats)})" if formats else ""
         raise ImageError(field, f"cannot decode image bytes{known}: {exc}") from exc
-    return _upright(as_array(image, field), _orientation(image.getexif))
+    return _upright(as_array(_in_srgb(image), field), _orientation(image.getexif))
 
 
 _ORIENTATION = 0x0112  # the EXIF (and TIFF) tag
@@ -304,6 +304,48 @@ def _exif(block: bytes) -> PILImage.Exif:
 def _upright(array: np.ndarray, orientation: int) -> np.ndarray:
     turn = _TURNS.get(orientation)
     return array if turn is None else np.ascontiguousarray(turn(array))
+
+
+_PRIMARIES = ("red_colorant", "green_colorant", "blue_colorant")
+
+
+@functools.cache
+def _srgb() -> Any:  # ImageCms.ImageCmsProfile; None where Pillow was built without lcms
+    try:
+        from PIL import ImageCms
+    except ImportError:
+        return None
+    return ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB"))
+
+
+def _in_srgb(image: PILImage.Image) -> PILImage.Image:
+    """The picture's colours in sRGB, the space the network's training images were in and the
+    one a result (written with no profile) is shown in. A file that embeds an ICC profile of
+    another space (a phone's Display P3, a scan's Adobe RGB, a CMYK print file) is converted,
+    as a viewer converts it for the screen; one whose profile has sRGB's primaries (most
+    cameras embed one) keeps its pixels to the bit, as does a profile lcms cannot use."""
+    icc = image.info.get("icc_profile")
+    srgb = _srgb() if icc and image.mode in ("RGB", "RGBA", "CMYK") else None
+    if srgb is None:
+        return image
+    from PIL import ImageCms
+
+    try:
+        profile = ImageCms.ImageCmsProfile(io.BytesIO(icc))
+        if image.mode != "CMYK" and _srgb_primaries(profile, srgb):
+            return image
+        mode = "RGBA" if image.mode == "RGBA" else "RGB"
+        return ImageCms.profileToProfile(image, profile, srgb, outputMode=mode)
+    except (ImageCms.PyCMSError, OSError, ValueError):
+        return image
+
+
+def _srgb_primaries(profile: Any, srgb: Any) -> bool:
+    for name in _PRIMARIES:
+        theirs, ours = getattr(profile.profile, name), getattr(srgb.profile, name)
+        if theirs is None or max(abs(a - b) for a, b in zip(theirs[0], ours[0])) > 2e-3:
+            return False
+    return True
 
 
 def _check_pixels(height: int, width: int, field: str, limit: int | None) -> None:

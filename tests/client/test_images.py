@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from impasto import images
 from PIL import Image as PILImage
-from PIL import ImageOps
+from PIL import ImageCms, ImageOps
 
 SHAPES = [(9, 13), (9, 13, 3), (9, 13, 4)]
 
@@ -213,3 +213,45 @@ def test_a_phone_jpeg_lying_on_its_side_is_decoded_upright():
     assert decoded[:20].mean() < 40 and decoded[28:].mean() > 210
     # any format Pillow reads goes the same way (the CLI's path for WebP, BMP...)
     np.testing.assert_array_equal(images.decode(out.getvalue(), formats=None), decoded)
+
+
+def _srgb_icc(swap_red_and_blue: bool = False) -> bytes:
+    """lcms's sRGB profile; swapped: the same profile with its red and blue primaries traded,
+    a colour space in which (255, 0, 0) is sRGB's blue."""
+    data = bytearray(ImageCms.ImageCmsProfile(ImageCms.createProfile("sRGB")).tobytes())
+    if swap_red_and_blue:
+        count = int.from_bytes(data[128:132], "big")  # the tag table follows the header
+        at = {bytes(data[132 + 12 * i : 136 + 12 * i]): 132 + 12 * i for i in range(count)}
+        data[at[b"rXYZ"] : at[b"rXYZ"] + 4] = b"bXYZ"
+        data[at[b"bXYZ"] : at[b"bXYZ"] + 4] = b"rXYZ"
+    return bytes(data)
+
+
+@pytest.mark.parametrize("fmt", ["PNG", "JPEG", "TIFF"])
+def test_colours_in_another_icc_space_are_converted_to_srgb(fmt):
+    stored = np.zeros((32, 32, 3), np.uint8)
+    stored[..., 0] = 255  # red in the file's space, which is sRGB's blue
+    stored[16:] = (0, 255, 0)  # green stays green
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, fmt, icc_profile=_srgb_icc(swap_red_and_blue=True))
+    decoded = images.decode(out.getvalue()).astype(int)
+    np.testing.assert_allclose(decoded[0, 0], (0, 0, 255), atol=2)
+    np.testing.assert_allclose(decoded[-1, -1], (0, 255, 0), atol=2)
+
+
+def test_alpha_survives_the_colour_conversion():
+    stored = np.zeros((4, 4, 4), np.uint8)
+    stored[..., 0], stored[..., 3] = 255, np.arange(16, dtype=np.uint8).reshape(4, 4) * 16
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, "PNG", icc_profile=_srgb_icc(swap_red_and_blue=True))
+    decoded = images.decode(out.getvalue())
+    np.testing.assert_array_equal(decoded[..., 3], stored[..., 3])
+    assert decoded[0, 0, 2] >= 253 and decoded[0, 0, 0] <= 2
+
+
+@pytest.mark.parametrize("icc", [_srgb_icc(), b"not a profile at all"], ids=["srgb", "unusable"])
+def test_srgb_and_unusable_profiles_keep_the_pixels_to_the_bit(icc):
+    stored = _random(np.uint8, (6, 5, 3))
+    out = io.BytesIO()
+    PILImage.fromarray(stored).save(out, "PNG", icc_profile=icc)
+    np.testing.assert_array_equal(images.decode(out.getvalue()), stored)
