@@ -62,8 +62,11 @@ class Rendering:
 
 
 def _normalise(values: np.ndarray, low: float, high: float) -> np.ndarray:
+    """Values in 0..1 of the contrast limits. NaN (a float layer's masked or missing pixels,
+    which napari draws in the colormap's low colour) becomes 0, as it is shown."""
     span = high - low if high > low else 1.0
-    return np.clip((values.astype(np.float32) - np.float32(low)) / np.float32(span), 0.0, 1.0)
+    scaled = (values.astype(np.float32) - np.float32(low)) / np.float32(span)
+    return np.clip(np.nan_to_num(scaled, copy=False, nan=0.0), 0.0, 1.0)
 
 
 def _to_unit(picture: np.ndarray) -> np.ndarray:

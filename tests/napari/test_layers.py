@@ -6,6 +6,7 @@ from typing import Any
 
 import numpy as np
 import pytest
+from impasto import images
 from napari.layers import Image, Labels
 from napari_helpers import add_content_and_style
 from napari_impasto import layers as lt
@@ -21,6 +22,25 @@ def test_contrast_limits_map_to_the_wire_range_and_back() -> None:
     back = rendering.from_wire(picture)
     assert back.dtype == np.float64
     np.testing.assert_allclose(back, np.clip(data, 0.0, 4.0), atol=1e-5)
+
+
+@pytest.mark.parametrize("colormap", [False, True])
+def test_nan_pixels_go_as_napari_draws_them(colormap: bool) -> None:
+    """A float layer with missing pixels (NaN; the server refuses non-finite pixels) sends them
+    as the contrast range's low end, the colormap's low colour napari draws them in."""
+    data = np.linspace(0.0, 1.0, 64, dtype=np.float32).reshape(8, 8)
+    data[:2] = np.nan
+    data[7, 7], data[7, 6] = np.inf, -np.inf
+    layer = Image(data, contrast_limits=(0.0, 1.0), colormap="viridis")
+    rendering = lt.rendering_of(layer, colormap=colormap)
+    picture = lt.picture_of(layer, (), rendering)
+    assert np.isfinite(picture).all()
+    low = lt.picture_of(Image(np.zeros((8, 8), np.float32), colormap="viridis",
+                              contrast_limits=(0.0, 1.0)), (), rendering)  # fmt: skip
+    np.testing.assert_array_equal(picture[:2], low[:2])
+    np.testing.assert_array_equal(picture[7, 6], low[7, 6])
+    assert picture[7, 7].max() > picture[7, 6].max()  # +inf is the top of the range
+    np.testing.assert_array_equal(images.from_wire(images.to_wire(picture)), picture)
 
 
 @pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
