@@ -172,15 +172,18 @@ def picture_from(
     return rendering.to_wire(np.asarray(data[tuple(index)]), colormap)
 
 
-def label_plane(data: Any, name: str, index: tuple[int, ...], shape: tuple[int, int]) -> np.ndarray:
+def label_plane(
+    data: Any, name: str, index: tuple[int, ...], shape: tuple[int, int],
+    shown: tuple[int, ...] = (),
+) -> np.ndarray:  # fmt: skip
     """The labels under one content plane, from ``data`` (``base_data`` of the Labels layer
     called ``name``): the same leading index when the labels are a stack like the content,
-    its current 2D labels otherwise."""
+    otherwise the labels' plane ``shown`` (its ``current_index`` when Run was pressed)."""
     lead = tuple(int(s) for s in data.shape[:-2])
     if lead and len(lead) == len(index) and all(i < s for i, s in zip(index, lead)):
         array = np.asarray(data[tuple(index)])
     elif lead:
-        array = np.asarray(data[tuple(0 for _ in lead)])
+        array = np.asarray(data[tuple(shown) if len(shown) == len(lead) else (0,) * len(lead)])
     else:
         array = np.asarray(data)
     if array.shape != shape:
@@ -206,18 +209,31 @@ class Placement:
     units: Any
 
 
+def frame_of(layer: Any) -> Placement:
+    """The layer's own transform as it is now, copied: a result placed from it overlays the
+    layer as it was then, whatever the layer's transform or data become meanwhile."""
+    return Placement(
+        tuple(float(s) for s in layer.scale),
+        tuple(float(t) for t in layer.translate),
+        np.array(layer.rotate, dtype=float),
+        np.array(layer.shear, dtype=float),
+        np.array(layer.affine.affine_matrix, dtype=float),
+        getattr(layer, "units", None),
+    )
+
+
 def placement_of(
-    layer: Any,
+    frame: Placement,
     index: tuple[int, ...] | None,
     result_shape: tuple[int, int],
-    source_shape: tuple[int, int] | None = None,
+    source_shape: tuple[int, int],
 ) -> Placement:
-    """The transform for a result of ``result_shape`` made from ``layer``'s plane at ``index``
-    (None: the whole stack, one result plane per content plane); ``source_shape``: the plane's
-    shape when it was sent (default: the layer's now)."""
-    scale = [float(s) for s in layer.scale]
-    translate = [float(t) for t in layer.translate]
-    height, width = source_shape or plane_shape(layer)
+    """The transform for a result of ``result_shape`` made from the plane at ``index`` (None:
+    the whole stack, one result plane per content plane) of a layer whose transform was
+    ``frame`` (``frame_of``) and whose planes were ``source_shape`` when it was sent."""
+    scale = list(frame.scale)
+    translate = list(frame.translate)
+    height, width = source_shape
     for axis, (source, target) in zip((-2, -1), zip((height, width), result_shape)):
         factor = source / target
         # Pixel centres sit at integer coordinates, so a coarser pixel's centre moves by half
@@ -228,12 +244,7 @@ def placement_of(
         for axis, position in enumerate(index):
             translate[axis] += scale[axis] * position
     return Placement(
-        tuple(scale),
-        tuple(translate),
-        layer.rotate,
-        layer.shear,
-        layer.affine,
-        getattr(layer, "units", None),
+        tuple(scale), tuple(translate), frame.rotate, frame.shear, frame.affine, frame.units
     )
 
 

@@ -28,9 +28,14 @@ class ActiveRun:
     stack: bool
     indices: list[tuple[int, ...]]
     style_weights: list[float]
-    # The content's shape when the run began (its data may be replaced during the run).
+    # The content's transform (layer_tools.frame_of), shape and look when the run began: its
+    # data, transform, colormap and contrast limits may change during the run, and the results
+    # overlay it as Run saw it.
+    frame: layer_tools.Placement
     lead: tuple[int, ...] = ()  # the sizes of the axes in front of the plane
-    plane_shape: tuple[int, int] | None = None
+    plane_shape: tuple[int, int] = (0, 0)
+    colormap: Any = None
+    contrast_limits: tuple[float, float] = (0.0, 1.0)
     style_layers: list[Any] = field(default_factory=list)
     worker: Any = None
     address: str = ""
@@ -43,17 +48,20 @@ def show_preview(viewer: Any, state: ActiveRun, plane: int, preview: np.ndarray)
     """Show a preview in the preview layer, placed like the result will be."""
     data = state.rendering.from_wire(preview)
     index = state.indices[plane]
-    placement = layer_tools.placement_of(state.content, index, data.shape[:2], state.plane_shape)
+    placement = layer_tools.placement_of(state.frame, index, data.shape[:2], state.plane_shape)
     data = data.reshape((1,) * len(index) + data.shape)
+    kwargs = image_kwargs(state, data, placement)
     layer = _layer(viewer, PREVIEW_LAYER)
-    if layer is not None and (layer.data.shape != data.shape or layer.rgb != _is_rgb(data, state)):
+    if layer is not None and (layer.data.shape != data.shape or layer.rgb != kwargs["rgb"]):
         viewer.layers.remove(layer)
         layer = None
     if layer is None:
-        layer = viewer.add_image(data, name=PREVIEW_LAYER, **image_kwargs(state, data, placement))
-    else:
+        layer = viewer.add_image(data, name=PREVIEW_LAYER, **kwargs)
+    else:  # an earlier run's (or this run's) preview layer: drawn as this run's result will be
         layer.data = data
-        layer.scale, layer.translate = placement.scale, placement.translate
+        for name, value in kwargs.items():
+            if name != "rgb":
+                setattr(layer, name, value)
         layer.visible = True
     state.previews += 1
 
@@ -65,7 +73,7 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
     metadata = metadata_of(state, result, item)
     if not state.stack:
         placement = layer_tools.placement_of(
-            state.content, item.index, image.shape[:2], state.plane_shape
+            state.frame, item.index, image.shape[:2], state.plane_shape
         )
         data = image.reshape((1,) * len(item.index) + image.shape)
         _add_result_layer(viewer, state, data, placement, metadata)
@@ -73,7 +81,7 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
         if state.result_layer is None or state.result_layer not in viewer.layers:
             # The whole stack's result appears at the first slice, then fills in.
             placement = layer_tools.placement_of(
-                state.content, None, image.shape[:2], state.plane_shape
+                state.frame, None, image.shape[:2], state.plane_shape
             )
             data = np.zeros(state.lead + image.shape, dtype=image.dtype)
             data[item.index] = image
@@ -112,7 +120,6 @@ def _is_rgb(data: np.ndarray, state: ActiveRun) -> bool:
 def image_kwargs(
     state: ActiveRun, data: np.ndarray, placement: layer_tools.Placement
 ) -> dict[str, Any]:
-    content = state.content
     kwargs: dict[str, Any] = {
         "scale": placement.scale,
         "translate": placement.translate,
@@ -124,10 +131,10 @@ def image_kwargs(
     if placement.units is not None:
         kwargs["units"] = placement.units
     if not kwargs["rgb"]:
-        kwargs["colormap"] = content.colormap
-        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+        kwargs["colormap"] = state.colormap
+        kwargs["contrast_limits"] = state.contrast_limits
     elif state.rendering.rgb:
-        kwargs["contrast_limits"] = tuple(content.contrast_limits)
+        kwargs["contrast_limits"] = state.contrast_limits
     return kwargs
 
 

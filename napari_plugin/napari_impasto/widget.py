@@ -16,7 +16,7 @@ from impasto.client import Progress, Queued, ServerInfo, Started
 from napari.layers import Image, Labels
 from napari.qt.threading import create_worker
 from napari.utils.notifications import show_error, show_info, show_warning
-from qtpy.QtCore import QEvent, Qt
+from qtpy.QtCore import QEvent, Qt, QTimer
 from qtpy.QtWidgets import (
     QApplication,
     QCheckBox,
@@ -134,13 +134,22 @@ class ImpastoWidget(QWidget):
         self._user_options: set[str] = set(self.settings.options)
         self._applying = False
         self._layer_names: list[str] = []  # the layers' names at the last refresh
+        self._viewer_events = False  # following the viewer's layers (attached below)
+        # The chosen mask's labels, found once per mask and per edit of it (np.unique over a
+        # large volume takes seconds: not again at every change of the layer list).
+        self._mask_followed: Labels | None = None  # the mask whose paint and data we follow
+        self._mask_edits = 0
+        self._mask_labels: tuple[tuple[str, int], list[int]] | None = None  # (name, edits)
         self._build()
+        self._regions_timer = QTimer(self)  # regions again once a stroke of painting ends
+        self._regions_timer.setSingleShot(True)
+        self._regions_timer.setInterval(300)
+        self._regions_timer.timeout.connect(self._refresh_regions)
         self._apply_allowed(FALLBACK_ALLOWED)
         self._apply_defaults({**FALLBACK_DEFAULTS, **self.settings.options})
         self._track_user_edits()
         self._load_server_settings()
         self._refresh_layer_choices()
-        self._viewer_events = False
         self._docked = False  # in a panel now (or since the last removal)
         self._attach_viewer_events()
         # The cleanup must not need this Python object, which may be half gone by then.
@@ -299,6 +308,7 @@ class ImpastoWidget(QWidget):
         if self._viewer_events:
             return
         self._viewer_events = True
+        self._mask_edits += 1  # edits made while not followed
         for event, handler in self._viewer_handlers():
             event.connect(handler)
         self._refresh_layer_choices()
@@ -309,6 +319,7 @@ class ImpastoWidget(QWidget):
         self._viewer_events = False
         for event, handler in self._viewer_handlers():
             event.disconnect(handler)
+        self._follow_mask(None)
 
     def _on_layer_inserted(self, event: Any) -> None:
         event.value.events.name.connect(self._on_layer_renamed)
@@ -316,6 +327,8 @@ class ImpastoWidget(QWidget):
 
     def _on_layer_removed(self, event: Any) -> None:
         event.value.events.name.disconnect(self._on_layer_renamed)
+        if self._mask_followed is not None and self._mask_followed.name == event.value.name:
+            self._follow_mask(None)  # another layer may take its name
         self._refresh_layer_choices()
 
     def _on_layer_renamed(self, event: Any = None) -> None:
@@ -380,17 +393,41 @@ class ImpastoWidget(QWidget):
         row.deleteLater()
         self._refresh_regions()
 
+    def _follow_mask(self, mask: Labels | None) -> None:
+        """Follow the chosen mask's painting and data, which change its labels."""
+        if mask is self._mask_followed:
+            return
+        for layer, connect in ((self._mask_followed, False), (mask, True)):
+            if layer is not None:
+                for emitter in (layer.events.paint, layer.events.data):
+                    (emitter.connect if connect else emitter.disconnect)(self._on_mask_edited)
+        self._mask_followed = mask
+        self._mask_edits += 1
+
+    def _on_mask_edited(self, event: Any = None) -> None:
+        self._mask_edits += 1
+        self._regions_timer.start()  # once the painting pauses
+
+    def _labels_of(self, mask: Labels) -> list[int]:
+        key = (mask.name, self._mask_edits)
+        if self._mask_labels is None or self._mask_labels[0] != key:
+            try:
+                values = np.unique(np.asarray(layer_tools.base_data(mask)))
+                labels = [int(v) for v in values if v != 0]
+            except Exception:  # noqa: BLE001 - an odd Labels layer just gets no regions
+                labels = []
+            self._mask_labels = (key, labels)
+        return self._mask_labels[1]
+
     def _refresh_regions(self) -> None:
         mask = self._layer(self.mask.currentText(), Labels)
+        if self._viewer_events or mask is None:
+            self._follow_mask(mask)
         previous = self.region_styles()
         self.regions.setRowCount(0)
         if mask is None:
             return
-        try:
-            labels = [int(v) for v in np.unique(np.asarray(layer_tools.plane(mask, ())))
-                      if v != 0] if mask.ndim == 2 else self._stack_labels(mask)  # fmt: skip
-        except Exception:  # noqa: BLE001 - an odd Labels layer just gets no regions
-            labels = []
+        labels = self._labels_of(mask)
         styles = [row.layer.currentText() for row in self.style_rows]
         for position, label in enumerate(labels[:64]):
             self.regions.insertRow(position)
@@ -402,10 +439,6 @@ class ImpastoWidget(QWidget):
             default = previous.get(label, (label - 1) % max(1, len(styles)))
             choice.setCurrentIndex(default + 1 if 0 <= default < len(styles) else 0)
             self.regions.setCellWidget(position, 1, choice)
-
-    def _stack_labels(self, mask: Labels) -> list[int]:
-        values = np.unique(np.asarray(mask.data))
-        return [int(v) for v in values if v != 0]
 
     def region_styles(self) -> dict[int, int]:
         """label -> style index, for the labels not left to the blend."""
@@ -505,6 +538,8 @@ class ImpastoWidget(QWidget):
         if first:
             self._apply_allowed(info.allowed)
             defaults = {**FALLBACK_DEFAULTS, **info.defaults}
+            if "preset" in self._user_options:  # chosen before the server answered
+                defaults.update(info.presets.get(self.preset.currentText()) or {})
             self._apply_defaults({k: v for k, v in defaults.items() if k not in self._user_options})
 
     # ------------------------------------------------------------------ options
@@ -635,6 +670,11 @@ class ImpastoWidget(QWidget):
             if not seed.isdecimal():
                 raise ValueError(f"seed must be a whole number >= 0 or empty, not {seed!r}")
             values["seed"] = int(seed)
+        if self.server_info is None:
+            # Until the server answers, the controls hold stand-ins for its defaults: only what
+            # the user set goes, and the server fills in the rest (its defaults, or the values
+            # of the preset chosen, which the stand-ins would override).
+            values = {k: v for k, v in values.items() if k in self._user_options}
         return values
 
     # ------------------------------------------------------------------ running
@@ -725,6 +765,16 @@ class ImpastoWidget(QWidget):
         else:
             indices = [layer_tools.current_index(content, self.viewer.dims.point)]
         mask = self._layer(self.mask.currentText(), Labels)
+        if mask is not None:
+            # its labels as they are now: edits made in code (layer.data[...] = ...) send no
+            # event, and the table then lists no region for a new label
+            self._mask_edits += 1
+            self._refresh_regions()
+            labels = self._labels_of(mask)
+            if labels and (labels[0] < 0 or labels[-1] > 65535):
+                raise layer_tools.LayerError(
+                    f"the mask {mask.name!r} has labels outside 0..65535 (the wire's uint16)"
+                )
         regions = self.region_styles() if mask is not None else {}
         if not regions:
             mask = None
@@ -739,7 +789,11 @@ class ImpastoWidget(QWidget):
         )
         read_mask = (
             functools.partial(
-                layer_tools.label_plane, layer_tools.base_data(mask), mask.name, shape=shape
+                layer_tools.label_plane,
+                layer_tools.base_data(mask),
+                mask.name,
+                shape=shape,
+                shown=layer_tools.current_index(mask, self.viewer.dims.point),
             )
             if mask is not None
             else None
@@ -778,6 +832,9 @@ class ImpastoWidget(QWidget):
             style_weights=weights,
             lead=layer_tools.leading_shape(content),
             plane_shape=shape,
+            frame=layer_tools.frame_of(content),
+            colormap=content.colormap,
+            contrast_limits=tuple(float(v) for v in content.contrast_limits),
             style_layers=style_layers,
         )
         return plan, state
@@ -843,8 +900,14 @@ class ImpastoWidget(QWidget):
         self.last_outcome = outcome
         state = self.run_state
         if outcome.status == "failed":
-            self.status.setText(outcome.message)
-            show_error(outcome.message)
+            message = outcome.message
+            if state is not None and state.stack and outcome.planes_done:
+                message += (
+                    f" (at slice {outcome.planes_done + 1} of {len(state.indices)}; the "
+                    f"{outcome.planes_done} finished slice(s) are kept, the rest left blank)"
+                )
+            self.status.setText(message)
+            show_error(message)
         elif outcome.status == "cancelled":
             kept = f"; {outcome.planes_done} finished slice(s) kept" if outcome.planes_done else ""
             self.status.setText(f"cancelled{kept}")

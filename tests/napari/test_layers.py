@@ -92,7 +92,8 @@ def test_rgb_stack_planes_and_current_index() -> None:
 
 def test_placement_overlays_a_resized_result_exactly() -> None:
     layer = Image(np.zeros((2, 40, 80), np.float32), scale=(3.0, 0.5, 0.5), translate=(1, 2, 3))
-    placement = lt.placement_of(layer, (1,), (20, 40))  # half the resolution, plane 1
+    frame = lt.frame_of(layer)
+    placement = lt.placement_of(frame, (1,), (20, 40), (40, 80))  # half the resolution, plane 1
     assert placement.scale == pytest.approx((3.0, 1.0, 1.0))
     # plane 1 sits one z step further; the first coarse pixel's edge meets the content's
     assert placement.translate[0] == pytest.approx(1 + 3.0)

@@ -9,7 +9,6 @@ from typing import Any
 import pytest
 from napari_helpers import add_content_and_style, use_remote, wait_for_run
 from napari_impasto.connection import LOCAL_SERVERS
-from napari_impasto.widget import FALLBACK_DEFAULTS
 
 
 def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
@@ -90,9 +89,32 @@ def test_a_bad_value_in_the_settings_file_falls_back_to_its_default(
     _, widget = make_napari_viewer().window.add_plugin_dock_widget("impasto", "impasto")
     options = widget.options()
     (name,) = bad
-    assert options.get(name) == FALLBACK_DEFAULTS[name]  # the default (seed: none, random)
+    # not sent (until the server answers, only what the user set goes): its default applies
+    assert name not in options
     assert name not in widget._user_options  # so a server's default may still apply
     # The other values still load.
     assert options["style_weight"] == 5000 and widget.address.text() == "gpu-host:1"
     if name != "size":
         assert options["size"] == 48
+
+
+def test_a_preset_chosen_before_the_server_answers_is_the_servers(
+    napari_server: Any, make_napari_viewer: Any, qtbot: Any, plugin_settings: Any
+) -> None:
+    """The controls hold stand-ins until the server answers: they must not override the
+    preset's values on the server."""
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("impasto", "impasto")
+    use_remote(widget, napari_server.address)
+    widget.set_options(size=32)
+    index = widget.preset.findText("paper")
+    widget.preset.setCurrentIndex(index)
+    widget.preset.activated.emit(index)  # the user's choice
+    assert widget.server_info is None
+    assert widget.options() == {"preset": "paper", "size": 32}
+    widget.check_server()
+    qtbot.waitUntil(lambda: widget.server_info is not None, timeout=30_000)
+    paper = widget.server_info.presets["paper"]
+    # once it answers, the controls show the preset's values (where the user set none)
+    assert widget.options()["iterations"] == paper["iterations"]
+    assert widget.options()["init"] == paper["init"]
+    assert widget.options()["size"] == 32

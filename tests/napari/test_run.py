@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 import numpy as np
@@ -245,3 +246,127 @@ def test_a_run_uses_the_data_as_it_was_when_run_was_pressed(
     (result,) = _result_layers(viewer)
     assert result.data.shape == (3, 24, 24)
     assert all(result.data[z].std() > 0 for z in range(3))
+
+
+def test_results_and_previews_overlay_the_content_as_run_saw_it(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=20, size=24)
+    _, x = np.mgrid[:24, :24]
+    stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
+    content = viewer.add_image(stack, name="content", scale=(2.0, 0.5, 0.5),
+                               colormap="magma", contrast_limits=(0.0, 1.0))  # fmt: skip
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    widget.preview_interval.setValue(5)
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
+    # a 2D projection in its place, on another scale and look: the run goes on as it began
+    content.data = stack.max(axis=0)
+    content.scale = (1.0, 1.0)
+    content.colormap, content.contrast_limits = "gray", (0.5, 0.6)
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "done", outcome.message
+    (result,) = _result_layers(viewer)
+    assert result.data.shape == (3, 24, 24)
+    assert tuple(result.scale) == pytest.approx((2.0, 0.5, 0.5))
+    assert result.colormap.name == "magma"
+    assert tuple(result.contrast_limits) == pytest.approx((0.0, 1.0))
+
+    # The next run's previews reuse the preview layer, drawn as that run's content
+    other = viewer.add_image(stack * 2, name="other", colormap="viridis",
+                             contrast_limits=(0.0, 2.0), scale=(1.0, 3.0, 3.0))  # fmt: skip
+    widget.content.setCurrentText("other")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("slice"))
+    preview = viewer.layers["impasto preview"]
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done"
+    assert viewer.layers["impasto preview"] is preview  # the same layer, reused
+    assert preview.colormap.name == other.colormap.name == "viridis"
+    assert tuple(preview.contrast_limits) == pytest.approx((0.0, 2.0))
+    assert tuple(preview.scale)[-2:] == pytest.approx((3.0, 3.0))
+
+
+def test_a_mask_painted_after_it_was_chosen_gives_its_regions(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=3)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    viewer.add_image(255 - tiny_style, name="style 2", rgb=True)
+    widget.add_style_row("style 2", weight=1.0)
+    labels = viewer.add_labels(np.zeros(tiny_content.shape[:2], np.uint8), name="cells")
+    widget.mask.setCurrentText("cells")
+    assert widget.region_styles() == {}
+    labels.paint((5, 5), 1, refresh=True)  # the brush, as a user paints
+    labels.data_setitem((np.arange(30, 40), np.full(10, 40)), 2)
+    qtbot.waitUntil(lambda: widget.region_styles() == {1: 0, 2: 1}, timeout=5_000)
+    labels.data[0, 0] = 3  # changed in code: no event, but Run reads the labels again
+    plan, _ = widget._plan()
+    assert plan.region_styles == {1: 0, 2: 1, 3: 0}
+    assert plan.tasks[0].mask is not None
+
+
+def test_a_mask_stack_over_a_2d_content_sends_the_plane_shown(
+    napari_server: Any, dock: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    stack = np.zeros((5, *tiny_content.shape[:2]), np.uint8)
+    stack[3, :, :20] = 1
+    viewer.add_labels(stack, name="cells")
+    viewer.dims.set_point(0, 3)
+    widget.mask.setCurrentText("cells")
+    plan, _ = widget._plan()
+    assert plan.region_styles == {1: 0}
+    np.testing.assert_array_equal(plan.tasks[0].mask(), stack[3])
+
+
+def test_a_mask_with_labels_past_uint16_is_refused_at_run(
+    napari_server: Any, dock: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
+) -> None:
+    """Not at the slice that holds them, after the slices before it ran."""
+    viewer, widget = dock(napari_server)
+    viewer.add_image(np.stack([tiny_content[..., 0]] * 3), name="content")
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    labels = np.zeros((3, *tiny_content.shape[:2]), np.uint32)
+    labels[:, :5] = 1
+    labels[2, -5:] = 70_000
+    viewer.add_labels(labels, name="cells")
+    widget.mask.setCurrentText("cells")
+    with pytest.raises(ValueError, match=r"labels outside 0\.\.65535"):
+        widget._plan()
+
+
+def test_a_stack_that_fails_part_way_says_which_slices_are_kept(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    viewer, widget = dock(napari_server, iterations=3, size=24)
+    stack = np.random.default_rng(0).random((3, 24, 24)).astype(np.float32)
+    viewer.add_image(stack, name="content")
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    plan_of = widget._plan
+
+    def failing_at_slice_3() -> Any:  # as a lost connection or a full GPU there would
+        plan, state = plan_of()
+
+        def fail() -> np.ndarray:
+            raise ValueError("impasto: the server went away")
+
+        plan.tasks[2] = dataclasses.replace(plan.tasks[2], content=fail)
+        return plan, state
+
+    widget._plan = failing_at_slice_3
+    widget.run()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "failed" and outcome.planes_done == 2
+    assert "at slice 3 of 3; the 2 finished slice(s) are kept" in widget.status.text()
+    (result,) = _result_layers(viewer)
+    assert result.data[0].std() > 0 and result.data[1].std() > 0 and not result.data[2].any()
