@@ -518,6 +518,8 @@ class Client:
                 weight=weight,
             )
         if mask is not None:
+            if np.asarray(mask).dtype == np.bool_:
+                mask = np.asarray(mask, dtype=np.uint8)  # labels: True is label 1, not 255
             request.mask.labels.CopyFrom(images.to_wire(mask, "raw", field="mask"))
             for label, style_index in (region_styles or {}).items():
                 request.mask.regions.add(label=int(label), style_index=int(style_index))

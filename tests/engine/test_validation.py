@@ -92,7 +92,8 @@ def test_bad_blend_weights_masks_and_init(engine):
     check(engine, "mask", mask=mask.astype(np.float32), region_styles={0: 0})
     check(engine, "region_styles", mask=mask)
     check(engine, "region_styles", mask=mask, region_styles={0: 5})
-    check(engine, "region_styles", mask=mask, region_styles={7: 0})
+    missing = check(engine, "region_styles", mask=mask, region_styles={7: 0})
+    assert "label 7 does not occur in the mask (its labels: 0, 1)" in missing
     check(engine, "region_styles", region_styles={0: 0})
     check(engine, "init_image", options=opts(init="image"))
     check(engine, "init_image", options=opts(init="image"), init_image=np.zeros((0, 3)))

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import numpy as np
+from impasto import images
 
 ALL_OPTIONS = {
     "preset": "paper",
@@ -51,6 +52,12 @@ def test_mask_regions_and_init_image_reach_the_engine(client, tiny_content, tiny
     masked = client.stylize(tiny_content, [tiny_style, blue], mask=mask,
                             region_styles={0: 0, 1: 1}, **common).result()  # fmt: skip
     assert masked.image.shape == (27, 32, 3)
+    # a boolean mask is labels 0 and 1 (as a picture, True would be 255)
+    request = client.build_request(tiny_content, [tiny_style], mask=mask.astype(bool),
+                                   region_styles={1: 0})  # fmt: skip
+    assert set(np.unique(images.from_wire(request.mask.labels)).tolist()) == {0, 1}
+    client.stylize(tiny_content, [tiny_style], mask=mask.astype(bool), region_styles={1: 0},
+                   **common).result()  # fmt: skip
     start = np.full_like(tiny_content, 128)
     from_image = client.stylize(tiny_content, [tiny_style], init="image", init_image=start,
                                 **common).result()  # fmt: skip

@@ -324,7 +324,13 @@ class Engine:
                     "region_styles", f"label {label} names style {index}; there are {len(styles)}"
                 )
             if label not in present:
-                raise EngineError("region_styles", f"label {label} does not occur in the mask")
+                # which do: a bilevel mask read as 0/255 (a 1-bit PNG, a boolean image) says so
+                some = sorted(present)
+                listed = ", ".join(map(str, some[:10])) + (", ..." if len(some) > 10 else "")
+                raise EngineError(
+                    "region_styles",
+                    f"label {label} does not occur in the mask (its labels: {listed})",
+                )
 
     # ------------------------------------------------------------------ the run
 
