@@ -66,3 +66,19 @@ def test_a_read_only_array_converts_without_a_warning():
         rgb, _, _ = imaging.to_pixels(image)
     rgb += 1.0  # the engine's own copy
     np.testing.assert_array_equal(image, CASES["uint8 3"])
+
+
+def test_float_pixels_spanning_float32s_whole_range_map_without_overflow():
+    """Finite float32 pixels, rescaled by their own min and max as the API promises: the
+    difference of -3e38 and 3e38 is beyond float32 (it went to inf, the job then 'diverged')."""
+    image = np.full((4, 5, 3), 0.0, dtype=np.float32)
+    image[0, 0], image[0, 1] = -3e38, 3e38
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")  # no overflow on the way in or back
+        rgb, alpha, source = imaging.to_pixels(image)
+        back = imaging.from_pixels(rgb, alpha, source)
+    assert torch.isfinite(rgb).all()
+    np.testing.assert_allclose(rgb[0, :, 0, :2].numpy(), [[0.0, 255.0]] * 3, atol=1e-3)
+    np.testing.assert_allclose(rgb[0, :, 1:, :].numpy(), 127.5, atol=1e-3)
+    assert np.isfinite(back).all() and back.dtype == np.float32
+    np.testing.assert_allclose(back[0, :2, 0], [-3e38, 3e38], rtol=1e-6)

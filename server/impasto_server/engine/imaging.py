@@ -70,8 +70,10 @@ def to_pixels(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, Sou
         x = np.empty((1, *source.shape), dtype=np.float32)
         np.copyto(x[0], source)
         if low != 0.0 or scale != 1.0:
-            x -= np.float32(low)
+            # scaled first: x - low overflows float32 where the values span more than its
+            # range (-3e38 and 3e38 are finite float32 pixels)
             x *= np.float32(scale)
+            x -= np.float32(low * scale)
         return torch.from_numpy(x)
 
     rgb = converted(np.broadcast_to(planes[:1], (3, *planes.shape[1:])) if channels == 1
@@ -94,7 +96,9 @@ def from_pixels(rgb: torch.Tensor, alpha: torch.Tensor | None, source: Source) -
         return np.rint(array).astype(np.uint8)
     if source.dtype == np.uint16:
         return np.rint(array * (65535.0 / 255.0)).astype(np.uint16)
-    return (array * ((source.high - source.low) / 255.0) + source.low).astype(np.float32)
+    values = array.astype(np.float64) * ((source.high - source.low) / 255.0) + source.low
+    top = float(np.finfo(np.float32).max)  # the source's own range, in float64 arithmetic
+    return np.clip(values, -top, top).astype(np.float32)
 
 
 def fit_long_side(height: int, width: int, long_side: int) -> tuple[int, int]:
