@@ -294,7 +294,7 @@ class Scheduler:
                     queue.remove(job)
                     if not queue:
                         del self._waiting[job.client]
-                    self._per_client[job.client] -= 1
+                    self._uncount(job.client)
                     job.state = "done"
                     job.finished = time.monotonic()
                     removed = True
@@ -451,11 +451,16 @@ class Scheduler:
             job.state = "done"
             job.finished = time.monotonic()
             self._running.discard(job)
-            self._per_client[job.client] -= 1
-            if self._per_client[job.client] <= 0:
-                del self._per_client[job.client]
+            self._uncount(job.client)
             self._cond.notify_all()
         self._changed()
+
+    def _uncount(self, client: str) -> None:
+        """One job fewer against ``client``'s limit; a client with none is forgotten (without
+        tokens a client is its connection: one entry per connection would pile up)."""
+        self._per_client[client] -= 1
+        if self._per_client[client] <= 0:
+            del self._per_client[client]
 
     def _changed(self) -> None:
         if self._on_change is not None:

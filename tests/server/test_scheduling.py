@@ -45,6 +45,8 @@ def test_cancelling_a_queued_job_removes_it(make_server, tiny_content, tiny_styl
         assert server.scheduler.queued == 1
         long.job.cancel()
         assert third.done.wait(30) and third.error is None
+    # each client (here: each connection) is forgotten once it has no job, cancelled or ended
+    wait_until(lambda: not server.scheduler._per_client)
 
 
 def test_full_queue_answers_resource_exhausted_with_retry_hint(
