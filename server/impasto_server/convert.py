@@ -237,6 +237,21 @@ def options_message(options: StyleOptions) -> pb.Options:
     return wire.options_to_proto(values)
 
 
+def result_message_bytes(content: np.ndarray, output_format: str, height: int, width: int) -> int:
+    """At most how many bytes a result (or a preview, never larger) of ``height`` x ``width``
+    in the content's dtype and channels takes on the wire in ``output_format``: deflate may
+    store incompressible rows as they are, JPEG of noise may exceed 8 bits a sample."""
+    channels = 1 if content.ndim == 2 else int(content.shape[2])
+    size = content.dtype.itemsize
+    if output_format == "jpeg":
+        per_pixel = 1.5 * min(channels, 3)
+    elif output_format == "raw" or (output_format == "tiff" and channels == 1):
+        per_pixel = channels * size
+    else:  # PNG and TIFF: float32 goes as 16-bit
+        per_pixel = channels * min(size, 2)
+    return int(height * width * per_pixel) + height + (64 << 10)
+
+
 def image_message(array: np.ndarray, output_format: str) -> pb.Image:
     if output_format == "raw":
         return pb.Image(raw=images.raw_of(images.as_array(array)))

@@ -245,6 +245,19 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                     f"the result would be {height}x{width} = {height * width} pixels, above "
                     f"this server's limit of {self.config.limits.max_pixels}",
                 )
+            # Refused now, not lost after its work: a result larger than a message cannot go.
+            wire_bytes = convert.result_message_bytes(
+                parsed.content, parsed.output_format, height, width
+            )
+            if wire_bytes > self.config.max_message_bytes:
+                raise EngineError(
+                    "size",
+                    f"the result would be {height}x{width} {parsed.content.dtype} in "
+                    f"{parsed.output_format}, up to {wire_bytes} bytes: above this server's "
+                    f"message limit of {self.config.max_message_bytes} "
+                    "(limits.max_message_bytes); ask for a smaller size or an encoded "
+                    "output_format (PNG sends float as 16-bit, JPEG as 8-bit)",
+                )
         except convert.RequestError as exc:
             self.rejected("invalid", context, "; ".join(f"{f}: {m}" for f, m in exc.violations))
             context.abort_with_status(bad_request(exc.violations))

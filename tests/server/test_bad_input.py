@@ -166,6 +166,33 @@ def test_result_above_the_pixel_limit_is_refused(make_server, tiny_content, tiny
         assert info.value.field_violations[0][0] == "options.size"
 
 
+def test_a_result_too_large_for_a_message_is_refused_before_it_runs(
+    make_server, tiny_content, tiny_style
+):
+    """Not lost once its work is done, as it was (the send failed RESOURCE_EXHAUSTED)."""
+    from impasto.client import Client
+
+    server = make_server(max_message_mb=1)
+    rgba = np.random.default_rng(0).random((48, 48, 4), dtype=np.float32)  # raw: 16 B a pixel
+    with Client(server.address) as client:
+        with pytest.raises(ImpastoError) as info:
+            client.stylize(rgba, [tiny_style], size=300, iterations=1, num_scales=1).result()
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        (violation,) = info.value.field_violations
+        assert violation[0] == "options.size"
+        assert "above this server's message limit of 1048576" in violation[1]
+        assert server.scheduler.queued == 0 and not server.scheduler._per_client
+        # as 16-bit PNG it fits, and it arrives (with previews no larger than itself)
+        previews = []
+        job = client.stylize(rgba, [tiny_style], size=200, iterations=2, num_scales=1,
+                             output_format="png", preview_interval=1, preview_size=8192)  # fmt: skip
+        for event in job:
+            if getattr(event, "preview", None) is not None:
+                previews.append(event.preview.shape)
+        assert job.result().image.shape == (200, 200, 4)
+        assert previews and all(max(shape[:2]) <= 200 for shape in previews)
+
+
 def test_a_refused_request_is_logged(client, tiny_content, tiny_style, caplog):
     request = client.build_request(tiny_content, [tiny_style], **SHORT)
     request.options.size = 0

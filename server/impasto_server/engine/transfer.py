@@ -1016,7 +1016,9 @@ class PreparedRun:
         self.options = options
         self.shapes = shapes
         self.preview_every = preview_every
-        self.preview_size = preview_size
+        # Previews no larger than the result: larger would be upsampled pixels only, sent and
+        # held past the server's pixel and memory checks.
+        self.preview_size = min(preview_size, max(shapes[-1])) if preview_size else 0
         self.should_stop = should_stop
         self.per_stage = per_stage = _per_stage(options.iterations, shapes)
         # L-BFGS pairs of each stage (memory may have cut them short of the default).
