@@ -64,6 +64,7 @@ class ServerConfig:
     max_jobs_per_client: int = 8
     max_message_mb: int = DEFAULT_MAX_MESSAGE_MB
     max_styles: int = 16
+    max_regions: int = 64
     cache_mb: int = 256
     tls_cert: str | None = None
     tls_key: str | None = None
@@ -156,6 +157,7 @@ class Server:
                     max_pixels=config.max_pixels,
                     max_input_pixels=max(config.max_pixels, 8192 * 8192),
                     max_styles=config.max_styles,
+                    max_regions=config.max_regions,
                 ),
                 queue_capacity=config.queue_size,
                 max_running=config.max_running,
@@ -397,6 +399,10 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="largest gRPC message in MiB (default fits a 4096x4096 RGB float32 image)",
     )  # fmt: skip
     p.add_argument("--max-styles", type=int, default=d.max_styles, help="style images per job")
+    p.add_argument(
+        "--max-regions", type=int, default=d.max_regions,
+        help="mask regions per job (each costs memory, and time to check it)",
+    )  # fmt: skip
     p.add_argument("--cache-mb", type=int, default=d.cache_mb, help="style-target cache budget")
     p.add_argument("--tls-cert", help="PEM certificate chain; enables TLS with --tls-key")
     p.add_argument("--tls-key", help="PEM private key")
@@ -450,6 +456,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         ("--max-running", config.max_running, 1, uint32),
         ("--max-jobs-per-client", config.max_jobs_per_client, 1, uint32),
         ("--max-styles", config.max_styles, 1, uint32),
+        ("--max-regions", config.max_regions, 1, uint32),
         ("--max-pixels", config.max_pixels, 1, 2**62),
         ("--max-message-mb", config.max_message_mb, 1, 2047),
         ("--max-batch", config.max_batch, 1, uint32),

@@ -38,6 +38,9 @@ class Limits:
     max_pixels: int = 4096 * 4096
     max_input_pixels: int = 8192 * 8192
     max_styles: int = 16
+    # Each mask region's features and Grams are the job's own: memory (and the check of it
+    # before the job is queued) grows with them.
+    max_regions: int = 64
     max_preview_interval: int = 100_000
 
 
@@ -141,7 +144,12 @@ def parse_request(
                 )
                 mask = None
         region_styles = {}
-        for index, region in enumerate(request.mask.regions):
+        if len(request.mask.regions) > limits.max_regions:
+            count = len(request.mask.regions)
+            violations.append(
+                ("mask.regions", f"at most {limits.max_regions} regions per request, not {count}")
+            )
+        for index, region in enumerate(request.mask.regions[: limits.max_regions]):
             if region.label in region_styles:
                 violations.append((f"mask.regions[{index}].label", f"label {region.label} twice"))
             if region.style_index >= len(request.styles):

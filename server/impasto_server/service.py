@@ -190,6 +190,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 max_running_jobs=self.config.max_running,
                 max_jobs_per_client=self.config.max_per_client,
                 max_styles=limits.max_styles,
+                max_regions=limits.max_regions,
                 max_input_pixels=limits.max_input_pixels,
                 max_batch_jobs=self.config.max_batch,
                 job_memory_bytes=self.job_memory(),
@@ -267,11 +268,16 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         try:
             parsed.memory_plan = engine.plan_memory(
                 parsed.content, parsed.styles, parsed.options, capacity=self.job_memory(),
+                should_stop=lambda: not context.is_active(),  # cancelled, or its deadline
                 **parsed.engine_kwargs(),
             )  # fmt: skip
         except InsufficientMemory as exc:
             self.rejected("too_large", context, str(exc))
             context.abort_with_status(too_large(exc))
+        except Cancelled:
+            log.info("client=%s left while its job's memory was measured",
+                     client_identity(context))  # fmt: skip
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before the job was queued")
 
         client = client_identity(context)
         remaining = context.time_remaining()

@@ -6,7 +6,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 import torch
-from impasto_server.engine import Result, StyleOptions
+from impasto_server.engine import Cancelled, Result, StyleOptions
 from impasto_server.engine.memory import MARGIN, Footprint, InsufficientMemory
 from impasto_server.engine.memory_budget import MemoryBudget
 
@@ -137,7 +137,7 @@ def test_naming_the_largest_size_reuses_the_probes_above_their_sizes(engine, con
     probe = engine._probe
 
     def counted(*args, **kwargs):
-        calls.append(args[2:])
+        calls.append(args[2:4])  # (height, width)
         return probe(*args, **kwargs)
 
     engine._probe = counted
@@ -149,3 +149,38 @@ def test_naming_the_largest_size_reuses_the_probes_above_their_sizes(engine, con
     height, width = caught.value.largest
     assert 192 * 192 < height * width < 384 * 384
     assert calls == [(128, 128), (192, 192)]  # measured once, for the job and its candidates
+
+
+def test_a_probe_past_the_capacity_is_the_refusal_stopped_there(
+    engine, content, style, monkeypatch
+):
+    """Many regions: the probe alone needs several times what one job may use, so the job
+    cannot fit; the probe stops there (it went on to its end, however large)."""
+    labels = (np.arange(content.shape[0] * content.shape[1]) % 40).reshape(content.shape[:2])
+    regions = {label: 0 for label in range(40)}
+    options = StyleOptions(size=128, iterations=3, num_scales=1, precision="float32", seed=4)
+    probes = []
+    measured = engine._probe
+
+    def probe(*args, **kwargs):
+        try:
+            return measured(*args, **kwargs)
+        finally:
+            probes.append(args[2:4])
+
+    monkeypatch.setattr(engine, "_probe", probe)
+    with pytest.raises(InsufficientMemory) as info:
+        engine.plan_memory(content, [style], options, capacity=4 << 20,
+                           mask=labels.astype(np.uint8), region_styles=regions)  # fmt: skip
+    assert len(probes) == 1  # the first probe ended it
+    assert info.value.capacity == 4 << 20 and info.value.needed > 4 * (4 << 20)
+    assert info.value.largest is None
+
+
+def test_a_probe_stops_when_its_caller_is_gone(engine, content, style):
+    labels = np.zeros(content.shape[:2], dtype=np.uint8)
+    labels[:, 64:] = 1
+    options = StyleOptions(size=128, iterations=3, num_scales=1, precision="float32", seed=4)
+    with pytest.raises(Cancelled):
+        engine.plan_memory(content, [style], options, capacity=64 << 20, mask=labels,
+                           region_styles={1: 0}, should_stop=lambda: True)  # fmt: skip

@@ -193,6 +193,24 @@ def test_a_result_too_large_for_a_message_is_refused_before_it_runs(
         assert previews and all(max(shape[:2]) <= 200 for shape in previews)
 
 
+def test_more_mask_regions_than_the_limit_are_refused(make_server, tiny_content, tiny_style):
+    from impasto.client import Client
+
+    server = make_server(max_regions=3)
+    labels = (np.arange(40 * 48) % 5).astype(np.uint8).reshape(40, 48)
+    with Client(server.address) as client:
+        assert client.server_info().limits["max_regions"] == 3
+        with pytest.raises(ImpastoError) as info:
+            client.stylize(tiny_content, [tiny_style], mask=labels,
+                           region_styles={1: 0, 2: 0, 3: 0, 4: 0}, **SHORT).result()  # fmt: skip
+        assert info.value.code == grpc.StatusCode.INVALID_ARGUMENT
+        assert info.value.field_violations == [
+            ("mask.regions", "at most 3 regions per request, not 4")
+        ]
+        client.stylize(tiny_content, [tiny_style], mask=labels,
+                       region_styles={1: 0, 2: 0, 3: 0}, **SHORT).result()  # fmt: skip
+
+
 def test_a_refused_request_is_logged(client, tiny_content, tiny_style, caplog):
     request = client.build_request(tiny_content, [tiny_style], **SHORT)
     request.options.size = 0

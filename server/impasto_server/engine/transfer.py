@@ -201,6 +201,7 @@ class Engine:
         # Probes run one at a time: requests that arrive together must not add their probes'
         # memory to a running job's on the device.
         self._probe_lock = threading.Lock()
+        self._probe_stop = threading.local()  # plan_memory's should_stop, for its probes
         if self.default_precision != "float32":
             # The network's copy in the default precision, made now: the engine's memory, not
             # the first job's (nor its memory probe's).
@@ -383,18 +384,24 @@ class Engine:
         mask: np.ndarray | None = None,
         region_styles: Mapping[int, int] | None = None,
         init_image: np.ndarray | None = None,
+        should_stop: Callable[[], bool] | None = None,
     ) -> MemoryPlan:
         """Check a validated run against ``capacity`` bytes (default ``job_memory_bytes``;
         0: no check): raise InsufficientMemory if it cannot fit, else return the plan to pass
         to ``prepare``, which may keep fewer L-BFGS pairs than usual. Small runs are passed at
-        once; others are measured by running them briefly at two small sizes (see memory.py)."""
-        return self._plan(
-            lambda: self._inputs(content, styles, options, style_weights, mask, region_styles,
-                                 init_image),
-            options, self.stage_shapes(content, options),
-            self.job_memory_bytes if capacity is None else capacity,
-            1 + len(region_styles or {}),
-        )  # fmt: skip
+        once; others are measured by running them briefly at two small sizes (see memory.py),
+        which raises Cancelled once ``should_stop()`` is true (the caller is gone)."""
+        self._probe_stop.value = should_stop or (lambda: False)
+        try:
+            return self._plan(
+                lambda: self._inputs(content, styles, options, style_weights, mask,
+                                     region_styles, init_image),
+                options, self.stage_shapes(content, options),
+                self.job_memory_bytes if capacity is None else capacity,
+                1 + len(region_styles or {}),
+            )  # fmt: skip
+        finally:
+            self._probe_stop.value = None
 
     def _plan(
         self, inputs: Callable[[], _Inputs], options: StyleOptions,
@@ -407,7 +414,7 @@ class Engine:
             return MemoryPlan(None, capacity or None, default)
         run_inputs = inputs()
         probes = {} if probes is None else probes
-        footprint = self._footprint(run_inputs, options, shapes[-1], probes)
+        footprint = self._footprint(run_inputs, options, shapes[-1], probes, capacity)
         if footprint is None:
             return MemoryPlan(None, capacity, default)
         # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
@@ -470,13 +477,17 @@ class Engine:
 
     def _footprint(
         self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int],
-        probes: dict[tuple[int, int], int],
+        probes: dict[tuple[int, int], int], capacity: int,
     ) -> Footprint | None:  # fmt: skip
         """The peak memory line of one stage of ``inputs`` under ``options``, from two
         two-iteration runs (tensors counted, L-BFGS pairs left out): at PROBE_PIXELS with the
         content's aspect ratio, or at ``shape`` itself and half its pixels when it is smaller
         (the line bends below them). None, logged, if a probe fails. ``probes`` keeps the peaks
-        measured, by probe shape, for later calls on the same inputs and options."""
+        measured, by probe shape, for later calls on the same inputs and options. A probe is
+        no larger than the run: one that needs more than PROBE_BUDGET times ``capacity`` is the
+        run's refusal (InsufficientMemory, naming no size), stopped there rather than measured
+        to its end (below that, the line through two probes names the largest size that
+        fits)."""
         pixels = shape[0] * shape[1]
         targets = PROBE_PIXELS if pixels > PROBE_PIXELS[-1] else (pixels / 2, pixels)
         if pixels > PROBE_PIXELS[-1]:
@@ -490,27 +501,38 @@ class Engine:
                 width = max(imaging.MIN_SIDE, round(shape[1] * scale))
                 if (height, width) not in probes:
                     with self._probe_lock:
-                        probes[height, width] = self._probe(inputs, options, height, width)
+                        probes[height, width] = self._probe(
+                            inputs, options, height, width, capacity
+                        )
                 points.append((height * width, probes[height, width]))
+        except (InsufficientMemory, Cancelled):
+            raise
         except Exception:  # logged: the job then runs unchecked, as before
             log.warning("could not measure a job's memory; it runs unchecked", exc_info=True)
             return None
         return Footprint.fit(points)
 
-    def _probe(self, inputs: _Inputs, options: StyleOptions, height: int, width: int) -> int:
+    def _probe(
+        self, inputs: _Inputs, options: StyleOptions, height: int, width: int, capacity: int
+    ) -> int:
         """Peak bytes counted in two iterations of one ``height`` x ``width`` stage, less its
-        one L-BFGS pair."""
+        one L-BFGS pair; InsufficientMemory past PROBE_BUDGET x ``capacity`` (plus that
+        pair)."""
         lbfgs = options.optimizer == "lbfgs"
+        pair = PAIR_BYTES_PER_PIXEL * height * width if lbfgs else 0
+        stop = getattr(self._probe_stop, "value", None) or (lambda: False)
         probe = PreparedRun(
             self, inputs, options.replace(iterations=2, size=max(height, width)),
-            [(height, width)], 0, 0, lambda: False, pairs=(1,) if lbfgs else None, cache=False,
+            [(height, width)], 0, 0, stop, pairs=(1,) if lbfgs else None, cache=False,
         )  # fmt: skip
-        counter = MemoryBudget(1 << 62)
+        counter = MemoryBudget(PROBE_BUDGET * capacity + pair)
         with counter:
             for _, event in self._drive([probe]):
+                if isinstance(event, torch.OutOfMemoryError) and counter.peak > counter.limit:
+                    raise InsufficientMemory(counter.peak - pair, capacity, None) from event
                 if isinstance(event, BaseException):
                     raise event
-        return counter.peak - (PAIR_BYTES_PER_PIXEL * height * width if lbfgs else 0)
+        return counter.peak - pair
 
     def run(
         self,
@@ -924,6 +946,11 @@ class Engine:
             x = imaging.resize(x, imaging.fit_long_side(*x.shape[-2:], long_side))
         return imaging.from_pixels(x, inputs.alpha, inputs.source)
 
+
+# A memory probe that counts more than this many times the memory one job may use stops there
+# and refuses the job: the mask regions (each its own copies of the features) and the style
+# scale can make even a small probe need gigabytes, measured in the request's thread.
+PROBE_BUDGET = 4
 
 # torch's default, and the classic implementations' (neural-style's nCorrection).
 LBFGS_HISTORY = 100
