@@ -410,8 +410,23 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
     if len(raw) != height * (stride + 1):
         raise ImageError(field, "corrupt PNG: image data is shorter than its header declares")
     scan = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
-    out = np.zeros((height, stride), dtype=np.uint8)
+    kinds = scan[:, 0]
+    if kinds.size and kinds.max() > 4:
+        bad = int(kinds[kinds > 4][0])
+        raise ImageError(field, f"corrupt PNG: unknown filter {bad}")
     bpp = channels * 2
+    if np.isin(kinds, (3, 4)).any():
+        out = _unfilter_diagonals(scan[:, 1:].reshape(height, width, bpp), kinds)
+        out = out.reshape(height, stride)
+    else:
+        out = _unfilter_rows(scan, height, width, stride, bpp)
+    array = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
+    return _upright(array, orientation)
+
+
+def _unfilter_rows(scan: np.ndarray, height: int, width: int, stride: int, bpp: int) -> np.ndarray:
+    """PNG's None, Sub and Up filters undone a row at a time (each row whole in numpy)."""
+    out = np.zeros((height, stride), dtype=np.uint8)
     previous = np.zeros(stride, dtype=np.uint8)
     for y in range(height):
         kind, line = scan[y, 0], scan[y, 1:]
@@ -419,32 +434,37 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
             row = line.copy()
         elif kind == 2:
             row = line + previous
-        elif kind == 1:
+        else:  # 1, Sub: a running sum of each byte lane, modulo 256
             lanes = line.reshape(width, bpp).astype(np.int64)
             row = (np.cumsum(lanes, axis=0) % 256).astype(np.uint8).reshape(stride)
-        elif kind in (3, 4):
-            row = _unfilter_slow(int(kind), line, previous, bpp)
-        else:
-            raise ImageError(field, f"corrupt PNG: unknown filter {kind}")
         out[y] = row
         previous = row
-    array = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
-    return _upright(array, orientation)
+    return out
 
 
-def _unfilter_slow(kind: int, line: np.ndarray, prior: np.ndarray, bpp: int) -> np.ndarray:
-    # Average and Paeth depend on the reconstructed left neighbour, so they run byte by byte;
-    # only PNGs written by other tools use them.
-    row = bytearray(len(line))
-    up = prior.tolist()
-    for i, value in enumerate(line.tolist()):
-        left = row[i - bpp] if i >= bpp else 0
-        if kind == 3:
-            row[i] = (value + ((left + up[i]) >> 1)) & 0xFF
-        else:
-            upper_left = up[i - bpp] if i >= bpp else 0
-            p = left + up[i] - upper_left
-            pa, pb_, pc = abs(p - left), abs(p - up[i]), abs(p - upper_left)
-            pred = left if pa <= pb_ and pa <= pc else (up[i] if pb_ <= pc else upper_left)
-            row[i] = (value + pred) & 0xFF
-    return np.frombuffer(bytes(row), dtype=np.uint8)
+def _unfilter_diagonals(lines: np.ndarray, kinds: np.ndarray) -> np.ndarray:
+    """Every PNG filter undone, Average and Paeth included: a pixel needs the pixels left of
+    it, above it and above-left, so the pixels of one anti-diagonal (y + x constant) depend
+    only on the two diagonals before it and are undone together, H + W - 1 numpy steps in
+    all (byte by byte, a 4096 px image took half a minute). ``lines``: (H, W, bpp) filtered
+    bytes; ``kinds``: each row's filter."""
+    height, width, bpp = lines.shape
+    out = np.zeros((height + 1, width + 1, bpp), dtype=np.uint8)  # a zero row and column
+    rows = np.arange(height)
+    for d in range(height + width - 1):
+        ys = rows[max(0, d - width + 1) : min(height, d + 1)]
+        xs = d - ys
+        left = out[ys + 1, xs].astype(np.int16)
+        up = out[ys, xs + 1].astype(np.int16)
+        upper_left = out[ys, xs].astype(np.int16)
+        kind = kinds[ys][:, None]
+        p = left + up - upper_left
+        pa, pb, pc = np.abs(p - left), np.abs(p - up), np.abs(p - upper_left)
+        paeth = np.where((pa <= pb) & (pa <= pc), left, np.where(pb <= pc, up, upper_left))
+        predicted = np.select(
+            [kind == 1, kind == 2, kind == 3, kind == 4],
+            [left, up, (left + up) >> 1, paeth],
+            0,
+        )
+        out[ys + 1, xs + 1] = (lines[ys, xs] + predicted) & 0xFF
+    return out[1:, 1:]
