@@ -94,6 +94,30 @@ LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 GPU_MAX_BATCH = 8
 
 
+# Health watches open at once (each a client's or a load balancer's stream, held open): past
+# this many a new one is refused RESOURCE_EXHAUSTED (Check still answers).
+HEALTH_WATCHES = 64
+
+
+class _Health(health.HealthServicer):
+    """grpcio-health-checking's servicer with its open watches counted and bounded."""
+
+    def __init__(self, watches: int) -> None:
+        super().__init__()
+        self._watches = threading.BoundedSemaphore(watches)
+        self._limit = watches
+
+    def Watch(self, request: Any, context: Any, send_response_callback: Any = None) -> Any:
+        if not self._watches.acquire(blocking=False):
+            context.abort(
+                grpc.StatusCode.RESOURCE_EXHAUSTED,
+                f"{self._limit} health watches are open on this server; use Check, or retry",
+            )
+        if not context.add_callback(self._watches.release):
+            self._watches.release()  # the call had already ended
+        return super().Watch(request, context, send_response_callback)
+
+
 def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:
     if config.max_batch is not None:
         return config.max_batch
@@ -176,7 +200,7 @@ class Server:
             self.scheduler,
             self.metrics,
         )
-        self.health = health.HealthServicer()
+        self.health = _Health(HEALTH_WATCHES)
         self._tokens = tokens
         self._grpc: grpc.Server | None = None
         self.port: int | None = None
@@ -197,6 +221,8 @@ class Server:
         config = self.config
         message_bytes = config.max_message_mb << 20
         # Every waiting or running stream holds a thread; leave room for info and health calls.
+        # Health watches hold none, but each counts as an open call: room of their own, so
+        # that clients' and balancers' watches never take a job's or a check's place.
         workers = config.queue_size + config.max_running + 16
         # Tokens first: a refused peer's request is never decoded.
         interceptors: list[grpc.ServerInterceptor] = [DecodeGuardInterceptor()]
@@ -211,7 +237,7 @@ class Server:
                 ("grpc.max_receive_message_length", message_bytes),
                 ("grpc.so_reuseport", 0),
             ],
-            maximum_concurrent_rpcs=workers,
+            maximum_concurrent_rpcs=workers + HEALTH_WATCHES,
         )
         pb_grpc.add_StyleTransferServiceServicer_to_server(self.service, server)
         health_pb2_grpc.add_HealthServicer_to_server(self.health, server)

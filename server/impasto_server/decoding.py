@@ -33,14 +33,19 @@ def _safe(deserialize: Callable[[bytes], Any] | None) -> Callable[[bytes], Any] 
 
 
 def _guarded(behavior: Callable[..., Any], method: str) -> Callable[..., Any]:
-    def run(request: Any, context: grpc.ServicerContext) -> Any:
+    def run(request: Any, context: grpc.ServicerContext, *more: Any) -> Any:
         if isinstance(request, _Undecodable):
             context.abort(
                 grpc.StatusCode.INVALID_ARGUMENT,
                 f"the request bytes are not a valid message for {method} ({request.error})",
             )
-        return behavior(request, context)
+        return behavior(request, context, *more)
 
+    # A behaviour that answers through a callback, holding no thread while its stream is open
+    # (grpcio-health-checking's Watch), stays one: without these it became a blocking stream.
+    for name in ("experimental_non_blocking", "experimental_thread_pool"):
+        if hasattr(behavior, name):
+            setattr(run, name, getattr(behavior, name))
     return run
 
 

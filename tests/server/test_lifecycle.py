@@ -34,6 +34,43 @@ def test_health_is_not_serving_until_the_model_is_loaded(make_server, tiny_conte
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result().iterations == 2
 
 
+def test_health_watches_take_no_place_of_jobs_or_checks(make_server, tiny_content, tiny_style):
+    """Each open Watch counted as a call: 49 of them (what a few balancers and clients with
+    health checking hold) left no room for Stylize, GetServerInfo or even Check."""
+    from impasto_server.app import HEALTH_WATCHES
+
+    server = make_server(queue_size=2, max_running=1)  # room for 19 calls besides watches
+    channel = grpc.insecure_channel(server.address)
+    try:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        watches = [health.Watch(request, timeout=60) for _ in range(HEALTH_WATCHES)]
+        for watch in watches:
+            assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        with pytest.raises(grpc.RpcError) as info:
+            next(health.Watch(request, timeout=10))
+        assert info.value.code() == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "health watches are open" in info.value.details()
+        with Client(server.address) as client:
+            assert client.health() == "SERVING"
+            assert client.server_info().running_jobs == 0
+            client.stylize(tiny_content, [tiny_style], **SHORT).result()
+        watches[0].cancel()  # a watch that ends gives its place back
+        wait_until(lambda: _watch_opens(health, request))
+    finally:
+        channel.close()
+
+
+def _watch_opens(health, request) -> bool:
+    watch = health.Watch(request, timeout=10)
+    try:
+        return next(watch).status == health_pb2.HealthCheckResponse.SERVING
+    except grpc.RpcError:
+        return False
+    finally:
+        watch.cancel()
+
+
 def test_shutdown_drains_then_stops_running_jobs_with_unavailable(
     make_server, tiny_content, tiny_style
 ):
