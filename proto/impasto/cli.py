@@ -145,7 +145,7 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--style-weights", type=_floats, help="blend weight per style, e.g. 0.7,0.3")
     s.add_argument("--style-scale", type=float, help="style size relative to the content")
     s.add_argument("--init", choices=list(wire.INITS))
-    s.add_argument("--init-image", help="start image for --init image")
+    s.add_argument("--init-image", help="start image (implies --init image)")
     s.add_argument("--optimizer", choices=list(wire.OPTIMIZERS))
     s.add_argument("--learning-rate", type=float, help="Adam step size")
     s.add_argument("--pooling", choices=list(wire.POOLINGS))
@@ -375,7 +375,13 @@ def stylize(args: argparse.Namespace) -> int:
     mask = read_mask(args.mask) if args.mask else None
     if args.region and mask is None:
         raise UsageError("--region needs --mask")
+    if args.init_image and options.get("init", "image") != "image":
+        raise UsageError(f"--init-image is the start of --init image, not of --init {args.init}")
+    if options.get("init") == "image" and not args.init_image:
+        raise UsageError("--init image needs --init-image FILE")
     init_image = read_image(args.init_image, "init image") if args.init_image else None
+    if init_image is not None:
+        options["init"] = "image"  # --init-image alone means it
     interval = args.preview_interval or (10 if previews is not None else 0)
 
     with connect(args) as client:

@@ -123,6 +123,20 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
                      "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
     assert code == cli.EXIT_OK
     assert np.asarray(PILImage.open(out)).shape == (32, 27, 3)
+    # --init-image alone starts from that image (it was sent, and the job started from the
+    # content)
+    start = tmp_path / "start.png"
+    PILImage.fromarray(np.full_like(tiny_content, 128)).save(start)
+    capsys.readouterr()
+    code = cli.main(["stylize", str(content), str(style), "-o", str(out), "--size", "32",
+                     "--iterations", "2", "--num-scales", "1", "--server", server.address,
+                     "--init-image", str(start), "--seed", "3"])  # fmt: skip
+    assert code == cli.EXIT_OK
+    from_start = np.asarray(PILImage.open(out)).copy()
+    cli.main(["stylize", str(content), str(style), "-o", str(out), "--size", "32",
+              "--iterations", "2", "--num-scales", "1", "--server", server.address,
+              "--seed", "3"])  # fmt: skip
+    assert not np.array_equal(from_start, np.asarray(PILImage.open(out)))
 
 
 @pytest.mark.parametrize(
@@ -139,6 +153,24 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
         ),
         (["stylize", "__CONTENT__"], cli.EXIT_USAGE, "at least one STYLE"),
         (["stylize", "__CONTENT__", "__CONTENT__", "--size", "3"], cli.EXIT_FAILED, "options.size"),
+        (
+            [
+                "stylize",
+                "__CONTENT__",
+                "__CONTENT__",
+                "--init",
+                "noise",
+                "--init-image",
+                "__CONTENT__",
+            ],
+            cli.EXIT_USAGE,
+            "--init-image is the start of --init image, not of --init noise",
+        ),
+        (
+            ["stylize", "__CONTENT__", "__CONTENT__", "--init", "image"],
+            cli.EXIT_USAGE,
+            "--init image needs --init-image FILE",
+        ),
     ],
 )
 def test_cli_errors_are_clear(server, tmp_path, tiny_content, capsys, argv, code, text):
