@@ -394,8 +394,12 @@ class ImpastoWidget(QWidget):
         self._refresh_regions()
 
     def _follow_mask(self, mask: Labels | None) -> None:
-        """Follow the chosen mask's painting and data, which change its labels."""
-        if mask is self._mask_followed:
+        """Follow the chosen mask's painting and data, which change its labels. (By name: a
+        plugin sees a new proxy of a layer at each look.)"""
+        followed = self._mask_followed
+        if (mask is None and followed is None) or (
+            mask is not None and followed is not None and mask.name == followed.name
+        ):
             return
         for layer, connect in ((self._mask_followed, False), (mask, True)):
             if layer is not None:

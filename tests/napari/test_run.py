@@ -370,3 +370,28 @@ def test_a_stack_that_fails_part_way_says_which_slices_are_kept(
     assert "at slice 3 of 3; the 2 finished slice(s) are kept" in widget.status.text()
     (result,) = _result_layers(viewer)
     assert result.data[0].std() > 0 and result.data[1].std() > 0 and not result.data[2].any()
+
+
+def test_a_masks_labels_are_found_once_per_edit_not_at_each_layer_change(
+    napari_server: Any, dock: Any, tiny_content: np.ndarray, tiny_style: np.ndarray, monkeypatch
+) -> None:
+    """np.unique over a large Labels volume takes seconds, on the GUI thread."""
+    viewer, widget = dock(napari_server)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    labels = viewer.add_labels(np.ones((3, *tiny_content.shape[:2]), np.uint8), name="cells")
+    widget.mask.setCurrentText("cells")
+    counted = []
+    unique = np.unique
+
+    def counting(*args: Any, **kwargs: Any) -> Any:
+        counted.append(1)
+        return unique(*args, **kwargs)
+
+    monkeypatch.setattr(np, "unique", counting)
+    viewer.add_points([[1, 1, 1]])
+    viewer.layers["style"].name = "brush"
+    viewer.layers.move(0, 2)
+    assert not counted and widget.region_styles() == {1: 0}
+    labels.data = np.full((3, *tiny_content.shape[:2]), 2, np.uint8)  # an edit: found again
+    widget._refresh_regions()
+    assert len(counted) == 1 and widget.region_styles() == {2: 0}
