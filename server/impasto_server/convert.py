@@ -249,7 +249,7 @@ def result_message_bytes(content: np.ndarray, output_format: str, height: int, w
     """At most how many bytes a result (or a preview, never larger) of ``height`` x ``width``
     in the content's dtype and channels takes on the wire in ``output_format``: deflate may
     store incompressible rows as they are, JPEG of noise may exceed 8 bits a sample."""
-    channels = 1 if content.ndim == 2 else int(content.shape[2])
+    channels = images.channels_of(content)
     size = content.dtype.itemsize
     if output_format == "jpeg":
         per_pixel = 1.5 * min(channels, 3)

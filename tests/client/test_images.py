@@ -184,9 +184,7 @@ def test_a_16_bit_colour_png_is_turned_too():
     plain = images.encode(stored, "png")  # impasto's own 16-bit codec
     block = PILImage.Exif()
     block[0x0112] = 8  # turn left
-    body = block.tobytes()
-    chunk = struct.pack(">I", len(body)) + b"eXIf" + body
-    chunk += struct.pack(">I", zlib.crc32(b"eXIf" + body) & 0xFFFFFFFF)
+    chunk = images._chunk(b"eXIf", block.tobytes())
     at = plain.index(b"IDAT") - 4
     np.testing.assert_array_equal(images.decode(plain[:at] + chunk + plain[at:]), np.rot90(stored))
     np.testing.assert_array_equal(images.decode(plain), stored)
@@ -285,12 +283,7 @@ def test_16_bit_colour_png_filters_all_undo_as_the_specification_says(height, wi
     lines = rng.integers(0, 256, (height, width * bpp), dtype=np.uint8)
     scan = np.concatenate([kinds[:, None], lines], axis=1)
     header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 0)
-
-    def chunk(kind: bytes, body: bytes) -> bytes:
-        crc = zlib.crc32(kind + body) & 0xFFFFFFFF
-        return struct.pack(">I", len(body)) + kind + body + struct.pack(">I", crc)
-
-    data = (b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header)
-            + chunk(b"IDAT", zlib.compress(scan.tobytes())) + chunk(b"IEND", b""))  # fmt: skip
+    data = (images._PNG_SIGNATURE + images._chunk(b"IHDR", header)
+            + images._chunk(b"IDAT", zlib.compress(scan.tobytes())) + images._chunk(b"IEND", b""))  # fmt: skip
     want = _unfilter_by_the_book(kinds, lines, bpp).view(">u2").reshape(height, width, channels)
     np.testing.assert_array_equal(images.decode(data), want.astype(np.uint16))

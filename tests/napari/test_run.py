@@ -15,6 +15,25 @@ def _result_layers(viewer: Any) -> list[Any]:
     return [layer for layer in viewer.layers if "impasto" in layer.metadata]
 
 
+def _stack_with_style(
+    viewer: Any, widget: Any, stack: np.ndarray, style: np.ndarray, **content: Any
+) -> Any:
+    """``stack`` as the content layer (napari's ``content`` keywords), ``style`` as the style,
+    both chosen, the whole stack to run; returns the content layer."""
+    layer = viewer.add_image(stack, name="content", **content)
+    viewer.add_image(style, name="style", rgb=True)
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("style")
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    return layer
+
+
+def _ramps() -> np.ndarray:
+    """Three 24 x 24 float slices, each a ramp of its own."""
+    _, x = np.mgrid[:24, :24]
+    return np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
+
+
 def test_run_adds_a_result_layer_that_overlays_the_content(
     napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
 ) -> None:
@@ -221,13 +240,8 @@ def test_a_run_uses_the_data_as_it_was_when_run_was_pressed(
     napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
 ) -> None:
     viewer, widget = dock(napari_server, iterations=20, size=24)
-    _, x = np.mgrid[:24, :24]
-    stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
-    content = viewer.add_image(stack, name="content")
-    viewer.add_image(tiny_style, name="style", rgb=True)
-    widget.content.setCurrentText("content")
-    widget.style_rows[0].layer.setCurrentText("style")
-    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    stack = _ramps()
+    content = _stack_with_style(viewer, widget, stack, tiny_style)
 
     # The planes a run sends are those of the data when Run was pressed, even when the
     # layer's data is replaced before the worker reads them.
@@ -252,14 +266,9 @@ def test_results_and_previews_overlay_the_content_as_run_saw_it(
     napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
 ) -> None:
     viewer, widget = dock(napari_server, iterations=20, size=24)
-    _, x = np.mgrid[:24, :24]
-    stack = np.stack([(x * 0.04 + z * 0.2) % 1.0 for z in range(3)]).astype(np.float32)
-    content = viewer.add_image(stack, name="content", scale=(2.0, 0.5, 0.5),
-                               colormap="magma", contrast_limits=(0.0, 1.0))  # fmt: skip
-    viewer.add_image(tiny_style, name="style", rgb=True)
-    widget.content.setCurrentText("content")
-    widget.style_rows[0].layer.setCurrentText("style")
-    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    stack = _ramps()
+    content = _stack_with_style(viewer, widget, stack, tiny_style, scale=(2.0, 0.5, 0.5),
+                                colormap="magma", contrast_limits=(0.0, 1.0))  # fmt: skip
     widget.preview_interval.setValue(5)
     widget.run()
     qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=60_000)
@@ -328,11 +337,7 @@ def test_a_mask_with_labels_past_uint16_is_refused_at_run(
 ) -> None:
     """Not at the slice that holds them, after the slices before it ran."""
     viewer, widget = dock(napari_server)
-    viewer.add_image(np.stack([tiny_content[..., 0]] * 3), name="content")
-    viewer.add_image(tiny_style, name="style", rgb=True)
-    widget.content.setCurrentText("content")
-    widget.style_rows[0].layer.setCurrentText("style")
-    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    _stack_with_style(viewer, widget, np.stack([tiny_content[..., 0]] * 3), tiny_style)
     labels = np.zeros((3, *tiny_content.shape[:2]), np.uint32)
     labels[:, :5] = 1
     labels[2, -5:] = 70_000
@@ -347,11 +352,7 @@ def test_a_stack_that_fails_part_way_says_which_slices_are_kept(
 ) -> None:
     viewer, widget = dock(napari_server, iterations=3, size=24)
     stack = np.random.default_rng(0).random((3, 24, 24)).astype(np.float32)
-    viewer.add_image(stack, name="content")
-    viewer.add_image(tiny_style, name="style", rgb=True)
-    widget.content.setCurrentText("content")
-    widget.style_rows[0].layer.setCurrentText("style")
-    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("stack"))
+    _stack_with_style(viewer, widget, stack, tiny_style)
     plan_of = widget._plan
 
     def failing_at_slice_3() -> Any:  # as a lost connection or a full GPU there would
