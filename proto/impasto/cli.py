@@ -154,7 +154,9 @@ def build_parser() -> argparse.ArgumentParser:
     s.add_argument("--num-scales", type=int, help="coarse-to-fine stages")
     s.add_argument("--scales", type=_ints, help="explicit stage sizes, e.g. 128,256")
     s.add_argument("--precision", choices=list(wire.PRECISIONS))
-    s.add_argument("--mask", help="label image (8/16-bit PNG/TIFF or .npy) for regions")
+    s.add_argument(
+        "--mask", help="label image (8/16-bit grayscale or palette PNG/TIFF, or .npy) for regions"
+    )
     s.add_argument(
         "--region", type=_region, action="append", default=[], metavar="LABEL=STYLE_INDEX",
         help="give mask label LABEL the style number STYLE_INDEX (0-based); repeatable",
@@ -206,7 +208,14 @@ def read_image(path: str, field: str) -> Any:
 
 def read_mask(path: str) -> np.ndarray:
     data = read_image(path, "mask")
-    return data if isinstance(data, np.ndarray) else images.decode(data, field="mask")
+    if not isinstance(data, np.ndarray):
+        data = images.decode(data, field="mask", labels=True)
+    if data.ndim != 2 and not (data.ndim == 3 and data.shape[2] == 1):
+        raise UsageError(
+            f"mask {path}: shape {data.shape}, not one channel: a mask is a label image "
+            "(8/16-bit grayscale or palette PNG/TIFF, or a 2D .npy array of labels)"
+        )
+    return data
 
 
 def save_image(array: np.ndarray, path: str | Path) -> None:
@@ -226,6 +235,10 @@ _FORMS = {
     ".jpeg": "jpeg",
     ".npy": "npy",
 }
+
+
+#: The result's form on the wire for each output file's form (otherwise the server's default).
+_WIRE_FORMS = {"tiff": "tiff", "npy": "raw"}
 
 
 def _check_suffix(path: Path) -> str:
@@ -393,6 +406,8 @@ def stylize(args: argparse.Namespace) -> int:
             region_styles=dict(args.region) if args.region else None,
             init_image=init_image,
             preview_interval=interval if previews is not None else 0,
+            # TIFF and .npy keep every dtype (float too); the server's PNG would make it 16-bit
+            output_format=_WIRE_FORMS.get(_check_suffix(output)),
             timeout=args.timeout,
             **options,
         )

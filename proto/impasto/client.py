@@ -9,6 +9,7 @@ with Client("127.0.0.1:50051") as client:
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import socket
 import threading
@@ -332,13 +333,18 @@ DEFAULT_PORT = 50051
 
 
 def _with_port(address: str) -> str:
-    """``host`` -> ``host:50051`` and ``[v6]`` -> ``[v6]:50051``; URIs (``dns:``, ``ipv4:``,
-    ``unix:``...), ``host:port`` and bare IPv6 addresses are left as they are."""
+    """``host`` -> ``host:50051``, ``[v6]`` and a bare ``v6`` -> ``[v6]:50051`` (gRPC would
+    take a bare one's last group for a port, or dial 443); URIs (``dns:``, ``ipv4:``,
+    ``unix:``...) and ``host:port`` are left as they are."""
     address = address.strip()
     if not address:
         raise ValueError("no server address given")
     if ":" not in address or (address.startswith("[") and address.endswith("]")):
         return f"{address}:{DEFAULT_PORT}"
+    try:
+        return f"[{ipaddress.IPv6Address(address)}]:{DEFAULT_PORT}"
+    except ValueError:  # not a bare IPv6 address
+        pass
     host, _, port = address.rpartition(":")
     # host:port or [v6]:port (not a URI, not a bare IPv6 address): gRPC would take a port
     # above 65535 modulo 65536 and connect to another one
@@ -390,7 +396,12 @@ def _resolve_targets(target: str | Sequence[str]) -> tuple[str, bool, str | None
         host, _, port = address.rpartition(":")
         host = host.strip("[]")
         first_host = first_host or host
-        for family, *_rest, sockaddr in socket.getaddrinfo(host, int(port), 0, socket.SOCK_STREAM):
+        try:
+            found = socket.getaddrinfo(host, int(port), 0, socket.SOCK_STREAM)
+        except (socket.gaierror, UnicodeError) as exc:
+            reason = exc.strerror if isinstance(exc, socket.gaierror) else exc
+            raise ValueError(f"{address}: the name {host!r} does not resolve ({reason})") from None
+        for family, *_rest, sockaddr in found:
             if family == socket.AF_INET:
                 v4.append(f"{sockaddr[0]}:{sockaddr[1]}")
             elif family == socket.AF_INET6:
@@ -447,6 +458,7 @@ class Client:
         self._metadata = (("authorization", f"Bearer {token}"),) if token else ()
         self.timeout = timeout
         self.target = channel_target
+        self.max_message_bytes = max_message_bytes
 
     # -- context manager
     def __enter__(self) -> Self:
@@ -547,7 +559,15 @@ class Client:
         return self.submit(request, timeout=timeout)
 
     def submit(self, request: pb.StylizeRequest, *, timeout: float | None = None) -> Job:
-        """Send a ready-made StylizeRequest."""
+        """Send a ready-made StylizeRequest (ValueError for one larger than a message)."""
+        size = request.ByteSize()
+        if size > self.max_message_bytes:
+            # gRPC would say only "Sent message larger than max" as the call's status
+            raise ValueError(
+                f"the request is {size / 2**20:.0f} MiB, above the "
+                f"{self.max_message_bytes / 2**20:.0f} MiB a message may carry: downscale the "
+                f"images, or send them as PNG or JPEG files rather than as pixels"
+            )
         call = self._stub.Stylize(
             request,
             timeout=timeout if timeout is not None else self.timeout,

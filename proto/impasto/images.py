@@ -1,17 +1,18 @@
 """numpy / PIL <-> wire ``Image`` conversion, shared by the client and the server.
 
-Raw images are lossless for every supported dtype (uint8, uint16, float32) and channel count
-(1, 3, 4). Encoded images are lossless for 8-bit data and for 16-bit data in PNG/TIFF; float32
-survives encoding only as single-channel TIFF (send it raw otherwise).
+Raw images and TIFF are lossless for every supported dtype (uint8, uint16, float32) and
+channel count (1, 3, 4); PNG for 8-bit and 16-bit data (float32 goes as 16-bit); JPEG is 8-bit.
 
-Pillow reads 16-bit colour PNGs as 8-bit, so 16-bit colour PNGs are written and read by the
-small codec at the bottom of this module instead.
+Pillow reads 16-bit colour PNG and TIFF as 8-bit and cannot write them, nor float colour TIFF:
+16-bit colour PNGs are written and read by the small codec at the bottom of this module, and
+those TIFFs by tifffile.
 """
 
 from __future__ import annotations
 
 import functools
 import io
+import logging
 import os
 import struct
 import warnings
@@ -20,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
+import tifffile
 from PIL import Image as PILImage
 
 from impasto.v1 import style_transfer_pb2 as pb
@@ -134,8 +136,10 @@ def encode(array: np.ndarray, form: str, *, field: str = "image") -> bytes:
         raise ImageError(field, f"unknown image format {form!r}; choose one of {FORMATS}")
     array = as_array(array, field)
     channels = channels_of(array)
+    if form == "tiff" and channels > 1 and array.dtype != np.uint8:
+        return _tiff_encode(array)  # 16-bit or float colour, which Pillow cannot write
     if array.dtype == np.float32:
-        if form == "tiff" and channels == 1:
+        if form == "tiff":
             return _pil_save(PILImage.fromarray(array, mode="F"), "TIFF")
         array = to_uint16(array)
     if form == "jpeg":
@@ -147,8 +151,7 @@ def encode(array: np.ndarray, form: str, *, field: str = "image") -> bytes:
     if array.dtype == np.uint16:
         if channels == 1:
             return _pil_save(PILImage.fromarray(array), _PIL_FORMATS[form])
-        # Pillow cannot write 16-bit colour PNG or TIFF; a 16-bit PNG carries the data losslessly.
-        return _png16_encode(array)
+        return _png16_encode(array)  # Pillow cannot write 16-bit colour PNG
     return _pil_save(PILImage.fromarray(array), _PIL_FORMATS[form])
 
 
@@ -171,16 +174,19 @@ def to_uint16(array: np.ndarray) -> np.ndarray:
 
 def from_wire(
     message: pb.Image, *, field: str = "image", max_pixels: int | None = None,
-    writable: bool = True,
+    writable: bool = True, labels: bool = False,
 ) -> np.ndarray:  # fmt: skip
     """Decode a wire Image to HxW (grayscale) or HxWxC; raise ImageError on anything invalid.
     ``writable=False``: a raw image may come back as a read-only view of the message's bytes
-    (one copy of the pixels fewer, for a reader that only reads them)."""
+    (one copy of the pixels fewer, for a reader that only reads them). ``labels``: see
+    ``decode``."""
     kind = message.WhichOneof("data")
     if kind is None:
         raise ImageError(field, "no image data: set `encoded` or `raw`")
     if kind == "encoded":
-        return decode(message.encoded, field=f"{field}.encoded", max_pixels=max_pixels)
+        return decode(
+            message.encoded, field=f"{field}.encoded", max_pixels=max_pixels, labels=labels
+        )
     return from_raw(message.raw, field=f"{field}.raw", max_pixels=max_pixels, writable=writable)
 
 
@@ -230,9 +236,12 @@ def decode(
     field: str = "encoded",
     max_pixels: int | None = None,
     formats: tuple[str, ...] | None = WIRE_FORMATS,
+    labels: bool = False,
 ) -> np.ndarray:
     """Decode PNG/JPEG/TIFF bytes (``formats``; None: any Pillow reads), refusing
-    decompression bombs before any pixel is inflated."""
+    decompression bombs before any pixel is inflated. ``labels``: the bytes are a label image
+    (a mask): a palette image gives its indices, not their colours (annotation tools write
+    labels so, each its own colour), and a bilevel one 0 and 1."""
     if not data:
         raise ImageError(field, "empty image bytes")
     if data.startswith(_PNG_SIGNATURE):
@@ -241,6 +250,10 @@ def decode(
             _check_pixels(header[0], header[1], field, max_pixels)
             return _png16_decode(data, field)
     limit = max_pixels if max_pixels is not None else PILImage.MAX_IMAGE_PIXELS
+    if data.startswith(_TIFF_SIGNATURES) and (formats is None or "TIFF" in formats):
+        wide = _tiff_wide_decode(data, field, limit)
+        if wide is not None:
+            return wide
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error", PILImage.DecompressionBombWarning)
@@ -267,6 +280,8 @@ def decode(
     except Exception as exc:  # Pillow raises many types for corrupt data
         known = f" ({_named(formats)})" if formats else ""
         raise ImageError(field, f"cannot decode image bytes{known}: {exc}") from exc
+    if labels and image.mode in ("P", "1"):
+        return _upright(np.asarray(image).astype(np.uint8), _orientation(image.getexif))
     return _upright(as_array(_in_srgb(image), field), _orientation(image.getexif))
 
 
@@ -349,6 +364,8 @@ def _srgb_primaries(profile: Any, srgb: Any) -> bool:
 
 
 def _check_pixels(height: int, width: int, field: str, limit: int | None) -> None:
+    if height < 1 or width < 1:  # and an inflation bounded by 0 bytes would have no bound
+        raise ImageError(field, f"its header declares {height}x{width} pixels: an empty image")
     if limit is not None and height * width > limit:
         raise ImageError(field, f"{height}x{width} exceeds the limit of {limit} pixels")
 
@@ -385,11 +402,23 @@ def _png_header(data: bytes, field: str) -> tuple[int, int, int, int, int] | Non
     return height, width, depth, color, interlace
 
 
+#: Adam7's seven passes: each the pixels at (x0 + i * dx, y0 + j * dy), as x0, y0, dx, dy.
+_ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), (1, 0, 2, 2),
+          (0, 1, 1, 2))  # fmt: skip
+
+
 def _png16_decode(data: bytes, field: str) -> np.ndarray:
     height, width, _depth, color, interlace = _png_header(data, field) or (0, 0, 0, 0, 0)
-    if interlace:
-        raise ImageError(field, "interlaced 16-bit colour PNG is not supported")
     channels = 3 if color == 2 else 4
+    bpp = channels * 2
+    # Each pass's sub-image, filtered row by row on its own; one pass, the whole, if not
+    # interlaced. Empty passes (a small image's) have no rows at all.
+    passes = [
+        (x0, y0, dx, dy, -(-(height - y0) // dy), -(-(width - x0) // dx))
+        for x0, y0, dx, dy in (_ADAM7 if interlace else ((0, 0, 1, 1),))
+    ]
+    passes = [p for p in passes if p[4] > 0 and p[5] > 0]
+    expected = sum(rows * (cols * bpp + 1) for *_, rows, cols in passes)
     idat, offset, orientation = bytearray(), 8, 1
     try:
         while offset < len(data):
@@ -401,27 +430,36 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
                 block = data[offset + 8 : offset + 8 + length]
                 orientation = _orientation(functools.partial(_exif, block))
             offset += 12 + length
-        stride = width * channels * 2
         decompressor = zlib.decompressobj()
         # Bound the inflation to the declared size, so a small file cannot expand without limit.
-        raw = decompressor.decompress(bytes(idat), height * (stride + 1))
+        raw = decompressor.decompress(bytes(idat), expected)
     except (struct.error, zlib.error) as exc:
         raise ImageError(field, f"corrupt PNG: {exc}") from exc
-    if len(raw) != height * (stride + 1):
+    if len(raw) != expected:
         raise ImageError(field, "corrupt PNG: image data is shorter than its header declares")
-    scan = np.frombuffer(raw, dtype=np.uint8).reshape(height, stride + 1)
+    out = np.zeros((height, width, bpp), dtype=np.uint8)
+    start = 0
+    for x0, y0, dx, dy, rows, cols in passes:
+        stride = cols * bpp
+        scan = np.frombuffer(raw, np.uint8, rows * (stride + 1), start).reshape(rows, stride + 1)
+        start += scan.size
+        out[y0::dy, x0::dx] = _unfilter(scan, field, bpp).reshape(rows, cols, bpp)
+    array = out.reshape(height, width * bpp).view(">u2").reshape(height, width, channels)
+    return _upright(array.astype(np.uint16), orientation)
+
+
+def _unfilter(scan: np.ndarray, field: str, bpp: int) -> np.ndarray:
+    """The bytes of PNG scanlines (a filter byte each, then the row) with their filters undone."""
+    height, stride = scan.shape[0], scan.shape[1] - 1
+    width = stride // bpp
     kinds = scan[:, 0]
     if kinds.size and kinds.max() > 4:
         bad = int(kinds[kinds > 4][0])
         raise ImageError(field, f"corrupt PNG: unknown filter {bad}")
-    bpp = channels * 2
     if np.isin(kinds, (3, 4)).any():
         out = _unfilter_diagonals(scan[:, 1:].reshape(height, width, bpp), kinds)
-        out = out.reshape(height, stride)
-    else:
-        out = _unfilter_rows(scan, height, width, stride, bpp)
-    array = out.view(">u2").reshape(height, width, channels).astype(np.uint16)
-    return _upright(array, orientation)
+        return out.reshape(height, stride)
+    return _unfilter_rows(scan, height, width, stride, bpp)
 
 
 def _unfilter_rows(scan: np.ndarray, height: int, width: int, stride: int, bpp: int) -> np.ndarray:
@@ -468,3 +506,52 @@ def _unfilter_diagonals(lines: np.ndarray, kinds: np.ndarray) -> np.ndarray:
         )
         out[ys + 1, xs + 1] = (lines[ys, xs] + predicted) & 0xFF
     return out[1:, 1:]
+
+
+# ---------------------------------------------------------------- 16-bit and float colour TIFF
+
+_TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
+# tifffile logs each bad tag of a corrupt file as a warning; the ImageError says it once.
+logging.getLogger("tifffile").setLevel(logging.ERROR)
+_TIFF_RGB = 2  # PhotometricInterpretation
+_TIFF_FLOAT = 3  # SampleFormat
+
+
+def _tiff_encode(array: np.ndarray) -> bytes:
+    """16-bit or float32 RGB(A) as a deflate-compressed TIFF, alpha marked as such."""
+    buffer = io.BytesIO()
+    alpha = ["unassalpha"] if channels_of(array) == 4 else None
+    tifffile.imwrite(
+        buffer, array, photometric="rgb", extrasamples=alpha, compression="zlib", metadata=None
+    )
+    return buffer.getvalue()
+
+
+def _tiff_wide_decode(data: bytes, field: str, limit: int | None) -> np.ndarray | None:
+    """A one-page RGB(A) TIFF of 16-bit or float samples, read whole (Pillow would narrow it
+    to 8 bits); None for every other TIFF, which Pillow reads without loss. Its orientation
+    tag is applied; an ICC profile is not (its pixels are taken as stored)."""
+    try:
+        with tifffile.TiffFile(io.BytesIO(data)) as tiff:
+            if len(tiff.pages) != 1:
+                return None  # Pillow's path refuses several frames
+            page = tiff.pages[0]
+            wide = page.bitspersample > 8 or page.sampleformat == _TIFF_FLOAT
+            if page.photometric != _TIFF_RGB or page.samplesperpixel not in (3, 4) or not wide:
+                return None
+            _check_pixels(page.imagelength, page.imagewidth, field, limit)
+            array = page.asarray()
+            tag = page.tags.get(_ORIENTATION)
+    except ImageError:
+        raise
+    except Exception as exc:  # tifffile raises many types for corrupt data
+        raise ImageError(field, f"cannot decode image bytes (TIFF): {exc}") from exc
+    if page.axes.startswith("S"):  # planar: one plane per sample
+        array = np.moveaxis(array, 0, -1)
+    if array.dtype.kind == "f":
+        array = array.astype(np.float32)
+        if not np.isfinite(array).all():
+            raise ImageError(field, "float pixels must be finite (no NaN or inf)")
+    elif array.dtype != np.uint16:
+        raise ImageError(field, f"{array.dtype} TIFF samples are not supported")
+    return _upright(as_array(array, field), int(tag.value) if tag is not None else 1)

@@ -100,12 +100,13 @@ def parse_request(
     """
     violations: list[tuple[str, str]] = []
 
-    def image(message: pb.Image, name: str) -> np.ndarray | None:
+    def image(message: pb.Image, name: str, labels: bool = False) -> np.ndarray | None:
         try:
             # read-only where it can be: the engine only reads the pixels (one copy fewer)
             return images.from_wire(
-                message, field=name, max_pixels=limits.max_input_pixels, writable=False
-            )
+                message, field=name, max_pixels=limits.max_input_pixels, writable=False,
+                labels=labels,
+            )  # fmt: skip
         except images.ImageError as exc:
             violations.append((exc.field, exc.message))
             return None
@@ -137,7 +138,7 @@ def parse_request(
         if not request.mask.HasField("labels"):
             violations.append(("mask.labels", "a label image is required with a mask"))
         else:
-            mask = image(request.mask.labels, "mask.labels")
+            mask = image(request.mask.labels, "mask.labels", labels=True)
             if mask is not None and (mask.ndim != 2 or mask.dtype.kind != "u"):
                 violations.append(
                     ("mask.labels", "must be a single-channel uint8 or uint16 label image")
@@ -253,9 +254,9 @@ def result_message_bytes(content: np.ndarray, output_format: str, height: int, w
     size = content.dtype.itemsize
     if output_format == "jpeg":
         per_pixel = 1.5 * min(channels, 3)
-    elif output_format == "raw" or (output_format == "tiff" and channels == 1):
+    elif output_format in ("raw", "tiff"):
         per_pixel = channels * size
-    else:  # PNG and TIFF: float32 goes as 16-bit
+    else:  # PNG: float32 goes as 16-bit
         per_pixel = channels * min(size, 2)
     return int(height * width * per_pixel) + height + (64 << 10)
 

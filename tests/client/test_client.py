@@ -43,8 +43,10 @@ def test_an_address_without_a_port_means_the_servers_default_port():
     from impasto.client import _resolve_targets
 
     assert _resolve_targets("gpu-host") == ("gpu-host:50051", False, None)
-    assert _resolve_targets("[::1]")[0] == "[::1]:50051"
-    for kept in ("gpu-host:7000", "::1", "dns:///gpu-host:7000", "unix:/run/impasto.sock"):
+    for bracketed in ("[::1]", "::1", "  ::1 "):  # gRPC would dial [::1]:443 for "::1"
+        assert _resolve_targets(bracketed)[0] == "[::1]:50051"
+    assert _resolve_targets("fe80::1:2")[0] == "[fe80::1:2]:50051"
+    for kept in ("gpu-host:7000", "[::1]:7000", "dns:///gpu-host:7000", "unix:/run/impasto.sock"):
         assert _resolve_targets(kept)[0] == kept
     assert _resolve_targets(["localhost", "127.0.0.1:7000"])[0] == (
         "ipv4:127.0.0.1:50051,127.0.0.1:7000"
@@ -57,6 +59,9 @@ def test_an_address_without_a_port_means_the_servers_default_port():
             Client(wrong)
     with pytest.raises(ValueError, match="the port must lie in"):
         Client(["localhost:7000", "localhost:70000"])
+    # one name of several that does not resolve is named (not a bare "[Errno -2]")
+    with pytest.raises(ValueError, match="'nohost.invalid' does not resolve"):
+        Client(["localhost:7000", "nohost.invalid:7001"])
 
 
 def test_server_info_describes_options(client):
@@ -414,3 +419,52 @@ def test_cli_ctrl_c_cancels_the_job_and_exits_130(server, tmp_path, tiny_content
     jobs = server.metrics.registry.get_sample_value
     wait_until(lambda: jobs("impasto_jobs_total", {"outcome": "cancelled"}) == 1)
     assert not out.exists()
+
+
+def test_cli_keeps_16_bit_and_float_pixels_and_reads_palette_masks(
+    server, tmp_path, tiny_content, tiny_style, capsys
+):
+    import tifffile
+
+    _, style = _image_files(tmp_path, tiny_content, tiny_style)
+    run = ["--server", server.address, "--size", "32", "--iterations", "2", "--num-scales", "1"]
+    # a 16-bit colour TIFF (LZW, as editors write it) in, a 16-bit colour TIFF out
+    wide = tmp_path / "wide.tif"
+    tifffile.imwrite(wide, tiny_content.astype(np.uint16) * 257, photometric="rgb",
+                     compression="lzw")  # fmt: skip
+    out = tmp_path / "out.tif"
+    assert cli.main(["stylize", str(wide), str(style), "-o", str(out), *run]) == cli.EXIT_OK
+    assert out.read_bytes()[:4] == b"II*\x00"  # once the bytes of a 16-bit PNG
+    result = tifffile.imread(out)
+    assert result.dtype == np.uint16 and result.shape == (27, 32, 3)
+    # float content keeps float and its own range in .npy and in TIFF (PNG made it 16-bit)
+    floats = tmp_path / "floats.tif"
+    PILImage.fromarray(np.linspace(0, 4095, 40 * 48, dtype=np.float32).reshape(40, 48)).save(floats)
+    for name in ("f.npy", "f.tif"):
+        out = tmp_path / name
+        assert cli.main(["stylize", str(floats), str(style), "-o", str(out), *run]) == 0
+        result = np.load(out) if name.endswith(".npy") else tifffile.imread(out)
+        assert result.dtype == np.float32 and 0 <= result.min() and result.max() <= 4095.01
+    # a palette mask's labels are its indices, not their colours
+    labels = np.zeros((40, 48), np.uint8)
+    labels[:, 24:] = 1
+    mask = tmp_path / "mask.png"
+    picture = PILImage.fromarray(labels, mode="P")
+    picture.putpalette([0, 0, 0, 255, 0, 0])
+    picture.save(mask)
+    out = tmp_path / "regions.png"
+    argv = ["stylize", str(wide), str(style), str(style), "-o", str(out), *run, "--mask",
+            str(mask), "--region", "1=1"]  # fmt: skip
+    assert cli.main(argv) == cli.EXIT_OK
+    # a colour picture given as a mask is refused before anything is sent
+    capsys.readouterr()
+    argv[argv.index(str(mask))] = str(style)
+    assert cli.main(argv) == cli.EXIT_USAGE
+    assert "not one channel: a mask is a label image" in capsys.readouterr().err
+
+
+def test_a_request_larger_than_a_message_is_refused_before_it_is_sent(server, tiny_style):
+    """gRPC would end the call with only "Sent message larger than max"."""
+    refused = pytest.raises(ValueError, match="MiB a message may carry: downscale the images")
+    with Client(server.address, max_message_bytes=64 << 10) as small, refused:
+        small.stylize(np.zeros((256, 256, 3), np.uint8), [tiny_style], **FAST)

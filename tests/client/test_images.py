@@ -8,6 +8,7 @@ import zlib
 
 import numpy as np
 import pytest
+import tifffile
 from impasto import images
 from PIL import Image as PILImage
 from PIL import ImageCms, ImageOps
@@ -287,3 +288,113 @@ def test_16_bit_colour_png_filters_all_undo_as_the_specification_says(height, wi
             + images._chunk(b"IDAT", zlib.compress(scan.tobytes())) + images._chunk(b"IEND", b""))  # fmt: skip
     want = _unfilter_by_the_book(kinds, lines, bpp).view(">u2").reshape(height, width, channels)
     np.testing.assert_array_equal(images.decode(data), want.astype(np.uint16))
+
+
+def _adam7_png16(array: np.ndarray) -> bytes:
+    """A 16-bit colour PNG interlaced by Adam7 (as image editors may write it), each pass's
+    rows filtered None or Sub in turn."""
+    height, width, channels = array.shape
+    bpp = channels * 2
+    body = b""
+    for x0, y0, dx, dy in ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4),
+                           (1, 0, 2, 2), (0, 1, 1, 2)):  # fmt: skip
+        sub = np.ascontiguousarray(array[y0::dy, x0::dx], dtype=">u2")
+        if sub.size == 0:
+            continue  # an empty pass has no rows, not even their filter bytes
+        lines = sub.view(np.uint8).reshape(sub.shape[0], -1)
+        for y, line in enumerate(lines):
+            if y % 2:  # Sub: each byte less the one a pixel to its left
+                left = np.concatenate([np.zeros(bpp, np.uint8), line[:-bpp]])
+                body += b"\x01" + (line - left).astype(np.uint8).tobytes()
+            else:
+                body += b"\x00" + line.tobytes()
+    header = struct.pack(">IIBBBBB", width, height, 16, {3: 2, 4: 6}[channels], 0, 0, 1)
+    return (images._PNG_SIGNATURE + images._chunk(b"IHDR", header)
+            + images._chunk(b"IDAT", zlib.compress(body)) + images._chunk(b"IEND", b""))  # fmt: skip
+
+
+@pytest.mark.parametrize(("height", "width", "channels"), [(13, 11, 3), (1, 1, 4), (3, 9, 4)])
+def test_an_interlaced_16_bit_colour_png_is_read_whole(height, width, channels):
+    stored = _random(np.uint16, (height, width, channels), seed=height)
+    data = _adam7_png16(stored)
+    np.testing.assert_array_equal(images.decode(data), stored)
+    # Pillow reads it too, narrowed to the high bytes: the pixels are in the same places
+    mode = "RGB" if channels == 3 else "RGBA"
+    narrowed = np.asarray(PILImage.open(io.BytesIO(data)).convert(mode))
+    np.testing.assert_array_equal(narrowed, (stored >> 8).astype(np.uint8))
+
+
+def test_a_16_bit_png_of_no_rows_is_refused_before_anything_is_inflated():
+    """Its rows' bytes bound the inflation: for 0 rows zlib would take 0 for no bound at all,
+    and a small file would inflate as far as the data goes."""
+    header = struct.pack(">IIBBBBB", 64, 0, 16, 2, 0, 0, 0)
+    bomb = zlib.compress(bytes(64 << 20), 9)  # 64 MiB of zeros in some 64 KiB
+    data = (images._PNG_SIGNATURE + images._chunk(b"IHDR", header)
+            + images._chunk(b"IDAT", bomb) + images._chunk(b"IEND", b""))  # fmt: skip
+    with pytest.raises(images.ImageError, match="declares 0x64 pixels: an empty image"):
+        images.decode(data)
+
+
+@pytest.mark.parametrize("dtype", [np.uint16, np.float32])
+@pytest.mark.parametrize("channels", [3, 4])
+def test_16_bit_and_float_colour_tiff_is_a_tiff_and_lossless(dtype, channels):
+    """Pillow writes neither, and reads the 16-bit one as 8-bit: tifffile writes and reads
+    them, so a TIFF asked for is a TIFF (once the bytes of a 16-bit PNG)."""
+    array = _random(dtype, (9, 13, channels))
+    data = images.encode(array, "tiff")
+    assert data[:4] == b"II*\x00"
+    np.testing.assert_array_equal(tifffile.imread(io.BytesIO(data)), array)  # another reader
+    back = images.decode(data)
+    assert back.dtype == dtype
+    np.testing.assert_array_equal(back, array)
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        {"compression": "lzw"},  # what image editors write most
+        {"compression": "packbits", "byteorder": ">"},
+        {"planarconfig": "separate"},  # one plane per sample
+        {"extratags": [(0x0112, "H", 1, 6, True)]},  # orientation 6: held turned right
+    ],
+)
+def test_16_bit_colour_tiffs_of_other_writers_are_read_whole(written):
+    stored = _random(np.uint16, (6, 9, 3))
+    out = io.BytesIO()
+    planar = written.get("planarconfig") == "separate"
+    tifffile.imwrite(out, np.moveaxis(stored, -1, 0) if planar else stored, photometric="rgb",
+                     **written)  # fmt: skip
+    want = np.rot90(stored, -1) if "extratags" in written else stored
+    np.testing.assert_array_equal(images.decode(out.getvalue()), want)
+
+
+def test_a_wide_tiff_is_refused_before_decoding_when_too_large_or_corrupt():
+    out = io.BytesIO()
+    tifffile.imwrite(out, _random(np.uint16, (64, 64, 3)), photometric="rgb")
+    data = out.getvalue()
+    with pytest.raises(images.ImageError, match="64x64 exceeds the limit of 1000 pixels"):
+        images.decode(data, max_pixels=1000)
+    with pytest.raises(images.ImageError, match=r"cannot decode image bytes \(TIFF\)"):
+        images.decode(data[: len(data) // 2])
+    out = io.BytesIO()
+    tifffile.imwrite(out, np.full((4, 4, 3), np.nan, np.float32), photometric="rgb")
+    with pytest.raises(images.ImageError, match="must be finite"):
+        images.decode(out.getvalue())
+
+
+@pytest.mark.parametrize("mode", ["P", "1"])
+def test_a_palette_or_bilevel_mask_gives_its_labels(mode):
+    """Annotation tools write label images as palette PNGs, a colour for each label."""
+    labels = np.zeros((6, 8), np.uint8)
+    labels[:, 4:] = 1
+    labels[3:, :] += 1 if mode == "P" else 0
+    if mode == "P":
+        picture = PILImage.fromarray(labels, mode="P")
+        picture.putpalette([0, 0, 0, 255, 0, 0, 0, 255, 0])
+    else:
+        picture = PILImage.fromarray(labels.astype(bool))
+    out = io.BytesIO()
+    picture.save(out, "PNG")
+    np.testing.assert_array_equal(images.decode(out.getvalue(), labels=True), labels)
+    # as a picture, its colours
+    assert images.decode(out.getvalue()).ndim == (3 if mode == "P" else 2)
