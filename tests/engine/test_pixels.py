@@ -82,3 +82,16 @@ def test_float_pixels_spanning_float32s_whole_range_map_without_overflow():
     np.testing.assert_allclose(rgb[0, :, 1:, :].numpy(), 127.5, atol=1e-3)
     assert np.isfinite(back).all() and back.dtype == np.float32
     np.testing.assert_allclose(back[0, :2, 0], [-3e38, 3e38], rtol=1e-6)
+
+
+@pytest.mark.parametrize("value", [3e38, -3e38, 2.0**60, 7.0])
+def test_a_constant_float_picture_of_any_finite_value_converts_and_comes_back(value):
+    """A constant picture has no range of its own to rescale by: it is given one. From 2**53
+    on, value + 1 is the value itself (float64), so the span was 0 and the job failed."""
+    image = np.full((4, 5, 3), value, dtype=np.float32)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        rgb, alpha, source = imaging.to_pixels(image)
+        back = imaging.from_pixels(rgb, alpha, source)
+    assert torch.isfinite(rgb).all() and float(rgb.max()) <= 255.0
+    np.testing.assert_allclose(back, image, rtol=1e-6)

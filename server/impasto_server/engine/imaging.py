@@ -58,8 +58,8 @@ def to_pixels(image: np.ndarray) -> tuple[torch.Tensor, torch.Tensor | None, Sou
         low, high = float(image.min()), float(image.max())
         if low >= 0.0 and high <= 1.0:
             low, high = 0.0, 1.0
-        elif high == low:
-            high = low + 1.0
+        elif not high > low:  # constant (low + 1.0 is low itself from 2**53 on)
+            high = low + max(1.0, abs(low))
     # One pass from the array's (H, W, C) layout and dtype to float32 planes, then the scaling
     # in place (none for uint8: 0..255 already): a photograph of many megapixels is converted
     # for each job.
