@@ -263,3 +263,30 @@ def test_a_run_alone_takes_the_batched_terms_of_its_own_objective(
     assert batched[1][0] == pytest.approx(own[1], rel=1e-6)
     assert all(batched[1][0][:3])  # every term counted (content, style, tv)
     torch.testing.assert_close(batched[2], own[2], rtol=1e-5, atol=1e-6 * own[2].abs().max())
+
+
+def test_a_run_that_ends_in_a_batch_lets_go_of_its_tensors_while_the_batch_goes_on(
+    engine, content, style
+):
+    """A cancelled job's image, optimiser state and targets are freed within an iteration, as
+    the API says, not when the other runs of its batch end."""
+    options = StyleOptions.from_preset(
+        "default", size=32, iterations=8, num_scales=1, optimizer="adam", seed=1
+    )
+    stop = {"now": False}
+    runs = [
+        engine.prepare(content, [style], options, should_stop=lambda: stop["now"]),
+        engine.prepare(content, [style], options),
+    ]
+    ended_at = None
+    for i, event in engine.run_batch(runs):
+        if i == 0 and isinstance(event, Progress) and event.iteration == 2:
+            stop["now"] = True
+        if i == 0 and isinstance(event, Cancelled):
+            ended_at = "cancelled"
+            assert runs[0].stage is None and runs[0].x is None and not runs[0].content_px
+        if i == 1 and ended_at == "cancelled" and isinstance(event, Progress):
+            ended_at = event.iteration  # the other run went on after it
+            assert runs[1].stage is not None
+    assert isinstance(ended_at, int) and ended_at < 8
+    assert runs[1].stage is None and runs[1].x is None  # let go once its result was made

@@ -574,7 +574,12 @@ class Engine:
             return
         graphs = PassGraphs(self._device, self.graphs_keep_cache) if self.cuda_graphs else None
         try:
-            yield from self._iterate(runs, graphs)
+            for i, event in self._iterate(runs, graphs):
+                if not isinstance(event, Progress):
+                    # That run has ended (its result made, or stopped): what it holds goes
+                    # now, not when the whole batch ends.
+                    runs[i].release()
+                yield i, event
         finally:
             if graphs is not None:  # its graph freed inside the gate, not wherever GC runs
                 with using_gpu():
@@ -786,7 +791,7 @@ class Engine:
 
     @staticmethod
     def _take(
-        stages: list[_Stage], values: list[float],
+        stages: list[_Stage | None], values: list[float],
         pending: Sequence[torch.Tensor | None] | None = None,
     ) -> None:  # fmt: skip
         """Each stage's losses (and curvature) from the values read for the pass."""
@@ -794,10 +799,13 @@ class Engine:
         rows, values = values[: count * len(stages)], values[count * len(stages) :]
         for i, stage in enumerate(stages):
             read = pending[i] if pending is not None else None
-            stage.losses = dict(zip(shared.TERMS, rows[i * count : (i + 1) * count], strict=True))
-            stage.curvature = None
+            curvature = None
             if read is not None:
-                stage.curvature, values = values[: len(read)], values[len(read) :]
+                curvature, values = values[: len(read)], values[len(read) :]
+            if stage is None:  # a run stopped since the pass was launched: let go already
+                continue
+            stage.losses = dict(zip(shared.TERMS, rows[i * count : (i + 1) * count], strict=True))
+            stage.curvature = curvature
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -1133,6 +1141,15 @@ class PreparedRun:
         assert self.stage is not None
         self.x = self.stage.x.detach()
         self.stage = None  # free the stage's graph, targets and optimiser state before the next
+
+    def release(self) -> None:
+        """Let go of the run's tensors once it has ended (its image, stage, optimiser state and
+        targets, its stages' pixels): the batch it ran in goes on with its other runs, and
+        whoever holds the run (the batch's lists) until then holds no memory through it."""
+        self.stage = None
+        self.x = None
+        self.content_px = []
+        self.styles_px = {}
 
     def result(self, started: float) -> Result:
         assert self.x is not None
