@@ -86,6 +86,9 @@ class ServerConfig:
     prepare_ahead: int | None = None
     #: Threads that prepare those jobs, each a different job.
     prepare_threads: int = 1
+    #: Seconds a job's stream may stay unread after the job ended before its call is
+    #: cancelled (a client that stopped reading would hold a server thread).
+    unread_grace_seconds: float = 60.0
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -196,6 +199,7 @@ class Server:
                 else None,
                 job_memory_bytes=_job_memory_bytes(config),
                 progress_rate=config.progress_rate,
+                unread_grace_seconds=config.unread_grace_seconds,
             ),
             self.scheduler,
             self.metrics,
@@ -223,7 +227,9 @@ class Server:
         # Every waiting or running stream holds a thread; leave room for info and health calls.
         # Health watches hold none, but each counts as an open call: room of their own, so
         # that clients' and balancers' watches never take a job's or a check's place.
-        workers = config.queue_size + config.max_running + 16
+        # A running slot runs a batch: up to max_batch jobs, each with its stream.
+        running = config.max_running * max(1, self.service.config.max_batch)
+        workers = config.queue_size + running + 16
         # Tokens first: a refused peer's request is never decoded.
         interceptors: list[grpc.ServerInterceptor] = [DecodeGuardInterceptor()]
         if self._tokens is not None:
@@ -337,6 +343,7 @@ class Server:
             # A moment for the streams to deliver their last message or status; open health
             # Watch streams are cancelled then.
             self._grpc.stop(2.0).wait()
+        self.metrics.close()
         self._stopped.set()
         log.info("stopped")
 

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Callable
+from typing import Any
 
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
@@ -10,12 +11,19 @@ from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, star
 class Metrics:
     def __init__(self) -> None:
         self.registry = CollectorRegistry()
+        self._http: Any = None
         r = self.registry
         self.queue_depth = Gauge("impasto_queue_depth", "Jobs waiting in the queue", registry=r)
         self.running = Gauge("impasto_running_jobs", "Jobs running on the device", registry=r)
         self.jobs = Counter("impasto_jobs", "Finished jobs by outcome", ["outcome"], registry=r)
         self.rejections = Counter(
             "impasto_rejected_requests", "Requests refused before queueing", ["reason"], registry=r
+        )
+        self.unread = Counter(
+            "impasto_unread_streams",
+            "Calls cancelled because their client had not read the stream's end some time "
+            "after its job ended",
+            registry=r,
         )
         self.duration = Histogram(
             "impasto_job_duration_seconds",
@@ -55,4 +63,12 @@ class Metrics:
 
     def serve(self, port: int, host: str) -> int:
         server, _thread = start_http_server(port, addr=host, registry=self.registry)
+        self._http = server
         return server.server_address[1]
+
+    def close(self) -> None:
+        """Stop serving the metrics (and free their port)."""
+        server, self._http = self._http, None
+        if server is not None:
+            server.shutdown()
+            server.server_close()

@@ -5,6 +5,7 @@ from __future__ import annotations
 import contextlib
 import datetime
 import logging
+import threading
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -73,6 +74,9 @@ class ServiceConfig:
     #: Plain progress events sent per second per job at most (see ProgressPacing); 0: every
     #: iteration's.
     progress_rate: float = 0.0
+    #: Seconds a job's stream may stay open after the job ended (its last messages unread by
+    #: a client that stopped reading): then the call is cancelled, and its thread freed.
+    unread_grace_seconds: float = 60.0
 
 
 @dataclass(frozen=True)
@@ -163,6 +167,10 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         self.metrics = metrics
         self.engine: Any = None  # set once the weights are loaded
         self.accepting = True
+        # The calls whose stream is open, watched for a client that stopped reading them.
+        self._open: dict[Job, grpc.ServicerContext] = {}
+        self._open_lock = threading.Lock()
+        self._watchdog: threading.Thread | None = None
 
     def job_memory(self) -> int:
         """Bytes one job may use (0: unchecked)."""
@@ -307,11 +315,58 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 details.append(error_details_pb2.RetryInfo(retry_delay=delay))
             context.abort_with_status(_status(grpc.StatusCode[exc.code], exc.message, details))
         # Fires on cancel, disconnect, deadline and normal end alike; stopping a finished job
-        # is a no-op.
-        context.add_callback(lambda: self.scheduler.cancel(job, _stop_reason(context, job)))
+        # is a no-op. A call that ended while the request was checked (the client cancelled,
+        # its deadline passed) takes no callback: its job stops now, not after running for
+        # no one.
+        if not context.add_callback(lambda: self.scheduler.cancel(job, _stop_reason(context, job))):
+            self.scheduler.cancel(job, _stop_reason(context, job))
+            return
         yield from self._stream(job, parsed, context)
 
     def _stream(
+        self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext
+    ) -> Iterator[pb.StylizeResponse]:
+        self._watch(job, context)
+        try:
+            yield from self._events(job, parsed, context)
+        finally:
+            # However the stream ended (gRPC drops it when a message cannot be sent), the job
+            # stops with it; stopping one that ended is a no-op.
+            with self._open_lock:
+                self._open.pop(job, None)
+            self.scheduler.cancel(job, _stop_reason(context, job))
+
+    def _watch(self, job: Job, context: grpc.ServicerContext) -> None:
+        with self._open_lock:
+            self._open[job] = context
+            if self._watchdog is None:
+                self._watchdog = threading.Thread(
+                    target=self._cancel_unread, name="impasto-unread", daemon=True
+                )
+                self._watchdog.start()
+
+    def _cancel_unread(self) -> None:
+        """Cancel the calls whose job ended more than ``unread_grace_seconds`` ago but whose
+        stream is still open: a client that stopped reading (HTTP/2 flow control then holds the
+        last messages) would keep a server thread for as long as it stays connected."""
+        grace = self.config.unread_grace_seconds
+        while True:
+            time.sleep(min(1.0, grace / 4))
+            now = time.monotonic()
+            with self._open_lock:
+                stale = [(job, context) for job, context in self._open.items()
+                         if job.finished is not None and now - job.finished > grace]  # fmt: skip
+                for job, _context in stale:
+                    del self._open[job]
+            for job, context in stale:
+                log.warning(
+                    "job=%s client=%s: its stream was not read to the end %.0fs after the job "
+                    "ended; the call is cancelled", job.id, job.client, grace,
+                )  # fmt: skip
+                self.metrics.unread.inc()
+                context.cancel()
+
+    def _events(
         self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StylizeResponse]:
         while True:

@@ -155,6 +155,12 @@ def test_metrics_are_served(make_server, tiny_content, tiny_style):
     for name in ("impasto_queue_depth", "impasto_running_jobs", "impasto_job_duration_seconds",
                  "impasto_iterations_per_second", "impasto_device_memory_bytes"):  # fmt: skip
         assert name in text
+    # a shutdown stops serving them too (a server embedded in a process may start again)
+    server.shutdown(grace=0.0)
+    with pytest.raises(OSError):
+        urllib.request.urlopen(url, timeout=5)
+    again = make_server(metrics_port=server.metrics_port)
+    assert again.metrics_port == server.metrics_port
 
 
 def test_ports_in_use_are_named_at_start(make_server, shared_engine):

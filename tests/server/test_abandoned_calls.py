@@ -1,0 +1,77 @@
+"""Calls their client left without a word: cancelled while the request was checked, or no
+longer read. Neither keeps a job running, nor a server thread, for no one."""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import grpc
+import numpy as np
+import pytest
+from impasto.client import Client, ImpastoError
+from job_watch import LONG, wait_until
+
+
+class _CheckedSlowly:
+    """The shared engine, whose check of a request waits until the test lets it go on: the
+    window in which a client may leave before its job is queued."""
+
+    def __init__(self, engine):
+        self._engine = engine
+        self.checking = threading.Event()
+        self.go_on = threading.Event()
+
+    def __getattr__(self, name):
+        return getattr(self._engine, name)
+
+    def validate(self, *args, **kwargs):
+        self.checking.set()
+        self.go_on.wait(10)
+        return self._engine.validate(*args, **kwargs)
+
+
+def _jobs(server, outcome: str) -> float:
+    return server.metrics.jobs.labels(outcome=outcome)._value.get()
+
+
+def test_a_call_cancelled_while_its_request_is_checked_runs_no_job(
+    make_server, shared_engine, tiny_content, tiny_style
+):
+    engine = _CheckedSlowly(shared_engine)
+    server = make_server(engine=engine)
+    with Client(server.address) as client:
+        job = client.stylize(tiny_content, [tiny_style], **LONG)
+        assert engine.checking.wait(10)
+        job.cancel()
+        time.sleep(0.2)  # the cancel reaches the server while it still checks
+        engine.go_on.set()
+        with pytest.raises(ImpastoError):
+            job.result()
+    # queued, then stopped at once (it ran for no one until it ended, 100000 iterations on)
+    wait_until(lambda: server.scheduler.running == 0 and server.scheduler.queued == 0, 5)
+    wait_until(lambda: _jobs(server, "cancelled") == 1, 5)
+    assert _jobs(server, "ok") == 0
+
+
+def test_a_stream_left_unread_after_its_job_ended_is_cancelled_after_the_grace(
+    make_server, tiny_content, tiny_style
+):
+    """A client that stops reading fills HTTP/2's window: the server's send then waits for
+    as long as the client stays connected, holding one of the server's threads."""
+    server = make_server(unread_grace_seconds=1.0, progress_rate=0)
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    # a small window, of a fixed size: the few previews below fill it
+    window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+    with Client(server.address, channel_options=window) as client:
+        # raw 96 px previews at every iteration: far more than the window holds
+        job = client.stylize(noise, [tiny_style], size=96, iterations=40, num_scales=1,
+                             preview_interval=1, output_format="raw")  # fmt: skip
+        wait_until(lambda: _jobs(server, "ok") == 1, 60)  # ended, never read
+        wait_until(lambda: server.metrics.unread._value.get() == 1, 10)
+        with pytest.raises(ImpastoError) as ended:
+            job.result()  # what the window held, then the cancel
+        assert ended.value.code == grpc.StatusCode.CANCELLED
+        # a client that reads gets its result, the grace notwithstanding
+        assert client.stylize(noise, [tiny_style], size=32, iterations=2, num_scales=1).result()
+    assert server.metrics.unread._value.get() == 1
