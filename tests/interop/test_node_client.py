@@ -6,6 +6,7 @@ import json
 import os
 import re
 import shutil
+import socket
 import subprocess
 from collections.abc import Callable
 from pathlib import Path
@@ -110,25 +111,200 @@ def test_a_job_too_large_for_memory_gets_the_reason_and_the_size_that_fits(
     assert again.returncode == 0, again.stderr
 
 
-def test_undecodable_image_is_refused(server: Any, image_files: list[Path], tmp_path: Path) -> None:
+def test_an_input_the_server_cannot_read_is_refused_before_sending(
+    image_files: list[Path], tmp_path: Path
+) -> None:
+    content, style = image_files[:2]
+    script = tmp_path / "script.py"
+    script.write_text("print('not an image')\n")
     junk = tmp_path / "junk.png"
     junk.write_bytes(b"not an image at all")
-    done = run_node(image_files[0], junk, "-o", tmp_path / "out.png", "--server", server.address)
-    assert done.returncode == 1
-    assert "INVALID_ARGUMENT" in done.stderr and "styles[0]" in done.stderr
+    webp = tmp_path / "style.webp"
+    Image.open(style).save(webp, format="WEBP")
+    gif = tmp_path / "style.gif"
+    Image.open(style).save(gif, format="GIF")
+    empty = tmp_path / "empty.png"
+    empty.write_bytes(b"")
+    out = tmp_path / "out.png"
+    for inputs, text in [
+        (
+            [script, style],
+            (
+                f"content {script}: not a PNG, JPEG or TIFF file, the formats the server "
+                "reads; convert it to PNG first"
+            ),
+        ),
+        ([content, junk], f"style {junk}: not a PNG, JPEG or TIFF file"),
+        ([content, webp], f"style {webp}: a WebP image, not a PNG, JPEG or TIFF file"),
+        ([content, style, gif], f"style {gif}: a GIF image, not a PNG, JPEG or TIFF file"),
+        ([content, empty], f"style {empty}: the file is empty"),
+        ([tmp_path, style], f"cannot read the content image {tmp_path}: it is a folder"),
+    ]:
+        # refused before connecting: no server listens at that address
+        done = run_node(*inputs, "-o", out, "--server", "127.0.0.1:9", timeout=20)
+        assert done.returncode == 2 and text in done.stderr, done.stderr
+        assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
+        assert not out.exists()
 
 
-def test_bad_command_line_is_a_usage_error(tmp_path: Path) -> None:
-    done = run_node(tmp_path / "missing.png", tmp_path / "also-missing.png", "-o", "x.png")
-    assert done.returncode == 2
-    assert "cannot read the content image" in done.stderr
-    done = run_node("a.png", "b.png", "-o", "x.png", "--iterations", "zero")
-    assert done.returncode == 2 and "--iterations must be a positive integer" in done.stderr
-    # numbers past their field's range would reach the server as other numbers
-    done = run_node("a.png", "b.png", "-o", "x.png", "--size", str(2**32))
-    assert done.returncode == 2 and "--size must be a positive integer below 2^32" in done.stderr
-    done = run_node("a.png", "b.png", "-o", "x.png", "--seed", str(2**64))
-    assert done.returncode == 2 and "--seed must be an integer in [0, 2^64)" in done.stderr
+def test_image_signatures_the_client_sends(tmp_path: Path) -> None:
+    """PNG, JPEG, TIFF and BigTIFF (either byte order) go to the server as they are."""
+    heads = {
+        "png": b"\x89PNG\r\n\x1a\n",
+        "jpeg": b"\xff\xd8\xff\xe0",
+        "tiff-ii": b"II*\0",
+        "tiff-mm": b"MM\0*",
+        "bigtiff-ii": b"II+\0",
+        "bigtiff-mm": b"MM\0+",
+        "bmp": b"BM" + b"\0" * 12 + (40).to_bytes(4, "little"),  # a BITMAPINFOHEADER follows
+        "heic": b"\0\0\0\x18ftypheic",
+        "npy": b"\x93NUMPY",
+        "text": b"BMW and other words",
+    }
+    for name, head in heads.items():
+        (tmp_path / name).write_bytes(head + b"\0" * 32)
+    script = (
+        "const { readImage } = require('./stylize.js');"
+        "const [dir, ...names] = process.argv.slice(1);"
+        "const seen = {};"
+        "for (const n of names) {"
+        "  try { readImage(`${dir}/${n}`, 'content'); seen[n] = 'sent'; }"
+        "  catch (e) { seen[n] = e.constructor.name + ': ' + e.message; }"
+        "}"
+        "console.log(JSON.stringify(seen));"
+    )
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "-e", script, str(tmp_path), *heads],
+        cwd=NODE_DIR, check=True, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    seen = json.loads(done.stdout)
+    for name in ["png", "jpeg", "tiff-ii", "tiff-mm", "bigtiff-ii", "bigtiff-mm"]:
+        assert seen[name] == "sent", seen
+    for name, what in [
+        ("bmp", "a BMP image, not"),
+        ("heic", "a HEIF (HEIC) image, not"),
+        ("npy", "a numpy array, not"),
+        ("text", "not"),
+    ]:
+        assert seen[name].startswith(f"UsageError: content {tmp_path / name}: {what}"), seen
+        assert seen[name].endswith("convert it to PNG first"), seen
+
+
+def test_a_tiff_content_is_sent_as_it_is(
+    server: Any, image_files: list[Path], tmp_path: Path
+) -> None:
+    content = tmp_path / "content.tif"
+    Image.open(image_files[0]).save(content, format="TIFF")
+    out = tmp_path / "out.png"
+    done = run_node(
+        content, image_files[1], "-o", out, "--server", server.address,
+        "--size", "32", "--iterations", "2",
+    )  # fmt: skip
+    assert done.returncode == 0, done.stderr
+    with Image.open(out) as result:
+        assert result.size == (32, 27)
+
+
+def test_bad_command_line_is_a_usage_error(image_files: list[Path], tmp_path: Path) -> None:
+    images = [*image_files[:2], "-o", tmp_path / "out.png", "--server", "127.0.0.1:9"]
+    for argv, text in [
+        (
+            [tmp_path / "missing.png", tmp_path / "also-missing.png", "-o", "x.png"],
+            f"cannot read the content image {tmp_path / 'missing.png'}: no such file",
+        ),
+        ([image_files[0], tmp_path / "gone.png", "-o", "x.png"], "cannot read the style image"),
+        (["a.png", "b.png", "-o", "x.png", "--iterations", "zero"], "--iterations must be a"),
+        # numbers past their field's range would reach the server as other numbers
+        (["a.png", "b.png", "-o", "x.png", "--size", str(2**32)], "below 2^32"),
+        (["a.png", "b.png", "-o", "x.png", "--seed", str(2**64)], "[0, 2^64)"),
+        (["a.png", "b.png", "-o", "x.png", "--preset", "fast"], "--preset must be"),
+        (["a.png", "b.png", "-o", "x.png", "--timeout", "soon"], "--timeout must be"),
+        (["a.png", "b.png", "-o", "x.png", "--style-weights", "x"], "is not a weight"),
+        (["a.png", "b.png", "-o", "x.png", "--style-weights", "1,2"], "2 weights for 1 styles"),
+        (["a.png", "b.png", "-o", "x.png", "--cert", "c.pem"], "--cert and --key go together"),
+        (["a.png", "b.png", "-o", "x.png", "--bogus"], "unknown option --bogus"),
+        (["a.png", "b.png", "-o"], "-o needs a value"),
+        (["a.png", "-o", "x.png"], "give a content image and at least one style"),
+        (["a.png", "b.png"], "give the output file"),
+        ([*images, "--server", ""], "--server: no address given"),
+        ([*images, "--server", "127.0.0.1:65536"], "the port must lie in [1, 65535]"),
+        ([*images, "--server", "a.example,b.example"], "for host names use one dns:///"),
+    ]:
+        done = run_node(*argv, timeout=20)
+        assert done.returncode == 2 and text in done.stderr, (argv, done.stderr)
+        # one line, no usage text and no stack trace
+        assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1, (
+            argv,
+            done.stderr,
+        )
+    # a trailing comma leaves no empty weight, as with the Python client
+    done = run_node(*images, "--style-weights", "0.7,", "--server", "127.0.0.1:65536")
+    assert done.returncode == 2 and "the port must lie" in done.stderr, done.stderr
+
+
+# ---------------------------------------------------------------- addresses
+
+
+def test_an_address_without_a_port_gets_50051() -> None:
+    addresses = {
+        "localhost": "localhost:50051",
+        "127.0.0.1": "127.0.0.1:50051",
+        " gpu.example.org ": "gpu.example.org:50051",
+        "[::1]": "[::1]:50051",
+        "::1": "[::1]:50051",
+        "fe80::1": "[fe80::1]:50051",
+        "host:7000": "host:7000",
+        "[::1]:7000": "[::1]:7000",
+        "10.0.0.5,10.0.0.6:7000": "ipv4:10.0.0.5:50051,10.0.0.6:7000",
+        "::1,[::2]:7000": "ipv6:[::1]:50051,[::2]:7000",
+        "dns:///impasto.default.svc.cluster.local:50051": (
+            "dns:///impasto.default.svc.cluster.local:50051"
+        ),
+        "dns:impasto": "dns:impasto",
+        "ipv4:10.0.0.5:1,10.0.0.6:2": "ipv4:10.0.0.5:1,10.0.0.6:2",
+        "unix:/run/impasto.sock": "unix:/run/impasto.sock",
+    }
+    script = (
+        "const { toTarget } = require('./stylize.js');"
+        "const addresses = JSON.parse(process.argv[1]);"
+        "const tryTarget = (a) => { try { return toTarget(a); } catch (e) { return e.message; } };"
+        "console.log(JSON.stringify(addresses.map(tryTarget)));"
+    )
+    assert NODE is not None
+    done = subprocess.run(
+        [NODE, "-e", script, json.dumps(list(addresses))],
+        cwd=NODE_DIR, check=True, capture_output=True, text=True, timeout=30,
+    )  # fmt: skip
+    assert dict(zip(addresses, json.loads(done.stdout), strict=True)) == addresses
+
+
+def test_a_host_without_a_port_is_dialled_on_50051() -> None:
+    """The client connects to 127.0.0.1:50051 when --server names no port (here a plain
+    socket that takes the connection, where the port is free)."""
+    listener = socket.socket()
+    listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        listener.bind(("127.0.0.1", 50051))
+    except OSError:
+        listener.close()
+        pytest.skip("127.0.0.1:50051 is in use here")
+    with listener:
+        listener.listen()
+        listener.settimeout(20)
+        assert NODE is not None
+        node = subprocess.Popen(
+            [NODE, "stylize.js", "--info", "--server", "127.0.0.1", "--timeout", "5"],
+            cwd=NODE_DIR, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+        )  # fmt: skip
+        try:
+            connection, _ = listener.accept()
+            connection.close()
+        except TimeoutError:
+            pytest.fail("no connection came to 127.0.0.1:50051")
+        finally:
+            _out, err = node.communicate(timeout=30)
+    assert node.returncode == 1 and "443" not in err, err
 
 
 def test_output_is_checked_before_the_job_and_the_result_kept(
@@ -138,6 +314,7 @@ def test_output_is_checked_before_the_job_and_the_result_kept(
     for output, text in [
         (tmp_path / "a_file" / "out.png", "cannot write"),
         (tmp_path, "folder"),
+        (image_files[1], "it is style image 1 (styles[0]), which the result would replace"),
         ("/proc/impasto/out.png", "cannot write"),  # a folder that cannot be made
         ("/proc/out.png", "cannot write"),  # a file that cannot be made, even by root
     ]:
@@ -226,6 +403,9 @@ def test_server_info_as_json(server: Any) -> None:
     assert info["device"] == "cpu" and info["weights"] == "original"
     assert "conv4_2" in info["allowed"]["layers"]
     assert info["limits"]["max_pixels"] == str(server.config.max_pixels)  # uint64 as a string
+    # a timeout past the last date JavaScript has is no deadline, not one already passed
+    done = run_node("--info", "--server", server.address, "--timeout", "1e13")
+    assert done.returncode == 0, done.stderr
 
 
 # ---------------------------------------------------------------- TLS
@@ -258,6 +438,32 @@ def test_tls_with_token(
         assert result.size == (32, 27)
     denied = run_node(*common, "--ca", pki["ca"], "--token", "wrong")
     assert denied.returncode == 1 and "UNAUTHENTICATED" in denied.stderr
+
+
+def test_tls_files_that_cannot_be_used_are_usage_errors(
+    image_files: list[Path], pki: dict[str, Path], tmp_path: Path
+) -> None:
+    not_pem = tmp_path / "not.pem"
+    not_pem.write_text("not a certificate\n")
+    missing = tmp_path / "nope.pem"
+    common = [*image_files[:2], "-o", tmp_path / "out.png", "--server", "127.0.0.1:9"]
+    for flags, text in [
+        (["--ca", missing], f"--ca {missing}: cannot read it: no such file"),
+        (["--ca", not_pem], f"--ca {not_pem}: no PEM certificate in it"),
+        (["--ca", tmp_path], f"--ca {tmp_path}: cannot read it: it is a folder"),
+        (
+            ["--ca", pki["ca"], "--cert", missing, "--key", pki["client_key"]],
+            f"--cert {missing}: cannot read it: no such file",
+        ),
+        (
+            ["--ca", pki["ca"], "--cert", pki["client_cert"], "--key", not_pem],
+            f"--cert {pki['client_cert']} --key {not_pem}: ",
+        ),
+    ]:
+        for argv in ([*common, *flags], ["--info", "--server", "127.0.0.1:9", *flags]):
+            done = run_node(*argv, timeout=20)
+            assert done.returncode == 2 and text in done.stderr, (flags, done.stderr)
+            assert done.stderr.startswith("error: ") and len(done.stderr.splitlines()) == 1
 
 
 def test_mutual_tls(

@@ -2,8 +2,9 @@
 // Stylize an image with an impasto server, from Node.js.
 //
 // The client loads the project's own .proto at run time (no generated code), sends the
-// image files as they are (the server decodes PNG, JPEG and TIFF), prints one line per
-// streamed event, and writes the result as PNG.
+// image files as they are (the server decodes PNG, JPEG and TIFF; a file of another format is
+// refused before anything is sent), prints one line per streamed event, and writes the result
+// as PNG.
 //
 //   node stylize.js content.png style.png [style2.png ...] -o out.png \
 //        [--server 127.0.0.1:50051] [--size 256] [--iterations 100] [--token T]
@@ -11,7 +12,9 @@
 // Run `node stylize.js --help` for every flag.
 'use strict';
 
+const crypto = require('node:crypto');
 const fs = require('node:fs');
+const net = require('node:net');
 const os = require('node:os');
 const path = require('node:path');
 const grpc = require('@grpc/grpc-js');
@@ -22,13 +25,16 @@ const PROTO_ROOT = process.env.IMPASTO_PROTO_ROOT || path.resolve(__dirname, '..
 const PROTO_FILE = 'impasto/v1/style_transfer.proto';
 // Matches the server's default: a 4096x4096 RGB float32 image plus the request around it.
 const MAX_MESSAGE_BYTES = 256 * 1024 * 1024;
+// The server's port when an address names none (impasto-server's default), not gRPC's 443.
+const DEFAULT_PORT = 50051;
 
 const USAGE = `usage: node stylize.js CONTENT STYLE [STYLE ...] -o OUT.png [options]
 
   CONTENT, STYLE     image files (PNG, JPEG or TIFF); several styles are blended
   -o, --output FILE  where to write the result (PNG)
-  --server TARGET    host:port, several host:port separated by commas, or dns:///name:port
-                     (several servers are balanced round-robin) [default 127.0.0.1:50051]
+  --server TARGET    host[:port] (port 50051 when left out), several IP[:port] separated by
+                     commas, or dns:///name:port (several servers are balanced round-robin)
+                     [default 127.0.0.1:50051]
   --size N           long side of the result in pixels
   --iterations N     optimisation iterations
   --preset NAME      default | paper
@@ -116,8 +122,9 @@ function parseArgs(argv) {
       case '--style-weights':
         args.styleWeights = valueOf(i, arg)
           .split(',')
+          .filter((w) => w.trim()) // "0.7,0.3," as the Python client reads it
           .map((w) => {
-            const value = Number(w);
+            const value = Number(w.trim());
             if (!Number.isFinite(value) || value < 0) {
               throw new UsageError(`--style-weights: ${JSON.stringify(w)} is not a weight >= 0`);
             }
@@ -282,17 +289,61 @@ function describeError(error) {
   return lines.join('\n');
 }
 
-function makeClient(service, args) {
-  let credentials = grpc.credentials.createInsecure();
-  if (args.tls) {
-    credentials = grpc.credentials.createSsl(
-      args.ca ? fs.readFileSync(args.ca) : null,
-      args.key ? fs.readFileSync(args.key) : null,
-      args.cert ? fs.readFileSync(args.cert) : null,
-    );
+// Why a file could not be read, in words.
+function readFailure(e) {
+  const words = {
+    ENOENT: 'no such file',
+    EACCES: 'permission denied',
+    EISDIR: 'it is a folder, not a file',
+  };
+  return words[e.code] ? `${words[e.code]} (${e.code})` : e.code || e.message;
+}
+
+function readFlagFile(file, flag) {
+  try {
+    return fs.readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`${flag} ${file}: cannot read it: ${readFailure(e)}`);
   }
+}
+
+// The CA bundle of --ca: gRPC takes one without a certificate in it and fails each handshake
+// later, so it is checked here.
+function readCa(file) {
+  const pem = readFlagFile(file, '--ca');
+  const blocks = pem
+    .toString('latin1')
+    .match(/-----BEGIN CERTIFICATE-----[\s\S]+?-----END CERTIFICATE-----/g);
+  if (!blocks) throw new UsageError(`--ca ${file}: no PEM certificate in it`);
+  for (const block of blocks) {
+    try {
+      new crypto.X509Certificate(block);
+    } catch (e) {
+      throw new UsageError(`--ca ${file}: not a valid PEM certificate: ${e.message}`);
+    }
+  }
+  return pem;
+}
+
+// The channel's credentials; every file they need is read (and checked) before connecting.
+function channelCredentials(args) {
+  if (!args.tls) return grpc.credentials.createInsecure();
+  const ca = args.ca ? readCa(args.ca) : null;
+  const key = args.key ? readFlagFile(args.key, '--key') : null;
+  const cert = args.cert ? readFlagFile(args.cert, '--cert') : null;
+  try {
+    return grpc.credentials.createSsl(ca, key, cert);
+  } catch (e) {
+    // a key or certificate that is not PEM, or a key that is not the certificate's
+    throw new UsageError(`--cert ${args.cert} --key ${args.key}: ${e.message}`);
+  }
+}
+
+function makeClient(service, args) {
+  const target = toTarget(args.server);
+  let credentials = channelCredentials(args);
   if (args.token) {
-    if (!args.tls && !isLoopback(args.server)) {
+    if (!args.tls && !isLoopback(target)) {
       console.error('warning: sending a bearer token without TLS');
     }
     const bearer = grpc.credentials.createFromMetadataGenerator((_params, callback) => {
@@ -320,7 +371,7 @@ function makeClient(service, args) {
       },
     ],
   };
-  return new service.StyleTransferService(toTarget(args.server), credentials, {
+  return new service.StyleTransferService(target, credentials, {
     'grpc.max_receive_message_length': MAX_MESSAGE_BYTES,
     'grpc.max_send_message_length': MAX_MESSAGE_BYTES,
     'grpc.service_config': JSON.stringify(serviceConfig),
@@ -328,22 +379,47 @@ function makeClient(service, args) {
   });
 }
 
-function isLoopback(server) {
-  return /^(localhost|127\.|\[::1\]|ipv4:127\.)/.test(server);
+function isLoopback(target) {
+  return /^(localhost:|127\.|\[::1\]:|ipv4:127\.|ipv6:\[::1\]:)/.test(target);
+}
+
+// A target with a scheme: it goes to gRPC as it is.
+const URI_SCHEME = /^(dns|ipv4|ipv6|unix|unix-abstract|vsock):/;
+
+// host -> host:50051, [v6] and a bare v6 -> [v6]:50051 (gRPC would dial 443, or take a bare
+// one's last group for a port); host:port and [v6]:port are left as they are.
+function withPort(address) {
+  const text = address.trim();
+  if (!text) throw new UsageError('--server: no address given');
+  if (!text.includes(':') || (text.startsWith('[') && text.endsWith(']'))) {
+    return `${text}:${DEFAULT_PORT}`;
+  }
+  if (net.isIPv6(text)) return `[${text}]:${DEFAULT_PORT}`;
+  const colon = text.lastIndexOf(':');
+  const host = text.slice(0, colon);
+  const port = text.slice(colon + 1);
+  // gRPC would fail each connection with a port above 65535, well after the start
+  const plain = !host.includes(':') || host.startsWith('[');
+  if (plain && /^\d+$/.test(port) && !(Number(port) >= 1 && Number(port) <= 65535)) {
+    throw new UsageError(`--server ${text}: the port must lie in [1, 65535]`);
+  }
+  return text;
 }
 
 function toTarget(server) {
   // A target with a scheme (dns:///name:port, ipv4:a:p,b:p, unix:...) goes to gRPC as it is;
   // gRPC resolves a dns:/// name itself, every address of it (a headless Kubernetes Service).
-  if (/^(dns|ipv4|ipv6|unix|unix-abstract):/.test(server)) return server;
+  if (URI_SCHEME.test(server.trim())) return server.trim();
   const parts = server.split(',').map((s) => s.trim()).filter(Boolean);
-  if (parts.length < 2) return server;
+  if (parts.length === 0) throw new UsageError('--server: no address given');
+  if (parts.length === 1) return withPort(parts[0]);
+  for (let i = 0; i < parts.length; i++) parts[i] = withPort(parts[i]);
   // Several plain address:port become one ipv4:/ipv6: list that round_robin spreads jobs over.
   if (parts.every((p) => /^\d+\.\d+\.\d+\.\d+:\d+$/.test(p))) return `ipv4:${parts.join(',')}`;
   if (parts.every((p) => /^\[[0-9a-fA-F:.]+\]:\d+$/.test(p))) return `ipv6:${parts.join(',')}`;
   throw new UsageError(
-    'several --server addresses must all be IPv4:port or [IPv6]:port; for host names use ' +
-      'one dns:///name:port target',
+    'several --server addresses must all be IP addresses, IPv4[:port] or [IPv6][:port]; for ' +
+      'host names use one dns:///name:port target',
   );
 }
 
@@ -353,12 +429,55 @@ function callMetadata(args) {
   return metadata;
 }
 
-function readImage(file, what) {
-  try {
-    return fs.readFileSync(file);
-  } catch (e) {
-    throw new UsageError(`cannot read the ${what} image ${file}: ${e.code || e.message}`);
+// The formats the server decodes, by their first bytes.
+const SERVER_FORMATS = [
+  ['PNG', Buffer.from('89504e470d0a1a0a', 'hex')],
+  ['JPEG', Buffer.from('ffd8ff', 'hex')],
+  ['TIFF', Buffer.from('II*\0', 'latin1')],
+  ['TIFF', Buffer.from('MM\0*', 'latin1')],
+  ['TIFF', Buffer.from('II+\0', 'latin1')], // BigTIFF
+  ['TIFF', Buffer.from('MM\0+', 'latin1')],
+];
+
+// Formats the server does not read, named so that the message can say what the file is.
+function otherFormat(bytes) {
+  const head = bytes.subarray(0, 16).toString('latin1');
+  if (/^GIF8[79]a/.test(head)) return 'a GIF image';
+  // "BM", then the size of the header that follows the file's own 14 bytes
+  const bmpHeaders = [12, 40, 52, 56, 64, 108, 124];
+  if (head.startsWith('BM') && bytes.length >= 18 && bmpHeaders.includes(bytes.readUInt32LE(14))) {
+    return 'a BMP image';
   }
+  if (head.startsWith('RIFF') && head.slice(8, 12) === 'WEBP') return 'a WebP image';
+  if (head.slice(4, 8) === 'ftyp') {
+    const brand = head.slice(8, 12);
+    if (brand.startsWith('avi')) return 'an AVIF image';
+    if (['heic', 'heix', 'hevc', 'heim', 'heis', 'mif1', 'msf1'].includes(brand)) {
+      return 'a HEIF (HEIC) image';
+    }
+  }
+  if (head.startsWith('\x93NUMPY')) return 'a numpy array';
+  return null;
+}
+
+// An input image's bytes, sent as they are; a file the server could not decode (another
+// format, not an image at all) is refused here, before anything is sent, with its name.
+function readImage(file, what) {
+  let bytes;
+  try {
+    bytes = fs.readFileSync(file);
+  } catch (e) {
+    throw new UsageError(`cannot read the ${what} image ${file}: ${readFailure(e)}`);
+  }
+  if (bytes.length === 0) throw new UsageError(`${what} ${file}: the file is empty`);
+  if (SERVER_FORMATS.some(([, magic]) => bytes.subarray(0, magic.length).equals(magic))) {
+    return bytes;
+  }
+  const found = otherFormat(bytes);
+  throw new UsageError(
+    `${what} ${file}: ${found ? `${found}, ` : ''}not a PNG, JPEG or TIFF file, the formats ` +
+      'the server reads; convert it to PNG first',
+  );
 }
 
 function pngSize(bytes) {
@@ -394,7 +513,10 @@ function buildRequest(args) {
 }
 
 function deadlineOf(args) {
-  return args.timeout ? new Date(Date.now() + args.timeout * 1000) : Infinity;
+  if (!args.timeout) return Infinity;
+  const deadline = new Date(Date.now() + args.timeout * 1000);
+  // past the last date JavaScript has (some 270000 years): no deadline, not an invalid one
+  return Number.isNaN(deadline.getTime()) ? Infinity : deadline;
 }
 
 function info(client, args) {
@@ -410,17 +532,33 @@ function info(client, args) {
 }
 
 // Before the job: an output the result could not be written to is refused now, not after a
-// long run. Missing folders are made.
-function prepareOutput(file) {
+// long run, and so is one of the job's own input files, which the result would replace.
+// Missing folders are made.
+function prepareOutput(file, inputs) {
   let stat = null;
   try {
-    stat = fs.statSync(file);
+    stat = fs.statSync(file, { bigint: true });
   } catch {
     // absent: written at the end
   }
   if (stat && stat.isDirectory()) {
     throw new UsageError(`cannot write ${file}: it is a folder; give a file name`);
   }
+  inputs.forEach((input, i) => {
+    let other = null;
+    try {
+      other = fs.statSync(input, { bigint: true });
+    } catch {
+      return;
+    }
+    if (stat && other.dev === stat.dev && other.ino === stat.ino) {
+      const what = i === 0 ? 'the content image' : `style image ${i} (styles[${i - 1}])`;
+      throw new UsageError(
+        `cannot write ${file}: it is ${what}, which the result would replace; ` +
+          'give another file name',
+      );
+    }
+  });
   try {
     makeFolders(path.dirname(path.resolve(file)));
     // Opened to append, which changes nothing, and closed: what access() would allow (root
@@ -458,9 +596,7 @@ function writeResult(file, png) {
   }
 }
 
-function stylize(client, args) {
-  prepareOutput(args.output);
-  const request = buildRequest(args);
+function stylize(client, request, args) {
   return new Promise((resolve, reject) => {
     const call = client.Stylize(request, callMetadata(args), { deadline: deadlineOf(args) });
     let result = null;
@@ -537,7 +673,7 @@ async function main(argv) {
     args = parseArgs(argv);
   } catch (e) {
     if (e instanceof UsageError) {
-      console.error(`error: ${e.message}\n\n${USAGE}`);
+      console.error(`error: ${e.message} (node stylize.js --help lists the options)`);
       return 2;
     }
     throw e;
@@ -548,8 +684,15 @@ async function main(argv) {
   }
   let client;
   try {
+    // Everything the command line names is read and checked before connecting: the images,
+    // the output's place, then the address and the TLS files.
+    let request = null;
+    if (!args.info) {
+      request = buildRequest(args);
+      prepareOutput(args.output, args.inputs);
+    }
     client = makeClient(loadService(), args);
-    return await (args.info ? info(client, args) : stylize(client, args));
+    return await (args.info ? info(client, args) : stylize(client, request, args));
   } catch (e) {
     if (e instanceof UsageError) {
       console.error(`error: ${e.message}`);
@@ -571,9 +714,23 @@ async function main(argv) {
 }
 
 if (require.main === module) {
-  main(process.argv.slice(2)).then((code) => {
-    process.exitCode = code;
-  });
+  main(process.argv.slice(2)).then(
+    (code) => {
+      process.exitCode = code;
+    },
+    (e) => {
+      console.error(`error: ${e.message}`);
+      process.exitCode = 1;
+    },
+  );
 }
 
-module.exports = { parseArgs, buildRequest, toTarget };
+module.exports = {
+  parseArgs,
+  buildRequest,
+  readImage,
+  toTarget,
+  withPort,
+  UsageError,
+  DEFAULT_PORT,
+};
