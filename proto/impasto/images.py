@@ -271,7 +271,11 @@ def decode(
         bound = (
             PILImage.MAX_IMAGE_PIXELS if limit is None else min(limit, PILImage.MAX_IMAGE_PIXELS)
         )
-        raise ImageError(field, f"more than {bound} pixels (decompression bomb guard)") from exc
+        raise ImageError(
+            field,
+            f"more than {bound} pixels, the most this reader decodes (a guard against "
+            "decompression bombs): downscale the image",
+        ) from exc
     except PILImage.UnidentifiedImageError as exc:  # its text names Python's buffer object
         what = f"not {_named(formats)}" if formats else "not in an image format Pillow reads"
         raise ImageError(
