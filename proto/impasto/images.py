@@ -246,7 +246,7 @@ def decode(
         raise ImageError(field, "empty image bytes")
     if data.startswith(_PNG_SIGNATURE):
         header = _png_header(data, field)
-        if header is not None and header[2] == 16 and header[3] in (2, 6):
+        if header is not None and header[2] == 16 and header[3] in (2, 4, 6):
             _check_pixels(header[0], header[1], field, max_pixels)
             return _png16_decode(data, field)
     limit = max_pixels if max_pixels is not None else PILImage.MAX_IMAGE_PIXELS
@@ -260,6 +260,8 @@ def decode(
             image = PILImage.open(io.BytesIO(data), formats=formats)
             width, height = image.size  # the header only; nothing is decoded yet
             _check_pixels(height, width, field, limit)
+            if image.format == "TIFF" and 322 in image.tag_v2:  # TileWidth, TileLength
+                _check_tiles(height, width, image.tag_v2.get(323, 0), image.tag_v2[322], field)
             image.load()
             # Counting frames reads every frame's header, which may be the corrupt part.
             if getattr(image, "n_frames", 1) > 1:
@@ -413,7 +415,7 @@ _ADAM7 = ((0, 0, 8, 8), (4, 0, 8, 8), (0, 4, 4, 8), (2, 0, 4, 4), (0, 2, 2, 4), 
 
 def _png16_decode(data: bytes, field: str) -> np.ndarray:
     height, width, _depth, color, interlace = _png_header(data, field) or (0, 0, 0, 0, 0)
-    channels = 3 if color == 2 else 4
+    channels = {2: 3, 4: 2, 6: 4}[color]  # RGB, gray and alpha, RGBA
     bpp = channels * 2
     # Each pass's sub-image, filtered row by row on its own; one pass, the whole, if not
     # interlaced. Empty passes (a small image's) have no rows at all.
@@ -449,6 +451,8 @@ def _png16_decode(data: bytes, field: str) -> np.ndarray:
         start += scan.size
         out[y0::dy, x0::dx] = _unfilter(scan, field, bpp).reshape(rows, cols, bpp)
     array = out.reshape(height, width * bpp).view(">u2").reshape(height, width, channels)
+    if channels == 2:  # the wire has no two-channel form: RGBA, as Pillow's path reads LA
+        array = np.concatenate([array[:, :, :1]] * 3 + [array[:, :, 1:]], axis=2)
     return _upright(array.astype(np.uint16), orientation)
 
 
@@ -515,9 +519,11 @@ def _unfilter_diagonals(lines: np.ndarray, kinds: np.ndarray) -> np.ndarray:
 # ---------------------------------------------------------------- 16-bit and float colour TIFF
 
 _TIFF_SIGNATURES = (b"II*\0", b"MM\0*", b"II+\0", b"MM\0+")  # classic and BigTIFF
-# tifffile logs each bad tag of a corrupt file as a warning; the ImageError says it once.
-logging.getLogger("tifffile").setLevel(logging.ERROR)
-_TIFF_RGB = 2  # PhotometricInterpretation
+# tifffile logs each bad tag of a corrupt file (as an error, some of them): a client's bytes
+# would write lines in the server's log. The ImageError says what was wrong, once.
+logging.getLogger("tifffile").setLevel(logging.CRITICAL)
+_TIFF_GRAY = 1  # PhotometricInterpretation: MinIsBlack
+_TIFF_RGB = 2
 _TIFF_FLOAT = 3  # SampleFormat
 
 
@@ -537,25 +543,59 @@ def _tiff_wide_decode(data: bytes, field: str, limit: int | None) -> np.ndarray 
     tag is applied; an ICC profile is not (its pixels are taken as stored)."""
     try:
         with tifffile.TiffFile(io.BytesIO(data)) as tiff:
-            if len(tiff.pages) != 1:
-                return None  # Pillow's path refuses several frames
             page = tiff.pages[0]
+            try:
+                tiff.pages[1]  # read up to the second page only: a file may chain millions
+            except IndexError:
+                pass
+            else:
+                return None  # Pillow's path refuses several frames
             wide = page.bitspersample > 8 or page.sampleformat == _TIFF_FLOAT
-            if page.photometric != _TIFF_RGB or page.samplesperpixel not in (3, 4) or not wide:
+            gray_alpha = page.photometric == _TIFF_GRAY and page.samplesperpixel == 2
+            rgb = page.photometric == _TIFF_RGB and page.samplesperpixel in (3, 4)
+            if not wide or not (rgb or gray_alpha):
                 return None
             _check_pixels(page.imagelength, page.imagewidth, field, limit)
+            if page.imagedepth != 1:
+                raise ImageError(
+                    field, f"a volume of {page.imagedepth} planes: send one 2D picture"
+                )
+            if page.is_tiled:
+                _check_tiles(page.imagelength, page.imagewidth,
+                             page.tilelength, page.tilewidth * page.tiledepth, field)  # fmt: skip
             array = page.asarray()
-            tag = page.tags.get(_ORIENTATION)
+            orientation = _tiff_orientation(page.tags.get(_ORIENTATION))
     except ImageError:
         raise
     except Exception as exc:  # tifffile raises many types for corrupt data
         raise ImageError(field, f"cannot decode image bytes (TIFF): {exc}") from exc
     if page.axes.startswith("S"):  # planar: one plane per sample
         array = np.moveaxis(array, 0, -1)
+    if gray_alpha:  # the wire has no two-channel form: RGBA, as Pillow's path reads LA
+        array = np.concatenate([array[:, :, :1]] * 3 + [array[:, :, 1:]], axis=2)
     if array.dtype.kind == "f":
         array = array.astype(np.float32)
         if not np.isfinite(array).all():
             raise ImageError(field, "float pixels must be finite (no NaN or inf)")
     elif array.dtype != np.uint16:
         raise ImageError(field, f"{array.dtype} TIFF samples are not supported")
-    return _upright(as_array(array, field), int(tag.value) if tag is not None else 1)
+    return _upright(as_array(array, field), orientation)
+
+
+def _tiff_orientation(tag: Any) -> int:
+    """The orientation a TIFF's tag gives: 1 (as stored) for none, or for a malformed one."""
+    value = getattr(tag, "value", 1)
+    return value if isinstance(value, int) and 1 <= value <= 8 else 1
+
+
+def _check_tiles(height: int, width: int, tile_height: int, tile_width: int, field: str) -> None:
+    """A tiled TIFF's tile is inflated whole at its declared size, whatever the picture's: a
+    small file could declare a tiny picture of one huge tile. A tile may pass the picture's
+    edges (they are multiples of 16), not by more than a common tile's size."""
+    padded = (-(-height // 16) * 16) * (-(-width // 16) * 16)
+    if tile_height * tile_width > max(padded, 1 << 20):
+        raise ImageError(
+            field,
+            f"its tiles of {tile_height}x{tile_width} pixels are far larger than the "
+            f"{height}x{width} picture",
+        )

@@ -398,3 +398,58 @@ def test_a_palette_or_bilevel_mask_gives_its_labels(mode):
     np.testing.assert_array_equal(images.decode(out.getvalue(), labels=True), labels)
     # as a picture, its colours
     assert images.decode(out.getvalue()).ndim == (3 if mode == "P" else 2)
+
+
+def _tiff(array: np.ndarray, **written) -> bytes:
+    out = io.BytesIO()
+    tifffile.imwrite(out, array, **written)
+    return out.getvalue()
+
+
+@pytest.mark.parametrize("dtype", [np.uint8, np.uint16])
+def test_a_tiff_of_a_small_picture_in_one_huge_tile_is_refused_before_inflating(dtype):
+    """A tile is inflated whole, whatever the picture's size: 16x16 pixels declared in one
+    2048x2048 tile of 25 KB would take 25 MB (a 16384 px tile, 1.6 GB, from 1.5 MB)."""
+    picture = np.zeros((16, 16, 3), dtype)
+    data = _tiff(picture, photometric="rgb", tile=(2048, 2048), compression="zlib")
+    with pytest.raises(images.ImageError, match="tiles of 2048x2048 pixels are far larger"):
+        images.decode(data)
+    # tiles of a common size over a small picture are read as usual
+    stored = _random(dtype, (100, 60, 3))
+    tiled = _tiff(stored, photometric="rgb", tile=(256, 256), compression="zlib")
+    np.testing.assert_array_equal(images.decode(tiled), stored)
+
+
+def test_a_volume_tiff_and_a_malformed_orientation_tag():
+    volume = _tiff(np.zeros((4, 16, 16, 3), np.uint16), photometric="rgb", volumetric=True,
+                   tile=(16, 16))  # fmt: skip
+    with pytest.raises(images.ImageError, match="a volume of 4 planes"):
+        images.decode(volume)
+    stored = _random(np.uint16, (4, 6, 3))
+    for tag in [(0x0112, "H", 2, (6, 6), True), (0x0112, "s", 0, "x", True)]:
+        # read as stored (was a TypeError or ValueError: UNKNOWN on the server)
+        data = _tiff(stored, photometric="rgb", extratags=[tag])
+        np.testing.assert_array_equal(images.decode(data), stored)
+
+
+def test_16_bit_and_float_gray_with_alpha_is_read_whole_as_rgba():
+    """As 8-bit gray and alpha is (the wire has no two-channel form); a 16-bit PNG of it was
+    narrowed to 8 bits, a 16-bit or float TIFF of it refused as undecodable."""
+    for dtype in (np.uint16, np.float32):
+        stored = _random(dtype, (5, 7, 2))
+        data = _tiff(stored, photometric="minisblack", extrasamples=["unassalpha"])
+        decoded = images.decode(data)
+        assert decoded.dtype == dtype and decoded.shape == (5, 7, 4)
+        np.testing.assert_array_equal(decoded[:, :, :3], np.repeat(stored[:, :, :1], 3, axis=2))
+        np.testing.assert_array_equal(decoded[:, :, 3], stored[:, :, 1])
+    stored = _random(np.uint16, (5, 7, 2))
+    scan = np.concatenate(
+        [np.zeros((5, 1), np.uint8), stored.astype(">u2").view(np.uint8).reshape(5, -1)], axis=1
+    )
+    header = struct.pack(">IIBBBBB", 7, 5, 16, 4, 0, 0, 0)
+    png = (images._PNG_SIGNATURE + images._chunk(b"IHDR", header)
+           + images._chunk(b"IDAT", zlib.compress(scan.tobytes())) + images._chunk(b"IEND", b""))  # fmt: skip
+    decoded = images.decode(png)
+    assert decoded.dtype == np.uint16
+    np.testing.assert_array_equal(decoded[:, :, 0], stored[:, :, 0])
+    np.testing.assert_array_equal(decoded[:, :, 3], stored[:, :, 1])
