@@ -86,8 +86,8 @@ class ServerConfig:
     prepare_ahead: int | None = None
     #: Threads that prepare those jobs, each a different job.
     prepare_threads: int = 1
-    #: Seconds a job's stream may stay unread after the job ended before its call is
-    #: cancelled (a client that stopped reading would hold a server thread).
+    #: Seconds a job's stream may send nothing once the job ended before its call is
+    #: cancelled (a client that stopped reading would hold a server thread); 0: never.
     unread_grace_seconds: float = 60.0
 
 
@@ -344,6 +344,7 @@ class Server:
             # Watch streams are cancelled then.
             self._grpc.stop(2.0).wait()
         self.metrics.close()
+        self.service.close()
         self._stopped.set()
         log.info("stopped")
 

@@ -74,8 +74,9 @@ class ServiceConfig:
     #: Plain progress events sent per second per job at most (see ProgressPacing); 0: every
     #: iteration's.
     progress_rate: float = 0.0
-    #: Seconds a job's stream may stay open after the job ended (its last messages unread by
-    #: a client that stopped reading): then the call is cancelled, and its thread freed.
+    #: Seconds a job's stream may go without a message sent once the job ended (its last
+    #: messages unread by a client that stopped reading): then the call is cancelled, and its
+    #: thread freed. 0: never.
     unread_grace_seconds: float = 60.0
 
 
@@ -167,10 +168,16 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         self.metrics = metrics
         self.engine: Any = None  # set once the weights are loaded
         self.accepting = True
-        # The calls whose stream is open, watched for a client that stopped reading them.
-        self._open: dict[Job, grpc.ServicerContext] = {}
+        # The calls whose stream is open, and when each last sent a message, watched for a
+        # client that stopped reading them.
+        self._open: dict[Job, tuple[grpc.ServicerContext, list[float]]] = {}
         self._open_lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
+        self._closed = threading.Event()
+
+    def close(self) -> None:
+        """Stop watching streams (the server has shut down)."""
+        self._closed.set()
 
     def job_memory(self) -> int:
         """Bytes one job may use (0: unchecked)."""
@@ -326,9 +333,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
     def _stream(
         self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StylizeResponse]:
-        self._watch(job, context)
+        sent = self._watch(job, context)
         try:
-            yield from self._events(job, parsed, context)
+            for message in self._events(job, parsed, context):
+                yield message
+                sent[0] = time.monotonic()  # resumed: gRPC has sent it
         finally:
             # However the stream ended (gRPC drops it when a message cannot be sent), the job
             # stops with it; stopping one that ended is a no-op.
@@ -336,32 +345,36 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 self._open.pop(job, None)
             self.scheduler.cancel(job, _stop_reason(context, job))
 
-    def _watch(self, job: Job, context: grpc.ServicerContext) -> None:
+    def _watch(self, job: Job, context: grpc.ServicerContext) -> list[float]:
+        """Watch ``job``'s stream; returns the box of when it last sent a message."""
+        sent = [time.monotonic()]
+        grace = self.config.unread_grace_seconds
         with self._open_lock:
-            self._open[job] = context
-            if self._watchdog is None:
+            self._open[job] = (context, sent)
+            if self._watchdog is None and grace > 0:
                 self._watchdog = threading.Thread(
-                    target=self._cancel_unread, name="impasto-unread", daemon=True
+                    target=self._cancel_unread, args=(grace,), name="impasto-unread", daemon=True
                 )
                 self._watchdog.start()
+        return sent
 
-    def _cancel_unread(self) -> None:
-        """Cancel the calls whose job ended more than ``unread_grace_seconds`` ago but whose
-        stream is still open: a client that stopped reading (HTTP/2 flow control then holds the
-        last messages) would keep a server thread for as long as it stays connected."""
-        grace = self.config.unread_grace_seconds
-        while True:
-            time.sleep(min(1.0, grace / 4))
+    def _cancel_unread(self, grace: float) -> None:
+        """Cancel the calls whose job ended, and which have sent nothing, for more than
+        ``grace`` seconds, their stream still open: a client that stopped reading (HTTP/2 flow
+        control then holds the last messages) would keep a server thread for as long as it
+        stays connected. One that reads slowly goes on: each message sent restarts its time."""
+        while not self._closed.wait(min(1.0, grace / 4)):
             now = time.monotonic()
             with self._open_lock:
-                stale = [(job, context) for job, context in self._open.items()
-                         if job.finished is not None and now - job.finished > grace]  # fmt: skip
+                stale = [(job, context) for job, (context, sent) in self._open.items()
+                         if job.finished is not None
+                         and now - max(job.finished, sent[0]) > grace]  # fmt: skip
                 for job, _context in stale:
                     del self._open[job]
             for job, context in stale:
                 log.warning(
-                    "job=%s client=%s: its stream was not read to the end %.0fs after the job "
-                    "ended; the call is cancelled", job.id, job.client, grace,
+                    "job=%s client=%s: its stream was not read for %.0fs after the job ended; "
+                    "the call is cancelled", job.id, job.client, grace,
                 )  # fmt: skip
                 self.metrics.unread.inc()
                 context.cancel()

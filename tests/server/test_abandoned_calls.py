@@ -75,3 +75,23 @@ def test_a_stream_left_unread_after_its_job_ended_is_cancelled_after_the_grace(
         # a client that reads gets its result, the grace notwithstanding
         assert client.stylize(noise, [tiny_style], size=32, iterations=2, num_scales=1).result()
     assert server.metrics.unread._value.get() == 1
+
+
+def test_a_client_that_reads_its_stream_slowly_gets_its_result(
+    make_server, tiny_content, tiny_style
+):
+    """The grace counts from the last message sent, not from the job's end: a client on a
+    slow link still draining the previews held for it is not cut off."""
+    server = make_server(unread_grace_seconds=1.0, progress_rate=0)
+    noise = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
+    with Client(server.address, channel_options=window) as client:
+        job = client.stylize(noise, [tiny_style], size=96, iterations=40, num_scales=1,
+                             preview_interval=1, output_format="raw")  # fmt: skip
+        wait_until(lambda: _jobs(server, "ok") == 1, 60)
+        started = time.monotonic()
+        for _event in job:
+            time.sleep(0.4)  # each read frees the window for one more send
+        assert job.result().image.shape == (96, 96, 3)
+        assert time.monotonic() - started > 1.0  # read for longer than the grace
+    assert server.metrics.unread._value.get() == 0
