@@ -8,7 +8,9 @@ using it goes away, or at interpreter exit at the latest.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import threading
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -43,20 +45,27 @@ class ConnectionClosedError(RuntimeError):
     """The connection was closed (the widget went away) while it was being made."""
 
 
+class StaleConnectionError(ConnectionClosedError):
+    """Another server was chosen while this connection was being made; it was dropped."""
+
+
 class _LocalServers:
-    """The one local server of this process, shared by reference count."""
+    """The one local server of this process, shared by reference count: each claim is an
+    object of its holder's, released once. The last release stops the server in a background
+    thread (it may take seconds to exit, and releases come from the GUI thread)."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._server: LocalServer | None = None
         self._args: tuple[str, ...] = ()
-        self._users: set[int] = set()
+        self._users: set[object] = set()
+        self._stopping: list[threading.Thread] = []
         atexit.register(self.stop)
 
-    def acquire(self, user: int, args: tuple[str, ...]) -> str:
+    def acquire(self, claim: object, args: tuple[str, ...]) -> str:
         """The running server's address; starts it (blocking) when none runs."""
         with self._lock:
-            self._users.add(user)
+            self._users.add(claim)
             server = self._server
             if server is not None and (server.process is None or server.process.poll() is not None):
                 server.stop()  # it died: start a fresh one
@@ -65,27 +74,43 @@ class _LocalServers:
                 server.stop()
                 server = self._server = None
             if server is None:
-                server = LocalServer(extra_args=args)
-                server.start()  # raises LocalServerError with the log's tail
+                try:
+                    server = LocalServer(extra_args=args)
+                    server.start()  # raises LocalServerError with the log's tail
+                except BaseException:
+                    self._users.discard(claim)
+                    raise
                 self._server, self._args = server, args
             assert server.address is not None
             return server.address
 
-    def release(self, user: int) -> None:
+    def release(self, claim: object) -> None:
         with self._lock:
-            self._users.discard(user)
+            if claim not in self._users:
+                return
+            self._users.discard(claim)
             if self._users:
                 return
             server, self._server = self._server, None
-        if server is not None:
-            server.stop()
+            if server is None:
+                return
+            stopping = threading.Thread(
+                target=server.stop, name="impasto-local-server-stop", daemon=True
+            )
+            stopping.start()
+            self._stopping = [t for t in self._stopping if t.is_alive()] + [stopping]
 
     def stop(self) -> None:
+        """Stop the server now, and wait for those stopping in the background (at exit, so
+        that none is left running)."""
         with self._lock:
             server, self._server = self._server, None
             self._users.clear()
+            stopping, self._stopping = self._stopping, []
         if server is not None:
             server.stop()
+        for thread in stopping:
+            thread.join(timeout=30)
 
     @property
     def server(self) -> LocalServer | None:
@@ -95,73 +120,159 @@ class _LocalServers:
 LOCAL_SERVERS = _LocalServers()
 
 
+@dataclass(eq=False)
+class _Held:
+    """A client the connection made, the local-server claim it holds, and the jobs using it."""
+
+    client: Client
+    claim: object | None = None
+    jobs: int = 0
+    retired: bool = False  # replaced: closed once no job uses it
+
+
 class Connection:
-    """A client for the chosen server, made once per choice and reused between runs."""
+    """A client for the chosen server, made once per choice and reused between runs.
+
+    A connection being made (the local server starting takes seconds) may be overtaken by a
+    newer choice, or abandoned by a cancelled run: it then installs nothing and lets go of its
+    own claim, so it never closes the client the current choice uses. A client replaced while
+    a job streams through it is closed when that job ends."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
-        self._client: Client | None = None
+        self._current: _Held | None = None
         self._key: tuple[object, ...] | None = None
+        self._held: list[_Held] = []  # every client not closed yet: current and retired
+        self._wanted: tuple[object, ...] | None = None  # the choice asked for last
         self.address: str = ""
-        self._uses_local = False
         self._closes = 0  # how many times close() ran: a claim made across one is dropped
 
     def client(self, choice: ServerChoice) -> Client:
-        """Connect (starting the local server when needed); call from a worker thread."""
-        if choice.mode == "local":
-            with self._lock:
-                closes = self._closes
-            address = LOCAL_SERVERS.acquire(id(self), choice.local_args)  # seconds to start
-            with self._lock:
-                closed_meanwhile = self._closes != closes
-                if not closed_meanwhile:
-                    self._uses_local = True
-            if closed_meanwhile:
-                # close() ran while the server started, so it had no claim to release yet;
-                # release it now, or the server would run on with no user until exit.
-                LOCAL_SERVERS.release(id(self))
-                raise ConnectionClosedError("the connection was closed while the server started")
-            key: tuple[object, ...] = ("local", address)
-        else:
+        """Connect (starting the local server when needed); call from a worker thread.
+
+        Raises StaleConnectionError when another server was chosen meanwhile, and
+        ConnectionClosedError when the connection was closed meanwhile."""
+        remote = choice.mode == "remote"
+        if remote:
             address = choice.address.strip()
             if not address:
                 raise ValueError("enter the server's address, e.g. gpu-host:50051")
-            key = ("remote", address, choice.tls, choice.root_certificates, choice.token)
+            wanted: tuple[object, ...] = (
+                "remote", address, choice.tls, choice.root_certificates, choice.token,
+            )  # fmt: skip
+        else:
+            wanted = ("local", choice.local_args)
         with self._lock:
-            if self._client is not None and self._key == key:
-                return self._client
-            if self._client is not None:
-                self._client.close()
-            roots = None
-            if choice.mode == "remote" and choice.tls and choice.root_certificates:
-                try:
-                    roots = Path(choice.root_certificates).expanduser().read_bytes()
-                except OSError as exc:
-                    raise ValueError(
-                        f"cannot read the CA certificate {choice.root_certificates}: {exc}"
-                    ) from exc
-            remote = choice.mode == "remote"
-            self._client = Client(
-                address,
-                token=(choice.token or None) if remote else None,
-                tls=remote and choice.tls,
-                root_certificates=roots,
-            )
-            self._key = key
-            self.address = address
-            return self._client
+            self._wanted = wanted
+            closes = self._closes
+        claim: object | None = None
+        if remote:
+            key: tuple[object, ...] = wanted
+        else:
+            claim = object()
+            address = LOCAL_SERVERS.acquire(claim, choice.local_args)  # seconds to start
+            key = ("local", address, choice.local_args)
+        drop: list[_Held] = []
+        try:
+            with self._lock:
+                if self._closes != closes:
+                    # close() ran meanwhile, so it had no claim to release yet: release it
+                    # now, or the server would run on with no user until exit.
+                    raise ConnectionClosedError(
+                        "the connection was closed while the server started"
+                    )
+                if self._wanted != wanted:
+                    raise StaleConnectionError(
+                        f"another server was chosen while connecting to {choice.label}"
+                    )
+                current = self._current
+                if current is not None and self._key == key:
+                    return current.client  # our claim is released below: it has one
+                roots = None
+                if remote and choice.tls and choice.root_certificates:
+                    try:
+                        roots = Path(choice.root_certificates).expanduser().read_bytes()
+                    except OSError as exc:
+                        raise ValueError(
+                            f"cannot read the CA certificate {choice.root_certificates}: {exc}"
+                        ) from exc
+                held = _Held(
+                    Client(
+                        address,
+                        token=(choice.token or None) if remote else None,
+                        tls=remote and choice.tls,
+                        root_certificates=roots,
+                    ),
+                    claim,
+                )
+                claim = None  # the client holds it now
+                if current is not None:
+                    drop = self._retire(current)
+                self._held.append(held)
+                self._current, self._key = held, key
+                self.address = address
+                return held.client
+        finally:
+            if claim is not None:
+                LOCAL_SERVERS.release(claim)
+            _close(drop)
+
+    def _retire(self, held: _Held) -> list[_Held]:
+        """Take ``held`` out of use (the lock is held); returns it when it can close now."""
+        if held is self._current:
+            self._current, self._key = None, None
+        held.retired = True
+        if held.jobs:
+            return []  # closed when its last job ends
+        self._held.remove(held)
+        return [held]
+
+    @contextlib.contextmanager
+    def in_use(self, client: Client) -> Iterator[None]:
+        """While a job streams through ``client``: it is not closed unless close() runs."""
+        with self._lock:
+            held = next((h for h in self._held if h.client is client), None)
+            if held is not None:
+                held.jobs += 1
+        drop: list[_Held] = []
+        try:
+            yield
+        finally:
+            if held is not None:
+                with self._lock:
+                    held.jobs -= 1
+                    if held.retired and not held.jobs and held in self._held:
+                        self._held.remove(held)
+                        drop = [held]
+                _close(drop)
+
+    def release_local(self) -> None:
+        """The choice is no longer the local server: drop its client and this connection's
+        claim on it (it stops when no other widget uses it), now or once a job using it ends;
+        a local server still starting for this connection is released once it has started."""
+        with self._lock:
+            if self._wanted is not None and self._wanted[0] == "local":
+                self._wanted = None
+            current = self._current
+            drop = self._retire(current) if current is not None and current.claim else []
+        _close(drop)
 
     def close(self) -> None:
-        """Drop the client and this widget's claim on the local server (one being started
-        now is released once it has started). The connection can be used again later."""
+        """Drop every client, and this widget's claims on the local server (one being started
+        now is released once it has started), also under a running job: closing the channel
+        ends it. The connection can be used again later."""
         with self._lock:
-            client, self._client, self._key = self._client, None, None
-            uses_local, self._uses_local = self._uses_local, False
+            drop, self._held = self._held, []
+            self._current, self._key, self._wanted = None, None, None
             self._closes += 1
-        if client is not None:
-            client.close()
-        if uses_local:
-            LOCAL_SERVERS.release(id(self))
+        _close(drop)
+
+
+def _close(held: list[_Held]) -> None:
+    for each in held:
+        each.client.close()
+        if each.claim is not None:
+            LOCAL_SERVERS.release(each.claim)
 
 
 def describe_error(

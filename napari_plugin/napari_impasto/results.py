@@ -8,6 +8,7 @@ from typing import Any
 import numpy as np
 from impasto.client import Result
 from napari.layers import Image
+from napari.utils.notifications import show_info
 
 from napari_impasto import layers as layer_tools
 from napari_impasto.worker import PlaneDone, RunControl
@@ -40,6 +41,7 @@ class ActiveRun:
     worker: Any = None
     address: str = ""
     result_layer: Image | None = None
+    stack_data: np.ndarray | None = None  # a stack's result, slices filled in as they finish
     result_layers: int = 0
     previews: int = 0
 
@@ -52,7 +54,11 @@ def show_preview(viewer: Any, state: ActiveRun, plane: int, preview: np.ndarray)
     data = data.reshape((1,) * len(index) + data.shape)
     kwargs = image_kwargs(state, data, placement)
     layer = _layer(viewer, PREVIEW_LAYER)
-    if layer is not None and (layer.data.shape != data.shape or layer.rgb != kwargs["rgb"]):
+    if layer is not None and (
+        layer.data.shape != data.shape
+        or layer.data.dtype != data.dtype  # napari sets the contrast range from the dtype
+        or layer.rgb != kwargs["rgb"]
+    ):
         viewer.layers.remove(layer)
         layer = None
     if layer is None:
@@ -78,17 +84,24 @@ def add_plane_result(viewer: Any, state: ActiveRun, item: PlaneDone) -> None:
         data = image.reshape((1,) * len(item.index) + image.shape)
         _add_result_layer(viewer, state, data, placement, metadata)
     else:
-        if state.result_layer is None or state.result_layer not in viewer.layers:
-            # The whole stack's result appears at the first slice, then fills in.
+        # The whole stack's result appears at the first slice, then fills in. The run keeps
+        # the array, so a result layer deleted during the run comes back with every slice done.
+        if state.stack_data is None:
+            state.stack_data = np.zeros(state.lead + image.shape, dtype=image.dtype)
+        state.stack_data[item.index] = image
+        layer = state.result_layer
+        if layer is None or layer not in viewer.layers:
             placement = layer_tools.placement_of(
                 state.frame, None, image.shape[:2], state.plane_shape
             )
-            data = np.zeros(state.lead + image.shape, dtype=image.dtype)
-            data[item.index] = image
-            _add_result_layer(viewer, state, data, placement, metadata)
+            added = _add_result_layer(viewer, state, state.stack_data, placement, metadata)
+            if layer is not None:
+                show_info(
+                    f"impasto: the result layer {layer.name!r} was deleted during the run; it "
+                    f"is back as {added.name!r} with the slices done so far, and fills in as "
+                    "the run goes on"
+                )
         else:
-            layer = state.result_layer
-            layer.data[item.index] = image
             layer.metadata["impasto"] = metadata
             layer.refresh()
 
@@ -135,6 +148,8 @@ def image_kwargs(
         kwargs["contrast_limits"] = state.contrast_limits
     elif state.rendering.rgb:
         kwargs["contrast_limits"] = state.contrast_limits
+    else:  # grayscale through its colormap: uint8 RGB, as it was shown
+        kwargs["contrast_limits"] = (0.0, 255.0)
     return kwargs
 
 
@@ -145,7 +160,7 @@ def _layer(viewer: Any, name: str) -> Image | None:
 
 
 def _add_result_layer(viewer: Any, state: ActiveRun, data: np.ndarray, placement: Any,
-                      metadata: dict) -> None:  # fmt: skip
+                      metadata: dict) -> Image:  # fmt: skip
     """A new result layer (a run never overwrites an earlier one's)."""
     state.result_layer = viewer.add_image(
         data,
@@ -154,3 +169,4 @@ def _add_result_layer(viewer: Any, state: ActiveRun, data: np.ndarray, placement
         **image_kwargs(state, data, placement),
     )
     state.result_layers += 1
+    return state.result_layer

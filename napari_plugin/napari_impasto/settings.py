@@ -18,6 +18,10 @@ from typing import Any
 
 ENV_PATH = "IMPASTO_NAPARI_SETTINGS"
 ENV_TOKEN = "IMPASTO_TOKEN"
+#: The largest preview interval (iterations) the widget offers.
+PREVIEW_INTERVAL_MAX = 10_000
+_INT32_MAX = 2**31 - 1  # what a Qt spin box holds
+_UINT64_MAX = 2**64 - 1  # the wire's seed
 
 
 @dataclass
@@ -54,12 +58,28 @@ def load() -> PluginSettings:
     values: dict[str, Any] = {}
     defaults = PluginSettings()
     for name, value in raw.items():
-        # A value of the wrong type (a hand-edited file) falls back to the default.
-        if name in known and isinstance(value, type(getattr(defaults, name))):
+        # A value of the wrong type or out of range (a hand-edited file) falls back to the
+        # default.
+        if name not in known:
+            continue
+        default = getattr(defaults, name)
+        # (true is an int to isinstance, but no preview interval)
+        same_type = isinstance(value, type(default)) and (
+            isinstance(value, bool) == isinstance(default, bool)
+        )
+        check = _FIELD_CHECKS.get(name)
+        if same_type and (check is None or check(value)):
             values[name] = value
     if "options" in values:
         values["options"] = _valid_options(values["options"])
     return PluginSettings(**values)
+
+
+_FIELD_CHECKS: dict[str, Callable[[Any], bool]] = {
+    "mode": lambda v: v in ("local", "remote"),
+    "preview_interval": lambda v: 0 <= v <= PREVIEW_INTERVAL_MAX,
+    "stack_mode": lambda v: v in ("slice", "stack"),
+}
 
 
 def _is_number(value: Any) -> bool:
@@ -70,13 +90,15 @@ _OPTION_CHECKS: dict[str, Callable[[Any], bool]] = {
     "preset": lambda v: isinstance(v, str),
     "init": lambda v: isinstance(v, str),
     "color_preservation": lambda v: isinstance(v, str),
-    "size": lambda v: _is_number(v) and v == int(v) and v >= 1,
-    "iterations": lambda v: _is_number(v) and v == int(v) and v >= 1,
-    "num_scales": lambda v: _is_number(v) and v == int(v) and v >= 1,
+    "size": lambda v: _is_number(v) and v == int(v) and 1 <= v <= _INT32_MAX,
+    "iterations": lambda v: _is_number(v) and v == int(v) and 1 <= v <= _INT32_MAX,
+    "num_scales": lambda v: _is_number(v) and v == int(v) and 1 <= v <= _INT32_MAX,
     "content_weight": lambda v: _is_number(v) and v >= 0,
     "style_weight": lambda v: _is_number(v) and v >= 0,
     "tv_weight": lambda v: _is_number(v) and v >= 0,
-    "seed": lambda v: v is None or (isinstance(v, int) and not isinstance(v, bool) and v >= 0),
+    "seed": lambda v: (
+        v is None or (isinstance(v, int) and not isinstance(v, bool) and 0 <= v <= _UINT64_MAX)
+    ),
 }
 
 

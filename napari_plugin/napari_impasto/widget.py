@@ -41,14 +41,18 @@ from napari_impasto import settings as settings_store
 from napari_impasto.connection import Connection, ServerChoice
 from napari_impasto.results import PREVIEW_LAYER, ActiveRun
 from napari_impasto.worker import (
+    MAX_REGIONS_SHOWN,
     Connected,
     JobEvent,
     Outcome,
     PlaneDone,
     PlaneTask,
+    Regions,
     RunControl,
     RunPlan,
     check_server,
+    default_style,
+    preset_controls,
     run_plan,
 )
 
@@ -56,6 +60,9 @@ if TYPE_CHECKING:
     import napari
 
 BLEND = "blend of all styles"
+#: Masks up to this many pixels are counted on the GUI thread (a few ms); larger ones in the
+#: background.
+SYNC_COUNT_PIXELS = 1 << 20
 #: ServerInfo.token values that mean a job would be refused: (status line, notification).
 TOKEN_PROBLEMS = {
     "missing": ("token needed", "needs a bearer token: enter it in Token (or set IMPASTO_TOKEN)"),
@@ -130,8 +137,15 @@ class ImpastoWidget(QWidget):
         self.last_outcome: Outcome | None = None
         self.previews_shown = 0  # previews shown since the widget opened
         self._check_worker: Any = None
-        # Options the user chose (now or in an earlier session): server defaults leave them be.
+        self._count_worker: Any = None  # counting a large mask's labels
+        self._check_choice: ServerChoice | None = None  # what the check in progress asks
+        # Options the user chose (now or in an earlier session): server defaults leave them be,
+        # and only these are saved. Choosing a preset takes back the options it sets.
         self._user_options: set[str] = set(self.settings.options)
+        # Options set before a preset was chosen while the server had not answered yet (so
+        # which options the preset sets was not known): the preset's values replace those it
+        # sets once the server answers.
+        self._yield_to_preset: set[str] = set()
         self._applying = False
         self._layer_names: list[str] = []  # the layers' names at the last refresh
         self._viewer_events = False  # following the viewer's layers (attached below)
@@ -248,7 +262,7 @@ class ImpastoWidget(QWidget):
         self.num_scales = QSpinBox()
         self.num_scales.setToolTip("coarse-to-fine stages (sqrt(2) apart)")
         self.preview_interval = QSpinBox()
-        self.preview_interval.setRange(0, 10_000)
+        self.preview_interval.setRange(0, settings_store.PREVIEW_INTERVAL_MAX)
         self.preview_interval.setSpecialValueText("off")
         self.preview_interval.setToolTip("show a preview every N iterations")
         form.addRow("Preset", self.preset)
@@ -388,10 +402,17 @@ class ImpastoWidget(QWidget):
     def _remove_style_row(self, row: _StyleRow) -> None:
         if len(self.style_rows) <= 1:
             return  # a run needs at least one style
+        removed = self.style_rows.index(row)
+        # The regions keep their styles: those after the removed one move up a place, and the
+        # removed one's regions take the blend.
+        regions = {
+            label: index - (index > removed) if index != removed else -1
+            for label, index in self._region_choices().items()
+        }
         self.style_rows.remove(row)
         row.setParent(None)
         row.deleteLater()
-        self._refresh_regions()
+        self._fill_regions(regions)
 
     def _follow_mask(self, mask: Labels | None) -> None:
         """Follow the chosen mask's painting and data, which change its labels. (By name: a
@@ -412,50 +433,75 @@ class ImpastoWidget(QWidget):
         self._mask_edits += 1
         self._regions_timer.start()  # once the painting pauses
 
-    def _labels_of(self, mask: Labels) -> list[int]:
+    def _labels_of(self, mask: Labels) -> list[int] | None:
+        """The mask's labels as of its last edit; None while a large mask is being counted
+        in the background (the table fills in when it is done)."""
         key = (mask.name, self._mask_edits)
-        if self._mask_labels is None or self._mask_labels[0] != key:
-            try:
-                values = np.unique(np.asarray(layer_tools.base_data(mask)))
-                labels = [int(v) for v in values if v != 0]
-            except Exception:  # noqa: BLE001 - an odd Labels layer just gets no regions
-                labels = []
+        if self._mask_labels is not None and self._mask_labels[0] == key:
+            return self._mask_labels[1]
+        data = layer_tools.base_data(mask)
+        if int(np.prod(getattr(data, "shape", ()))) <= SYNC_COUNT_PIXELS:
+            self._mask_labels = (key, _labels_in(data))
+            return self._mask_labels[1]
+        if self._count_worker is None:
+            worker = create_worker(_labels_in, data, _start_thread=False)
+            worker.returned.connect(functools.partial(self._on_labels_counted, key))
+            worker.finished.connect(self._on_count_finished)
+            self._count_worker = worker
+            worker.start()
+        # else: the count under way ends in a refresh, which counts again for this edit
+        return None
+
+    def _on_labels_counted(self, key: tuple[str, int], labels: list[int]) -> None:
+        if self._viewer_events:  # else the panel was closed meanwhile
             self._mask_labels = (key, labels)
-        return self._mask_labels[1]
+
+    def _on_count_finished(self) -> None:
+        self._count_worker = None
+        if self._viewer_events:
+            self._refresh_regions()
 
     def _refresh_regions(self) -> None:
+        self._fill_regions(self._region_choices())
+
+    def _fill_regions(self, previous: dict[int, int]) -> None:
+        """The regions table again, keeping ``previous`` (label -> style index, -1: the
+        blend) for the labels it has."""
         mask = self._layer(self.mask.currentText(), Labels)
         if self._viewer_events or mask is None:
             self._follow_mask(mask)
-        previous = self.region_styles()
         self.regions.setRowCount(0)
         if mask is None:
             return
-        labels = self._labels_of(mask)
+        labels = self._labels_of(mask) or []
         styles = [row.layer.currentText() for row in self.style_rows]
-        for position, label in enumerate(labels[:64]):
+        for position, label in enumerate(labels[:MAX_REGIONS_SHOWN]):
             self.regions.insertRow(position)
             self.regions.setCellWidget(position, 0, QLabel(str(label)))
             choice = QComboBox()
             choice.addItem(BLEND, -1)
             for index, name in enumerate(styles):
                 choice.addItem(f"{index + 1}: {name}", index)
-            default = previous.get(label, (label - 1) % max(1, len(styles)))
+            default = previous.get(label, default_style(label, len(styles)))
             choice.setCurrentIndex(default + 1 if 0 <= default < len(styles) else 0)
             self.regions.setCellWidget(position, 1, choice)
 
     def region_styles(self) -> dict[int, int]:
         """label -> style index, for the labels not left to the blend."""
-        regions: dict[int, int] = {}
+        return {label: index for label, index in self._region_choices().items() if index >= 0}
+
+    def _region_choices(self) -> dict[int, int]:
+        """label -> style index, -1 for the blend: every row of the table."""
+        choices: dict[int, int] = {}
         for row in range(self.regions.rowCount()):
             label_widget = self.regions.cellWidget(row, 0)
             choice = self.regions.cellWidget(row, 1)
             if label_widget is None or choice is None:
                 continue
             index = choice.currentData()
-            if index is not None and index >= 0:
-                regions[int(label_widget.text())] = int(index)
-        return regions
+            if index is not None:
+                choices[int(label_widget.text())] = int(index)
+        return choices
 
     def _layer(self, name: str, kind: type) -> Any:
         if name and name in self.viewer.layers:
@@ -483,9 +529,16 @@ class ImpastoWidget(QWidget):
         for widget in (self.address, self.tls, self.root_certificates, self.token):
             widget.setEnabled(remote)
         self.server_info = None
-        self.server_status.setText(
-            "not checked" if remote else "starts on this machine at the first run"
-        )
+        self.server_status.setText(self._unchecked_text())
+        if remote:
+            # The local server (running, or still starting for a cancelled run or a check)
+            # stops unless another panel uses it.
+            self.connection.release_local()
+
+    def _unchecked_text(self) -> str:
+        if self.mode.currentData() == "remote":
+            return "not checked"
+        return "starts on this machine at the first run"
 
     def server_choice(self) -> ServerChoice:
         return ServerChoice(
@@ -501,10 +554,11 @@ class ImpastoWidget(QWidget):
         """Ask the server for its health, device and queue (in the background)."""
         if self._check_worker is not None:
             return
-        self._save_settings(self.settings.options)
+        self._save_settings()
         self.server_status.setText("checking…")
+        self._check_choice = self.server_choice()
         worker = create_worker(
-            check_server, self.connection, self.server_choice(), _start_thread=False
+            check_server, self.connection, self._check_choice, _start_thread=False
         )
         worker.returned.connect(self._on_checked)
         worker.finished.connect(self._on_check_finished)
@@ -518,6 +572,11 @@ class ImpastoWidget(QWidget):
         if not self._viewer_events:
             return  # the panel was closed meanwhile (which closed the connection)
         health, address, info = answer
+        if health == "STALE" or self.server_choice() != self._check_choice:
+            # another server was chosen meanwhile: this answer is not about it
+            if self.server_status.text() == "checking…":
+                self.server_status.setText(self._unchecked_text())
+            return
         if health == "ERROR":
             self.server_status.setText("unreachable")
             show_error(address)
@@ -540,6 +599,10 @@ class ImpastoWidget(QWidget):
             f"{info.running_jobs} running, {info.queued_jobs} queued · v{info.version}{token}"
         )
         if first:
+            if self._yield_to_preset:
+                self._user_options -= self._yield_to_preset & preset_controls(info)
+                self._yield_to_preset = set()
+                self._save_settings()
             self._apply_allowed(info.allowed)
             defaults = {**FALLBACK_DEFAULTS, **info.defaults}
             if "preset" in self._user_options:  # chosen before the server answered
@@ -573,7 +636,12 @@ class ImpastoWidget(QWidget):
 
     def _track_user_edits(self) -> None:
         def mark(name: str) -> Any:
-            return lambda *_: None if self._applying else self._user_options.add(name)
+            def user_set(*_: Any) -> None:
+                if not self._applying:
+                    self._user_options.add(name)
+                    self._yield_to_preset.discard(name)
+
+            return user_set
 
         for spin, name in (
             (self.size, "size"),
@@ -594,6 +662,7 @@ class ImpastoWidget(QWidget):
             (self.color_preservation, "color_preservation"),
         ):
             combo.activated.connect(mark(name))  # activated: the user's choice only
+        self.preset.activated.connect(self._on_preset_chosen)
 
     def _apply_defaults(self, values: dict[str, Any]) -> None:
         if "preset" in values:
@@ -628,10 +697,22 @@ class ImpastoWidget(QWidget):
                     set_value(values[name])
 
     def _on_preset_changed(self) -> None:
-        presets = self.server_info.presets if self.server_info else {}
-        values = presets.get(self.preset.currentText())
-        if values:
-            self._set_options(values)
+        """The controls take the preset's values where it differs from another preset (the
+        size, say, stays)."""
+        info = self.server_info
+        values = info.presets.get(self.preset.currentText()) if info is not None else None
+        if info is not None and values:
+            controls = preset_controls(info)
+            self._set_options({k: v for k, v in values.items() if k in controls})
+
+    def _on_preset_chosen(self, *_: Any) -> None:
+        """The user chose a preset: the options it sets are the preset's again, not the user's
+        (until the user sets them anew)."""
+        if self.server_info is None:
+            self._yield_to_preset = self._user_options - {"preset"}
+        else:
+            self._user_options -= preset_controls(self.server_info)
+            self._yield_to_preset = set()
 
     def _on_init_changed(self) -> None:
         self.init_layer.setEnabled(self.init.currentText() == "image")
@@ -640,8 +721,10 @@ class ImpastoWidget(QWidget):
         """Set option controls by option name (size=64, iterations=5, ...)."""
         if "preset" in values:
             self.preset.setCurrentText(str(values["preset"]))
+            self._on_preset_chosen()
         self._set_options(values)
         self._user_options.update(values)
+        self._yield_to_preset -= values.keys()
 
     def options(self) -> dict[str, Any]:
         """The options for the server, read from the controls (ValueError names a bad one)."""
@@ -689,13 +772,18 @@ class ImpastoWidget(QWidget):
         self.run_button.setEnabled(not running)
         self.cancel_button.setEnabled(running)
 
-    def _save_settings(self, options: dict[str, Any]) -> None:
+    def _save_settings(self, options: dict[str, Any] | None = None) -> None:
+        """Save the server choice and the options the user set (``options``: their values now;
+        the saved ones otherwise). Server defaults are not saved: they may change, and a preset
+        chosen later must not meet them as the user's choices."""
         s = self.settings
+        if options is None:
+            options = s.options
         s.mode = self.mode.currentData() or "local"
         s.address = self.address.text().strip()
         s.tls = self.tls.isChecked()
         s.root_certificates = self.root_certificates.text().strip()
-        s.options = {k: v for k, v in options.items() if v is not None}
+        s.options = {k: v for k, v in options.items() if v is not None and k in self._user_options}
         s.preview_interval = self.preview_interval.value()
         s.stack_mode = self.stack_mode.currentData() or "slice"
         s.apply_colormap = self.apply_colormap.isChecked()
@@ -769,19 +857,9 @@ class ImpastoWidget(QWidget):
         else:
             indices = [layer_tools.current_index(content, self.viewer.dims.point)]
         mask = self._layer(self.mask.currentText(), Labels)
-        if mask is not None:
-            # its labels as they are now: edits made in code (layer.data[...] = ...) send no
-            # event, and the table then lists no region for a new label
-            self._mask_edits += 1
-            self._refresh_regions()
-            labels = self._labels_of(mask)
-            if labels and (labels[0] < 0 or labels[-1] > 65535):
-                raise layer_tools.LayerError(
-                    f"the mask {mask.name!r} has labels outside 0..65535 (the wire's uint16)"
-                )
-        regions = self.region_styles() if mask is not None else {}
-        if not regions:
-            mask = None
+        # The table's choices; the worker reads the labels of the planes it sends (edits made
+        # in code send no event), and a label the table lacks takes its default style.
+        regions = self._region_choices() if mask is not None else {}
         shape = layer_tools.plane_shape(content)
         # The worker reads the planes one by one, from the arrays as they are now: napari
         # replaces layer.data on assignment, so these references keep what Run saw without
@@ -819,6 +897,7 @@ class ImpastoWidget(QWidget):
             style_weights=weights if len(set(weights)) > 1 else None,
             region_styles=regions,
             options=options,
+            yield_to_preset=frozenset(self._yield_to_preset & options.keys()),
             init_image=init_image,
             preview_interval=interval,
             preview_size=0,
@@ -830,7 +909,7 @@ class ImpastoWidget(QWidget):
             rendering=rendering,
             style_names=names,
             mask_name=mask.name if mask is not None else None,
-            region_styles=regions,
+            region_styles={},  # the worker says which regions it sends
             stack=stack,
             indices=indices,
             style_weights=weights,
@@ -855,13 +934,29 @@ class ImpastoWidget(QWidget):
         state = self.run_state
         if state is None or not self._viewer_events:
             return  # nothing runs, or the panel was closed: no more layers from this run
-        if isinstance(item, Connected):
+        if isinstance(item, Regions):
+            self._on_regions(state, item)
+        elif isinstance(item, Connected):
             state.address = item.address
             self._on_server_info(item.address, item.info)
         elif isinstance(item, JobEvent):
             self._on_job_event(state, item)
         elif isinstance(item, PlaneDone):
             self._on_plane_done(state, item)
+
+    def _on_regions(self, state: ActiveRun, item: Regions) -> None:
+        """The labels the run found: the result's metadata says which regions went, and the
+        table lists the labels it lacked (an edit made in code sends no event)."""
+        mask_name = state.mask_name
+        state.region_styles = dict(item.region_styles)
+        if not item.region_styles:
+            state.mask_name = None  # the mask was not sent
+        cached = self._mask_labels
+        if cached is not None and cached[0][0] == mask_name:
+            labels = sorted(set(cached[1]) | set(item.labels))
+            if labels != cached[1]:
+                self._mask_labels = (cached[0], labels)
+                self._refresh_regions()
 
     def _on_job_event(self, state: ActiveRun, item: JobEvent) -> None:
         event = item.event
@@ -1001,6 +1096,15 @@ def _fill(
         if others:
             combo.setCurrentText(others[0])
     combo.blockSignals(False)
+
+
+def _labels_in(data: Any) -> list[int]:
+    """The labels (not 0) in a Labels layer's data, sorted."""
+    try:
+        values = np.unique(np.asarray(data))
+    except Exception:  # noqa: BLE001 - an odd Labels layer just gets no regions
+        return []
+    return [int(v) for v in values if v != 0]
 
 
 def _duration(seconds: float) -> str:

@@ -10,13 +10,18 @@ from __future__ import annotations
 
 import threading
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any, TypeVar
 
 import numpy as np
 from impasto.client import Client, ImpastoError, Job, Progress, Queued, Result, ServerInfo, Started
 
-from napari_impasto.connection import Connection, ServerChoice, describe_error
+from napari_impasto.connection import (
+    Connection,
+    ServerChoice,
+    StaleConnectionError,
+    describe_error,
+)
 
 
 @dataclass(frozen=True)
@@ -28,13 +33,27 @@ class PlaneTask:
     mask: Callable[[], np.ndarray] | None = None
 
 
+#: The regions table lists at most this many labels (the server's default limit of regions).
+MAX_REGIONS_SHOWN = 64
+
+
+def default_style(label: int, styles: int) -> int:
+    """The style a label gets until the user chooses: the styles in turn."""
+    return (label - 1) % max(1, styles)
+
+
 @dataclass(frozen=True)
 class RunPlan:
     tasks: list[PlaneTask]
     styles: list[np.ndarray]
     style_weights: list[float] | None
+    # The regions table's choices: label -> style index, -1 for the blend. A label the table
+    # lacks (added in code, which sends no event) takes its default_style.
     region_styles: dict[int, int]
     options: dict[str, Any]
+    # Options set before the preset was chosen, sent before the server had answered: the
+    # preset's values replace those the preset sets (known once connected).
+    yield_to_preset: frozenset[str] = frozenset()
     init_image: np.ndarray | None = None
     preview_interval: int = 0
     preview_size: int = 0
@@ -49,6 +68,14 @@ class RunPlan:
 class Connected:
     address: str
     info: ServerInfo
+
+
+@dataclass(frozen=True)
+class Regions:
+    """The labels the mask's planes hold, and label -> style index for those sent as regions."""
+
+    labels: list[int]
+    region_styles: dict[int, int]
 
 
 @dataclass(frozen=True)
@@ -100,7 +127,7 @@ class RunControl:
 
 def run_plan(
     plan: RunPlan, connection: Connection, choice: ServerChoice, control: RunControl
-) -> Iterator[Connected | JobEvent | PlaneDone]:
+) -> Iterator[Regions | Connected | JobEvent | PlaneDone]:
     done = 0
     where = choice.label
     job: Job | None = None
@@ -112,53 +139,72 @@ def run_plan(
         return client, client.server_info(timeout=10)
 
     try:
+        # The mask's labels, read here rather than in the GUI thread: counting them across a
+        # large stack takes seconds. A label outside the wire's range fails the run now,
+        # before any slice.
+        regions, present = plan_regions(plan, lambda: control.cancelled)
+        if control.cancelled:
+            return Outcome("cancelled", "cancelled", done)
+        if present:
+            yield Regions(sorted(set().union(*present)), regions)
         connected = _unless_cancelled(connect, control)
         if connected is None:
             return Outcome("cancelled", "cancelled", done)
         client, info = connected
-        yield Connected(connection.address, info)
-        previous: np.ndarray | None = None
-        count = len(plan.tasks)
-        for number, task in enumerate(plan.tasks):
-            job = None
-            if control.cancelled:
-                return Outcome("cancelled", "cancelled", done)
-            content = task.content()
-            mask = task.mask() if task.mask is not None else None
-            options = dict(plan.options)
-            init_image = plan.init_image
-            if plan.chain_init and previous is not None:
-                options["init"] = "image"
-                init_image = previous
-            regions: dict[int, int] = {}
-            if mask is not None:
-                present = set(np.unique(mask).tolist())
-                # A label absent from this plane of the stack has no region here.
-                regions = {k: v for k, v in plan.region_styles.items() if k in present}
-                if not regions:
-                    mask = None
-            job = client.stylize(
-                content,
-                plan.styles,
-                style_weights=plan.style_weights,
-                mask=mask,
-                region_styles=regions or None,
-                init_image=init_image if options.get("init") == "image" else None,
-                preview_interval=plan.preview_interval,
-                preview_size=plan.preview_size,
-                **options,
+        if plan.yield_to_preset:
+            controls = preset_controls(info)
+            plan = replace(
+                plan,
+                options={
+                    k: v
+                    for k, v in plan.options.items()
+                    if k not in plan.yield_to_preset or k not in controls
+                },
             )
-            control.attach(job)
-            try:
-                for event in job:
-                    if isinstance(event, Result):
-                        previous = event.image
-                        done += 1
-                        yield PlaneDone(number, count, task.index, event)
-                    else:
-                        yield JobEvent(number, count, event)
-            finally:
-                control.attach(None)
+        # A newer choice's connection never closes the client under this run's jobs.
+        with connection.in_use(client):
+            yield Connected(connection.address, info)
+            previous: np.ndarray | None = None
+            count = len(plan.tasks)
+            for number, task in enumerate(plan.tasks):
+                job = None
+                if control.cancelled:
+                    return Outcome("cancelled", "cancelled", done)
+                content = task.content()
+                mask = task.mask() if task.mask is not None and regions else None
+                options = dict(plan.options)
+                init_image = plan.init_image
+                if plan.chain_init and previous is not None:
+                    options["init"] = "image"
+                    init_image = previous
+                here: dict[int, int] = {}
+                if mask is not None:
+                    # A label absent from this plane of the stack has no region here.
+                    here = {k: v for k, v in regions.items() if k in present[number]}
+                    if not here:
+                        mask = None
+                job = client.stylize(
+                    content,
+                    plan.styles,
+                    style_weights=plan.style_weights,
+                    mask=mask,
+                    region_styles=here or None,
+                    init_image=init_image if options.get("init") == "image" else None,
+                    preview_interval=plan.preview_interval,
+                    preview_size=plan.preview_size,
+                    **options,
+                )
+                control.attach(job)
+                try:
+                    for event in job:
+                        if isinstance(event, Result):
+                            previous = event.image
+                            done += 1
+                            yield PlaneDone(number, count, task.index, event)
+                        else:
+                            yield JobEvent(number, count, event)
+                finally:
+                    control.attach(None)
         return Outcome("done", "", done)
     except ImpastoError as error:
         if control.cancelled:
@@ -178,6 +224,38 @@ def run_plan(
         return Outcome("failed", describe_error(error, where), done)
 
 
+def plan_regions(
+    plan: RunPlan, cancelled: Callable[[], bool] = lambda: False
+) -> tuple[dict[int, int], list[set[int]]]:
+    """(label -> style index for the labels sent as regions, the labels of each plane's
+    mask); reads every plane's mask (LayerError for one that cannot be sent). Stops early
+    (with the planes read so far) once ``cancelled()``."""
+    if not plan.tasks or plan.tasks[0].mask is None:
+        return {}, []
+    present = []
+    for task in plan.tasks:
+        if cancelled():
+            break
+        mask = task.mask()  # type: ignore[misc]  # uint16
+        present.append({int(v) for v in np.flatnonzero(np.bincount(mask.ravel()))} - {0})
+    regions: dict[int, int] = {}
+    for label in sorted(set().union(*present))[:MAX_REGIONS_SHOWN]:
+        style = plan.region_styles.get(label, default_style(label, len(plan.styles)))
+        if 0 <= style < len(plan.styles):
+            regions[label] = style
+    return regions, present
+
+
+def preset_controls(info: ServerInfo) -> set[str]:
+    """The options a preset sets: those in which some preset differs from the defaults."""
+    return {
+        name
+        for values in info.presets.values()
+        for name, value in values.items()
+        if name != "preset" and info.defaults.get(name) != value
+    }
+
+
 _T = TypeVar("_T")
 
 
@@ -188,7 +266,8 @@ def _unless_cancelled(call: Callable[[], _T], control: RunControl) -> _T | None:
     Connecting can block for seconds with nothing to cancel yet (a local server starting, a
     server that accepts connections but does not answer), so it runs in a helper thread that is
     left to finish on its own after a cancel: its call ends at its own timeout, and a local
-    server it started stays for the next run."""
+    server it started stays for the next run, unless another server was chosen meanwhile
+    (then it only lets go of its own claim: see Connection)."""
     outcome: list[Any] = []
     finished = threading.Event()
 
@@ -213,11 +292,14 @@ def _unless_cancelled(call: Callable[[], _T], control: RunControl) -> _T | None:
 def check_server(
     connection: Connection, choice: ServerChoice
 ) -> tuple[str, str, ServerInfo | None]:
-    """(health, address, info) for the status line; never raises (an error becomes the text)."""
+    """(health, address, info) for the status line; never raises (an error becomes the text).
+    Health "STALE": another server was chosen while this one was being reached."""
     try:
         client = connection.client(choice)
         health = client.health(timeout=3)
         info = client.server_info(timeout=5) if health == "SERVING" else None
         return health, connection.address, info
+    except StaleConnectionError:
+        return "STALE", "", None
     except Exception as error:  # noqa: BLE001 - shown to the user
         return "ERROR", describe_error(error, choice.label, tls=choice.remote_tls), None

@@ -10,6 +10,7 @@ from impasto import images
 from napari.layers import Image, Labels
 from napari_helpers import add_content_and_style
 from napari_impasto import layers as lt
+from napari_impasto.widget import BLEND
 
 
 def test_contrast_limits_map_to_the_wire_range_and_back() -> None:
@@ -142,3 +143,35 @@ def test_renaming_a_layer_renames_it_in_every_choice(
     removed.name = "elsewhere"
     viewer.add_image(tiny_style, name="late", rgb=True).name = "later"
     assert _items(widget.content) == ["photo", "later"]
+
+
+def test_removing_a_style_keeps_each_regions_style(dock: Any) -> None:
+    viewer, widget = dock()
+    picture = np.zeros((16, 16, 3), np.uint8)
+    for name in ("content", "A", "B", "C"):
+        viewer.add_image(picture, name=name, rgb=True)
+    labels = np.zeros((16, 16), np.uint8)
+    labels[:, :8], labels[:, 8:], labels[0, 0] = 1, 2, 3
+    viewer.add_labels(labels, name="cells")
+    widget.content.setCurrentText("content")
+    widget.style_rows[0].layer.setCurrentText("A")
+    widget.add_style_row("B")
+    widget.add_style_row("C")
+    widget.mask.setCurrentText("cells")
+
+    def table() -> dict[int, str]:
+        cell, rows = widget.regions.cellWidget, range(widget.regions.rowCount())
+        return {int(cell(row, 0).text()): cell(row, 1).currentText() for row in rows}
+
+    for row, style in enumerate((1, 2, -1)):  # 1 -> B, 2 -> C, 3 -> the blend of all
+        choice = widget.regions.cellWidget(row, 1)
+        choice.setCurrentIndex(choice.findData(style))
+    assert widget.region_styles() == {1: 1, 2: 2}
+    widget.style_rows[0].remove.click()  # A goes: B and C move up
+    assert table() == {1: "1: B", 2: "2: C", 3: BLEND}
+    assert widget.region_styles() == {1: 0, 2: 1}
+    widget.style_rows[0].remove.click()  # B goes: its region takes the blend
+    assert table() == {1: BLEND, 2: "1: C", 3: BLEND}
+    viewer.add_points([[1, 1]])  # the table is made again: the choices stay
+    assert table() == {1: BLEND, 2: "1: C", 3: BLEND}
+    assert widget.region_styles() == {2: 0}

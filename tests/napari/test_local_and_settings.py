@@ -118,3 +118,88 @@ def test_a_preset_chosen_before_the_server_answers_is_the_servers(
     assert widget.options()["iterations"] == paper["iterations"]
     assert widget.options()["init"] == paper["init"]
     assert widget.options()["size"] == 32
+
+
+def _choose_preset(widget: Any, name: str) -> None:
+    index = widget.preset.findText(name)
+    widget.preset.setCurrentIndex(index)
+    widget.preset.activated.emit(index)  # the user's choice
+
+
+def test_only_the_users_options_are_saved_and_a_later_preset_sets_its_own(
+    napari_server: Any, make_napari_viewer: Any, qtbot: Any, plugin_settings: Any,
+    tiny_content: Any, tiny_style: Any,
+) -> None:  # fmt: skip
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    use_remote(widget, napari_server.address)
+    widget.preview_interval.setValue(0)
+    widget.set_options(size=32, iterations=2, num_scales=2, seed=7)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    for _ in range(2):  # the second run reads controls the server's defaults filled in
+        widget.run()
+        assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    saved = json.loads(plugin_settings.read_text())["options"]
+    assert saved == {"size": 32, "iterations": 2, "num_scales": 2, "seed": 7}
+
+    # The next session: the paper preset, chosen before the server answered, then 3
+    # iterations. The number of scales set earlier is one the preset sets: the preset's wins.
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    _choose_preset(widget, "paper")
+    widget.set_options(iterations=3)
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    paper = widget.server_info.presets["paper"]
+    (result,) = [layer for layer in viewer.layers if "impasto" in layer.metadata]
+    used = result.metadata["impasto"]["settings"]
+    assert used["preset"] == "paper"
+    for name in ("init", "num_scales", "pooling"):
+        assert used[name] == paper[name], name
+    assert used["iterations"] == 3 and used["seed"] == 7
+    assert widget.num_scales.value() == paper["num_scales"]
+    saved = json.loads(plugin_settings.read_text())["options"]
+    assert saved == {"preset": "paper", "size": 32, "iterations": 3, "seed": 7}
+
+
+def test_choosing_a_preset_takes_back_the_options_it_sets(
+    napari_server: Any, dock: Any, qtbot: Any, plugin_settings: Any
+) -> None:
+    _, widget = dock(napari_server)  # size 32, 4 iterations, 1 scale, seed 7
+    widget.check_server()
+    qtbot.waitUntil(lambda: widget.server_info is not None, timeout=30_000)
+    _choose_preset(widget, "paper")
+    paper = widget.server_info.presets["paper"]
+    options = widget.options()
+    assert options["iterations"] == paper["iterations"] and options["init"] == paper["init"]
+    assert options["size"] == 32  # the size is no preset's: the user's stays
+    widget._save_settings(options)
+    saved = json.loads(plugin_settings.read_text())["options"]
+    assert saved == {"preset": "paper", "size": 32, "seed": 7}
+    _choose_preset(widget, "default")
+    default = widget.server_info.presets["default"]
+    assert widget.options()["num_scales"] == default["num_scales"]
+    assert widget.options()["size"] == 32
+
+
+@pytest.mark.parametrize(
+    "bad",
+    [
+        {"preview_interval": 3_000_000_000},  # past what the control holds
+        {"preview_interval": -1},
+        {"preview_interval": True},
+        {"stack_mode": "cube"},
+        {"options": {"seed": 2**70}},  # past the wire's uint64
+        {"options": {"iterations": 2**40}},
+    ],
+)
+def test_an_out_of_range_setting_falls_back_to_its_default(
+    bad: dict[str, Any], plugin_settings: Any, make_napari_viewer: Any
+) -> None:
+    plugin_settings.write_text(json.dumps({"address": "gpu-host:1", **bad}))
+    _, widget = make_napari_viewer().window.add_plugin_dock_widget("impasto", "impasto")
+    assert widget.preview_interval.value() == 10
+    assert widget.stack_mode.currentData() == "slice"
+    assert widget.options() == {}  # nothing the user set: the server's defaults apply
+    assert widget.address.text() == "gpu-host:1"  # the rest still loads

@@ -9,6 +9,8 @@ import numpy as np
 import pytest
 from impasto.client import Client, Started
 from napari_helpers import add_content_and_style, wait_for_run
+from napari_impasto import widget as widget_module
+from napari_impasto.worker import plan_regions
 
 
 def _result_layers(viewer: Any) -> list[Any]:
@@ -311,9 +313,9 @@ def test_a_mask_painted_after_it_was_chosen_gives_its_regions(
     labels.paint((5, 5), 1, refresh=True)  # the brush, as a user paints
     labels.data_setitem((np.arange(30, 40), np.full(10, 40)), 2)
     qtbot.waitUntil(lambda: widget.region_styles() == {1: 0, 2: 1}, timeout=5_000)
-    labels.data[0, 0] = 3  # changed in code: no event, but Run reads the labels again
+    labels.data[0, 0] = 3  # changed in code: no event, but the run reads the labels again
     plan, _ = widget._plan()
-    assert plan.region_styles == {1: 0, 2: 1, 3: 0}
+    assert plan_regions(plan)[0] == {1: 0, 2: 1, 3: 0}
     assert plan.tasks[0].mask is not None
 
 
@@ -328,13 +330,14 @@ def test_a_mask_stack_over_a_2d_content_sends_the_plane_shown(
     viewer.dims.set_point(0, 3)
     widget.mask.setCurrentText("cells")
     plan, _ = widget._plan()
-    assert plan.region_styles == {1: 0}
+    assert plan_regions(plan)[0] == {1: 0}
     np.testing.assert_array_equal(plan.tasks[0].mask(), stack[3])
 
 
 def test_a_mask_with_labels_past_uint16_is_refused_at_run(
-    napari_server: Any, dock: Any, tiny_content: np.ndarray, tiny_style: np.ndarray
-) -> None:
+    napari_server: Any, dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray,
+    notifications: list[Any],
+) -> None:  # fmt: skip
     """Not at the slice that holds them, after the slices before it ran."""
     viewer, widget = dock(napari_server)
     _stack_with_style(viewer, widget, np.stack([tiny_content[..., 0]] * 3), tiny_style)
@@ -343,6 +346,14 @@ def test_a_mask_with_labels_past_uint16_is_refused_at_run(
     labels[2, -5:] = 70_000
     viewer.add_labels(labels, name="cells")
     widget.mask.setCurrentText("cells")
+    widget.run()
+    outcome = wait_for_run(qtbot, widget)
+    assert outcome.status == "failed" and outcome.planes_done == 0
+    assert "labels outside 0..65535" in outcome.message
+    assert _result_layers(viewer) == []
+    assert any("labels outside 0..65535" in n.message for n in notifications)
+    viewer.dims.set_point(0, 2)  # the slice that holds them, run alone: refused at Run
+    widget.stack_mode.setCurrentIndex(widget.stack_mode.findData("slice"))
     with pytest.raises(ValueError, match=r"labels outside 0\.\.65535"):
         widget._plan()
 
@@ -396,3 +407,88 @@ def test_a_masks_labels_are_found_once_per_edit_not_at_each_layer_change(
     labels.data = np.full((3, *tiny_content.shape[:2]), 2, np.uint8)  # an edit: found again
     widget._refresh_regions()
     assert len(counted) == 1 and widget.region_styles() == {2: 0}
+
+
+def test_a_reused_preview_layer_is_drawn_as_the_new_runs_result(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray
+) -> None:
+    """A grayscale layer through its colormap gives uint8 RGB, drawn at 0..255 whatever the
+    preview layer showed before (a float RGB at 0..1, or a uint8 RGB at its own limits)."""
+    viewer, widget = dock(napari_server, iterations=2)
+    widget.preview_interval.setValue(1)
+    y, x = np.mgrid[:32, :32]
+    rgb = np.stack([x / 31, y / 31, (x + y) / 62], -1).astype(np.float32)
+    viewer.add_image(rgb, name="rgb float", rgb=True)
+    viewer.add_image((rgb * 255).astype(np.uint8), name="rgb", rgb=True, contrast_limits=(10, 200))
+    viewer.add_image((x * 8).astype(np.uint8), name="gray", colormap="magma")
+    viewer.add_image(tiny_style, name="style", rgb=True)
+    widget.style_rows[0].layer.setCurrentText("style")
+    for before in ("rgb float", "rgb"):
+        widget.apply_colormap.setChecked(False)
+        widget.content.setCurrentText(before)
+        widget.run()
+        assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+        widget.apply_colormap.setChecked(True)
+        widget.content.setCurrentText("gray")
+        widget.run()
+        assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+        preview = viewer.layers["impasto preview"]
+        assert preview.rgb and preview.data.dtype == np.uint8
+        assert tuple(preview.contrast_limits) == pytest.approx((0.0, 255.0)), before
+        assert tuple(_result_layers(viewer)[-1].contrast_limits) == pytest.approx((0.0, 255.0))
+
+
+def test_a_stack_result_deleted_during_the_run_comes_back_with_its_slices(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray, notifications: list[Any]
+) -> None:
+    viewer, widget = dock(napari_server, iterations=10, size=24)
+    _stack_with_style(viewer, widget, _ramps(), tiny_style)
+    widget.run()
+    qtbot.waitUntil(lambda: "slice 2/3" in widget.status.text(), timeout=60_000)
+    (deleted,) = _result_layers(viewer)
+    assert deleted.data[0].std() > 0  # the first slice is done
+    viewer.layers.remove(deleted)
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    (result,) = _result_layers(viewer)
+    assert all(result.data[z].std() > 0 for z in range(3))  # none left blank
+    assert result.metadata["impasto"]["slices_done"] == 3
+    assert any("was deleted during the run" in n.message for n in notifications)
+
+
+def test_a_large_masks_labels_are_counted_off_the_gui_thread(
+    napari_server: Any, dock: Any, qtbot: Any, tiny_style: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """Counting the labels of a large Labels volume takes seconds: the GUI thread never
+    counts more than the plane it sends (here every mask counts as large)."""
+    import threading
+
+    monkeypatch.setattr(widget_module, "SYNC_COUNT_PIXELS", 100, raising=False)
+    viewer, widget = dock(napari_server, iterations=2, size=24)
+    _stack_with_style(viewer, widget, _ramps(), tiny_style)
+    viewer.add_image(255 - tiny_style, name="style 2", rgb=True)
+    widget.add_style_row("style 2")
+    labels = np.zeros((3, 24, 24), np.int32)
+    labels[:, :, :12], labels[:, :, 12:] = 1, 2
+    layer = viewer.add_labels(labels, name="cells")
+    on_gui: list[tuple[int, ...]] = []
+    unique = np.unique
+
+    def watched(array: Any, *args: Any, **kwargs: Any) -> Any:
+        if threading.current_thread() is threading.main_thread():
+            on_gui.append(np.shape(array))
+        return unique(array, *args, **kwargs)
+
+    monkeypatch.setattr(np, "unique", watched)
+    widget.mask.setCurrentText("cells")
+    qtbot.waitUntil(lambda: widget.region_styles() == {1: 0, 2: 1}, timeout=10_000)
+    for _ in range(2):
+        widget._plan()
+    assert on_gui == []
+    layer.data[1, 0, 0] = 3  # changed in code (no event): the run finds it
+    widget.run()
+    assert wait_for_run(qtbot, widget).status == "done", widget.last_outcome
+    assert on_gui == []
+    (result,) = _result_layers(viewer)
+    assert result.metadata["impasto"]["region_styles"] == {1: 0, 2: 1, 3: 0}
+    assert widget.region_styles() == {1: 0, 2: 1, 3: 0}  # the table lists it now

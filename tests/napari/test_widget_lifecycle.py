@@ -43,7 +43,7 @@ def test_closing_the_panel_mid_run_cancels_the_job(
     viewer.window.remove_dock_widget(widget)
     qtbot.waitUntil(lambda: _running_jobs(napari_server.address) == 0, timeout=10_000)
     assert wait_for_run(qtbot, widget, timeout=30).status == "cancelled"
-    assert connection._client is None  # the channel was closed
+    assert connection._current is None and connection._held == []  # the channel was closed
     qtbot.wait(500)
     assert _result_layers(viewer) == []
 
@@ -136,4 +136,57 @@ def test_closing_the_viewer_while_the_local_server_starts_stops_it(
     (process,) = processes
     # It stops once it has started, rather than running until the interpreter exits.
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=60_000)
+    assert LOCAL_SERVERS.server is None
+
+
+def _slow_to_stop(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
+    """LocalServer.stop takes 3 s more (a server freeing a large GPU's memory); returns the
+    list of the processes it has stopped."""
+    from impasto.local import LocalServer
+
+    stopped: list[Any] = []
+    real_stop = LocalServer.stop
+
+    def slow_stop(server: Any) -> Any:
+        process = server.process
+        time.sleep(3)
+        code = real_stop(server)
+        stopped.append(process)
+        return code
+
+    monkeypatch.setattr(LocalServer, "stop", slow_stop)
+    return stopped
+
+
+def test_letting_go_of_the_local_server_does_not_block_the_viewer(
+    make_napari_viewer: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    """Closing the panel mid-run, or choosing Remote, stops the local server in the
+    background: the GUI thread does not wait for it to exit."""
+    stopped = _slow_to_stop(monkeypatch)
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    widget.set_options(size=32, iterations=100_000, num_scales=1)
+    widget.preview_interval.setValue(0)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=120_000)
+    process = LOCAL_SERVERS.server.process
+    started = time.monotonic()
+    viewer.window.remove_dock_widget(widget)
+    assert time.monotonic() - started < 1.5
+    assert wait_for_run(qtbot, widget, timeout=30).status == "cancelled"
+    qtbot.waitUntil(lambda: stopped == [process], timeout=30_000)
+    assert process.poll() is not None and LOCAL_SERVERS.server is None
+
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    widget.set_options(iterations=2)
+    widget.run()
+    assert wait_for_run(qtbot, widget, timeout=120).status == "done", widget.last_outcome
+    process = LOCAL_SERVERS.server.process
+    started = time.monotonic()
+    use_remote(widget, "127.0.0.1:1")  # the local server is no longer wanted
+    assert time.monotonic() - started < 1.5
+    qtbot.waitUntil(lambda: stopped[-1:] == [process], timeout=30_000)
     assert LOCAL_SERVERS.server is None
