@@ -10,7 +10,10 @@ import grpc
 import numpy as np
 import pytest
 from impasto.client import Client, ImpastoError
-from job_watch import LONG, wait_until
+from job_watch import LONG, SHORT, wait_until
+
+# A small window of a fixed size: a few previews fill it.
+_SMALL_WINDOW = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
 
 
 class _CheckedSlowly:
@@ -29,6 +32,13 @@ class _CheckedSlowly:
         self.checking.set()
         self.go_on.wait(10)
         return self._engine.validate(*args, **kwargs)
+
+
+def _previewed(client, style):
+    """A job with a raw 96 px preview at every iteration: far more than the window holds."""
+    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
+    return client.stylize(noise, [style], size=96, iterations=40, num_scales=1,
+                          preview_interval=1, output_format="raw")  # fmt: skip
 
 
 def _jobs(server, outcome: str) -> float:
@@ -60,20 +70,15 @@ def test_a_stream_left_unread_after_its_job_ended_is_cancelled_after_the_grace(
     """A client that stops reading fills HTTP/2's window: the server's send then waits for
     as long as the client stays connected, holding one of the server's threads."""
     server = make_server(unread_grace_seconds=1.0, progress_rate=0)
-    noise = np.random.default_rng(0).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    # a small window, of a fixed size: the few previews below fill it
-    window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
-    with Client(server.address, channel_options=window) as client:
-        # raw 96 px previews at every iteration: far more than the window holds
-        job = client.stylize(noise, [tiny_style], size=96, iterations=40, num_scales=1,
-                             preview_interval=1, output_format="raw")  # fmt: skip
+    with Client(server.address, channel_options=_SMALL_WINDOW) as client:
+        job = _previewed(client, tiny_style)
         wait_until(lambda: _jobs(server, "ok") == 1, 60)  # ended, never read
         wait_until(lambda: server.metrics.unread._value.get() == 1, 10)
         with pytest.raises(ImpastoError) as ended:
             job.result()  # what the window held, then the cancel
         assert ended.value.code == grpc.StatusCode.CANCELLED
         # a client that reads gets its result, the grace notwithstanding
-        assert client.stylize(noise, [tiny_style], size=32, iterations=2, num_scales=1).result()
+        assert client.stylize(tiny_content, [tiny_style], **SHORT).result()
     assert server.metrics.unread._value.get() == 1
 
 
@@ -83,11 +88,8 @@ def test_a_client_that_reads_its_stream_slowly_gets_its_result(
     """The grace counts from the last message sent, not from the job's end: a client on a
     slow link still draining the previews held for it is not cut off."""
     server = make_server(unread_grace_seconds=1.0, progress_rate=0)
-    noise = np.random.default_rng(1).integers(0, 256, (96, 96, 3), dtype=np.uint8)
-    window = [("grpc.http2.bdp_probe", 0), ("grpc.http2.lookahead_bytes", 16384)]
-    with Client(server.address, channel_options=window) as client:
-        job = client.stylize(noise, [tiny_style], size=96, iterations=40, num_scales=1,
-                             preview_interval=1, output_format="raw")  # fmt: skip
+    with Client(server.address, channel_options=_SMALL_WINDOW) as client:
+        job = _previewed(client, tiny_style)
         wait_until(lambda: _jobs(server, "ok") == 1, 60)
         started = time.monotonic()
         for _event in job:
