@@ -600,7 +600,14 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     stop.wait()
     server.shutdown()
-    return 0
+    # Everything is stopped, the logs flushed: the process ends here, without the interpreter's
+    # teardown, in which a thread of a C++ extension's could still be running (gRPC's, torch's)
+    # and abort the exit ("terminate called without an active exception", status -6 instead
+    # of 0, in about 1 of 15 SIGTERMs under load).
+    logging.shutdown()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(0)
 
 
 if __name__ == "__main__":
