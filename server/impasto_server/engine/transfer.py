@@ -133,7 +133,7 @@ class Engine:
         cache_bytes: int = 256 << 20,
         job_memory_bytes: int | None = None,
         cuda_graphs: bool | None = None,
-        capturable_lbfgs: bool = False,
+        capturable_lbfgs: bool | None = None,
         overlap: bool = True,
         graphs_keep_cache: bool = False,
     ) -> None:
@@ -156,9 +156,14 @@ class Engine:
             raise EngineError("cuda_graphs", f"CUDA graphs need a CUDA device, not {device}")
         # Each batch's pass replayed as a CUDA graph (see graphs.py): by default on a GPU.
         self.cuda_graphs = self._device.type == "cuda" if cuda_graphs is None else cuda_graphs
-        # L-BFGS steps with no host value (lbfgs.py, capturable): with CUDA graphs, recorded
-        # in the pass's graph. Off until a GPU run shows it pays (benchmarks/gpu.py, graphs).
-        self.capturable_lbfgs = capturable_lbfgs
+        # L-BFGS steps with no host value (lbfgs.py, capturable), recorded in the pass's graph:
+        # by default wherever the passes are recorded. An H200 ran a 512 px L-BFGS stage at
+        # 2.53 and 2.55 ms an iteration with the step in the graph against 2.77 and 2.86
+        # without, in two runs (1024 px: 1.01 and 1.03x slower; benchmarks/gpu.py, graphs).
+        # Without graphs it only adds work: each step reads the whole history.
+        self.capturable_lbfgs = (
+            self.cuda_graphs if capturable_lbfgs is None else capturable_lbfgs
+        )  # fmt: skip
         # Recordings that leave the allocator's cache as it is (graphs.PassGraphs): off, as
         # torch does it, until a GPU run says which pays (benchmarks/gpu.py, server-more).
         self.graphs_keep_cache = graphs_keep_cache
@@ -179,6 +184,12 @@ class Engine:
         # iteration at 8192 px came after 239 s (how much of that was autotuning: not measured).
         if self._cuda:
             net = net.to(self._device, memory_format=torch.channels_last)
+            # torch loads its CUDA linear algebra on the first call, and that load is not
+            # thread-safe (pytorch#90613): L-BFGS jobs starting at once in several threads
+            # (--max-running) failed with "lazy wrapper should be called at most once" on an
+            # H200. One triangular solve (what the L-BFGS step uses) loads it now.
+            one = torch.ones(1, 1, device=self._device)
+            torch.linalg.solve_triangular(one, one, upper=True)
         self.net = net
         self.weights_name = (
             weights
