@@ -45,7 +45,7 @@
    overlapped Adam iterations (and one client so), without jobs prepared ahead, with 2048 px
    photographs (prepared ahead by one thread, by four, and not ahead), with each job a new
    2048 px style, with CUDA graphs the other way, with recordings that keep the allocator's
-   cache the other way (1 and 16 clients), and once with the job worker under cProfile.
+   cache the other way (1 and 16 clients), and once with the job worker's parts timed.
 8. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 9. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -66,6 +66,7 @@ import logging
 import os
 import statistics
 import sys
+import threading
 import time
 import traceback
 from collections.abc import Callable
@@ -99,6 +100,13 @@ def tf32(enabled: bool):
 
 def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
                      iterations: int, warmup: int) -> float:  # fmt: skip
+    return first_and_ms(engine, content, style, size, precision, iterations, warmup)[1]
+
+
+def first_and_ms(engine: Engine, content, style, size: int, precision: str,
+                 iterations: int, warmup: int) -> tuple[float, float]:  # fmt: skip
+    """Seconds from the job's start to its first iteration, and ms per iteration after the
+    warm-up (the median), of a one-scale default job."""
     options = StyleOptions.from_preset(
         "default", size=size, iterations=warmup + iterations, num_scales=1, precision=precision,
         seed=0,
@@ -107,7 +115,7 @@ def ms_per_iteration(engine: Engine, content, style, size: int, precision: str,
         ev.elapsed for ev in engine.run(content, [style], options) if isinstance(ev, Progress)
     ]
     timed = np.diff(stamps[warmup - 1 :])
-    return float(np.median(timed) * 1000.0)
+    return float(stamps[0]), float(np.median(timed) * 1000.0)
 
 
 def largest_square(engine: Engine, content, style, start: int, limit: int, precision: str,
@@ -329,18 +337,33 @@ def graphed_ms(engine: Engine, size: int, precision: str, passes: int) -> tuple[
     return eager_ms, timed(replay)
 
 
-def compiled_ms(engine: Engine, content, style, size: int, precision: str, iterations: int,
-                warmup: int, mode: str | None = None) -> float | None:  # fmt: skip
+def compiled_runs(engine: Engine, content, style, sizes: tuple[int, ...], iterations: int,
+                  warmup: int, mode: str | None, dynamic: bool) -> str:  # fmt: skip
+    """The network under torch.compile (a fresh compiler cache), one bfloat16 job at each side
+    in turn: seconds to its first iteration (compiling, where the shape is new to it) and ms
+    per iteration."""
     plain = engine.net
     try:
         torch._dynamo.reset()
-        engine.net = torch.compile(plain, dynamic=False, mode=mode)
-        return ms_per_iteration(engine, content, style, size, precision, iterations, warmup)
+        engine.net = torch.compile(plain, dynamic=dynamic, mode=mode)
+        runs = [
+            first_and_ms(engine, content, style, side, "bfloat16", iterations, warmup)
+            for side in sizes
+        ]  # fmt: skip
     except Exception as exc:  # noqa: BLE001 - a missing compiler is a result, not a crash
         print(f"torch.compile failed: {exc!r}"[:200])
-        return None
+        return "failed"
     finally:
         engine.net = plain
+        torch._dynamo.reset()
+    return runs_text(sizes, runs)
+
+
+def runs_text(sizes: tuple[int, ...], runs: list[tuple[float, float]]) -> str:
+    return "; ".join(
+        f"{side} px: first iteration at {first:.1f} s, {ms:.2f} ms/iter"
+        for side, (first, ms) in zip(sizes, runs, strict=True)
+    )  # fmt: skip
 
 
 def autotune_part(engine: Engine, rows: Rows, content, style) -> None:
@@ -384,7 +407,7 @@ def profile_part(engine: Engine, rows: Rows, content, style) -> None:
                 "default", size=512, iterations=iterations, num_scales=1,
                 precision="bfloat16", seed=0,
             )  # fmt: skip
-            with graph_failures(), graphs_set(engine, graphed):
+            with graph_failures(), graphs_set(engine, graphed, graphed):
                 for _event in engine.run(content, [style], options):  # warm
                     pass
                 with profile(activities=[ProfilerActivity.CPU, ProfilerActivity.CUDA]) as prof:
@@ -665,9 +688,10 @@ class Rows(list):
 def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """Jobs per minute with 1, 4 and 16 clients, Adam, each job alone and batched up to the
     GPU default (GPU_MAX_BATCH), and 16 clients batched up to twice that (which decides the
-    default: run 3's batches above 8 were slower, each size new to cuDNN's autotuner, off
-    since); then the default preset's L-BFGS jobs at 16 clients, alone and batched
-    (--batch-lbfgs). One client's batch is a batch of one: not run."""
+    default: 1.10, 1.10 and 0.95x of it in runs 6 to 8); then the default preset's L-BFGS jobs
+    at 16 clients, alone and batched (--batch-lbfgs), and batched with each L-BFGS step outside
+    the pass's graph (the default before run 7; with CUDA graphs only). One client's batch is a
+    batch of one: not run."""
     from impasto_server.app import GPU_MAX_BATCH
 
     row, many = server_rows(engine, rows, toy)
@@ -677,6 +701,8 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     row(many, 2 * GPU_MAX_BATCH)
     row(many, 1, "lbfgs")
     row(many, GPU_MAX_BATCH, "lbfgs")
+    if engine.cuda_graphs:  # the default records the steps with the passes since run 7
+        row(many, GPU_MAX_BATCH, "lbfgs", step_outside=True)
 
 
 def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
@@ -686,7 +712,7 @@ def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
     2048 px, prepared ahead by one thread, by four and not ahead; with each job a 2048 px style
     of its own; with CUDA graphs the other way from the engine's default; with recordings that
     keep the allocator's cache the other way from the engine's default (Engine.graphs_keep_cache),
-    one client and 16; and the job worker's time under cProfile."""
+    one client and 16; and the job worker's time, part by part."""
     from impasto_server.app import GPU_MAX_BATCH
 
     row, many = server_rows(engine, rows, toy)
@@ -726,7 +752,8 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
         server_throughput(engine, 1, 2, size, its, 1)
 
     def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False,
-            overlap: bool = True, keep_cache: bool | None = None, **config):  # fmt: skip
+            overlap: bool = True, keep_cache: bool | None = None, step_outside: bool = False,
+            **config):  # fmt: skip
         nonlocal base
         graphs = engine.cuda_graphs != other_graphs  # the engine's default unless told other
         how = f"batched (up to {batch})" if batch > 1 else "alone"
@@ -737,6 +764,8 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
                 ", recordings empty the allocator's cache")  # fmt: skip
         if not overlap:
             how += ", each pass read before the next (no overlap)"
+        if step_outside:
+            how += ", each L-BFGS step outside the graph"
         if "progress_rate" in config:
             how += f", --progress-rate {config['progress_rate']:g}"
         if "input_side" in config:
@@ -755,7 +784,8 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             check = graph_failures() if asks else contextlib.nullcontext()
             kept = engine.graphs_keep_cache if keep_cache is None else keep_cache
             with (
-                check, graphs_set(engine, graphs), engine_set(engine, "overlap", overlap),
+                check, graphs_set(engine, graphs, graphs and not step_outside),
+                engine_set(engine, "overlap", overlap),
                 engine_set(engine, "graphs_keep_cache", kept),
             ):  # fmt: skip
                 jpm, mean_batch = server_throughput(
@@ -769,71 +799,102 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
     return row, many
 
 
-#: What worker_time sums, by (file name, function name) as cProfile names them, and where a
-#: third name is given, only its calls from that function (an overlapped Adam step, which
-#: _iterate calls itself, not through PreparedRun.step).
-WORKER_PARTS = {
-    "prepare": [("scheduler.py", "prepared")],  # made now, or waited for: made ahead
-    "stages": [("transfer.py", "begin_stage"), ("transfer.py", "end_stage")],
-    "passes": [("transfer.py", "_launch")],
-    "reads": [("~", "<method 'tolist' of 'torch._C.TensorBase' objects>"),
-              ("streams.py", "synchronize")],
-    "recordings": [("graphs.py", "_record")],
-    "steps": [("transfer.py", "_adam_together"), ("transfer.py", "step"),
-              ("transfer.py", "report"), ("transfer.py", "advance", "_iterate")],
-    "results": [("transfer.py", "result")],
-    "events": [("scheduler.py", "put"), ("scheduler.py", "finish")],
-}  # fmt: skip
+def worker_parts() -> dict[str, list[tuple[Any, str]]]:
+    """What worker_time times, part by part: the functions (owner, attribute) whose calls in the
+    job worker's thread make each part, each counted once where it nests in another of its part
+    (PreparedRun.step holds a _Stage.advance; one called otherwise is an overlapped Adam step,
+    which _iterate takes itself)."""
+    from impasto_server import scheduler
+    from impasto_server.engine import graphs, transfer
+
+    return {
+        "prepare": [(scheduler.Job, "prepared")],  # made now, or waited for: made ahead
+        "stages": [(transfer.PreparedRun, "begin_stage"), (transfer.PreparedRun, "end_stage")],
+        "passes": [(transfer.Engine, "_launch")],
+        "reads": [(torch.Tensor, "tolist"), (torch.cuda.Event, "synchronize")],
+        "recordings": [(graphs.PassGraphs, "_record")],
+        "steps": [(transfer, "_adam_together"), (transfer.PreparedRun, "step"),
+                  (transfer.PreparedRun, "report"), (transfer._Stage, "advance")],
+        "results": [(transfer.PreparedRun, "result")],
+        "events": [(scheduler.Outbox, "put"), (scheduler.Outbox, "finish")],
+    }  # fmt: skip
+
+
+@contextlib.contextmanager
+def timing_calls(parts: dict[str, list[tuple[Any, str]]], thread: list[int | None]):
+    """Each part's seconds in the thread whose ident ``thread[0]`` holds, its functions
+    replaced by timed ones for the while. (cProfile cannot do it: from Python 3.12 it profiles
+    every thread once enabled, and the server's other threads' calls mixed with the worker's.)"""
+    spent = dict.fromkeys(parts, 0.0)
+    depth = dict.fromkeys(parts, 0)
+    saved: list[tuple[Any, str, Any]] = []
+
+    def timed(part: str, function: Callable[..., Any]) -> Callable[..., Any]:
+        @functools.wraps(function)
+        def call(*args, **kwargs):
+            if threading.get_ident() != thread[0] or depth[part]:
+                return function(*args, **kwargs)
+            depth[part] += 1
+            start = time.perf_counter()
+            try:
+                return function(*args, **kwargs)
+            finally:
+                spent[part] += time.perf_counter() - start
+                depth[part] -= 1
+
+        return call
+
+    try:
+        for part, targets in parts.items():
+            for owner, name in targets:
+                saved.append((owner, name, owner.__dict__.get(name)))
+                setattr(owner, name, timed(part, getattr(owner, name)))
+        yield spent
+    finally:
+        for owner, name, own in reversed(saved):
+            if own is None:
+                delattr(owner, name)  # inherited (Tensor.tolist): the base's again
+            else:
+                setattr(owner, name, own)
 
 
 def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
                 batch: int) -> str:  # fmt: skip
     """Where the server's job worker spends a batch (one more run of the ``clients`` row,
-    batched, under cProfile in the worker thread alone): its wall time per batch iteration, how
-    much of the row's time it was busy (the rest it waited for jobs), and each part's share,
-    "passes" their launch (and a graph's recording), "reads" the wait for each pass's losses.
-    cProfile slows the Python parts, so the row's own jobs/min is not comparable to the
-    others'."""
-    import cProfile
-    import pstats
-
+    batched, each part's functions timed in the worker thread alone): its wall time per batch
+    iteration, how much of the row's time it was busy (the rest it waited for jobs), and each
+    part's share, "passes" their launch (and a graph's recording), "reads" the wait for each
+    pass's losses. The timing costs a little host time, so the row's own jobs/min is a little
+    below the others'."""
     from impasto_server.service import StyleTransferService
 
-    profile = cProfile.Profile()
     own = StyleTransferService._run_batch
     batches: list[int] = []
+    whole = [0.0]
+    worker: list[int | None] = [None]
 
     def profiled(self, jobs):  # the worker thread: max_running is 1 when batched
         batches.append(len(jobs))
-        profile.enable()
+        worker[0] = threading.get_ident()
+        start = time.perf_counter()
         try:
             return own(self, jobs)
         finally:
-            profile.disable()
+            whole[0] += time.perf_counter() - start
+            worker[0] = None
 
     StyleTransferService._run_batch = profiled
     try:
-        jpm, _ = server_throughput(engine, clients, jobs_each, size, iterations, batch)
+        with timing_calls(worker_parts(), worker) as spent:
+            jpm, _ = server_throughput(engine, clients, jobs_each, size, iterations, batch)
     finally:
         StyleTransferService._run_batch = own
-    stats = pstats.Stats(profile).stats  # {(file, line, name): (cc, nc, tt, ct, callers)}
-    # One function of a name a file: the outermost (PreparedRun.step holds its _Stage.step).
-    cumulative: dict[tuple[str, ...], float] = {}
-    for (file, _line, name), (_cc, _nc, _tt, ct, callers) in stats.items():
-        key = (os.path.basename(file), name)
-        cumulative[key] = max(cumulative.get(key, 0.0), ct)
-        for (_file, _line, caller), (*_, from_caller) in callers.items():
-            cumulative[(*key, caller)] = cumulative.get((*key, caller), 0.0) + from_caller
-    whole = cumulative[("service.py", "_run_batch")]
-    per_iteration = whole / max(1, len(batches)) / iterations * 1e3
-    parts = ", ".join(
-        f"{part} {sum(cumulative.get(key, 0.0) for key in keys) / whole:.0%}"
-        for part, keys in WORKER_PARTS.items()
-    )  # fmt: skip
+    per_iteration = whole[0] / max(1, len(batches)) / iterations * 1e3
+    parts = ", ".join(f"{part} {seconds / whole[0]:.0%}" for part, seconds in spent.items())
     wall = clients * jobs_each / jpm * 60.0  # the row's seconds, from the first job sent
     return (f"{per_iteration:.2f} ms a batch iteration ({len(batches)} batches, mean "
-            f"{np.mean(batches):.1f} jobs; {jpm:.0f} jobs/min profiled; the worker busy "
-            f"{min(1.0, whole / wall):.0%} of the time): {parts}")  # fmt: skip
+            f"{np.mean(batches):.1f} jobs; {jpm:.0f} jobs/min timed; the worker busy "
+            f"{min(1.0, whole[0] / wall):.0%} of the time): {parts}")  # fmt: skip
 
 
 def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: str) -> None:
@@ -870,17 +931,26 @@ def largest_part(engine: Engine, rows: Rows, content, style, toy: bool, best: st
 
 
 def compile_part(engine: Engine, rows: Rows, content, style, iters: int, warm: int) -> None:
-    """One forward and backward pass eager against a CUDA graph of it, then torch.compile of
-    the network in its default and reduce-overhead modes."""
+    """One forward and backward pass eager against a CUDA graph of it; then the default job at
+    512 px and then 768 px (a new shape), bfloat16: the engine's default as it is, and with the
+    network under torch.compile, its default mode with static shapes (a compile for each new
+    shape) and with dynamic ones (one compile for every shape, if it holds), and its
+    reduce-overhead mode (512 px only)."""
     with rows.section("pass 512 px bfloat16, eager / CUDA graph"):
         eager_ms, graph_ms = graphed_ms(engine, 512, "bfloat16", 50)
         rows.append(("pass 512 px bfloat16, eager / CUDA graph",
                      f"{eager_ms:.2f} / {graph_ms:.2f} ms"))  # fmt: skip
-    for mode in (None, "reduce-overhead"):
-        label = f"torch.compile ({mode or 'default'}) 512 px bfloat16"
+    sides = (512, 768)
+    label = "bfloat16 job, the engine's default (the torch.compile rows' base)"
+    with rows.section(label):
+        runs = [first_and_ms(engine, content, style, s, "bfloat16", iters, warm) for s in sides]
+        rows.append((label, runs_text(sides, runs)))
+    for mode, dynamic, at in ((None, False, sides), (None, True, sides),
+                              ("reduce-overhead", False, sides[:1])):  # fmt: skip
+        label = f"torch.compile ({mode or 'default'}, {'dynamic' if dynamic else 'static'} shapes)"
         with rows.section(label):
-            ms = compiled_ms(engine, content, style, 512, "bfloat16", iters, warm, mode)
-            rows.append((label, f"{ms:.2f} ms/iter" if ms else "failed"))
+            rows.append((label, compiled_runs(engine, content, style, at, iters, warm, mode,
+                                              dynamic)))  # fmt: skip
 
 
 def main() -> None:

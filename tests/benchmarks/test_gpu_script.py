@@ -50,7 +50,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     for row in (
         "Adam, alone",
         "Adam, batched (up to 8)",
-        "Adam, batched (up to 16)",  # the batch size the GPU default may become
+        "Adam, batched (up to 16)",  # twice the GPU default: the row that decides it
         "L-BFGS, alone",
         "L-BFGS, batched (up to 8)",
         "Adam, batched (up to 8), no jobs prepared ahead (--prepare-ahead 0)",
@@ -66,13 +66,15 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         ),
     ):
         assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
-    # where the job worker's time went, part by part, in the profiled batched row
+    # where the job worker's time went, part by part, in the timed batched row
     worker = table["server, 2 clients, Adam, batched (up to 8): the worker's time"]
     shares = dict(part.rsplit(" ", 1) for part in worker.split(": ", 1)[1].split(", "))
     assert list(shares) == ["prepare", "stages", "passes", "reads", "recordings", "steps",
                             "results", "events"], worker  # fmt: skip
     assert float(worker.split(" ms")[0]) > 0
     assert 0 < int(worker.split("the worker busy ")[1].split("%")[0]) <= 100
+    # each part timed once in the worker's own thread: a share of its time, never more
+    assert all(0 <= int(share.rstrip("%")) <= 100 for share in shares.values()), worker
     assert int(shares["passes"].rstrip("%")) >= 20  # the CPU's passes: most of a toy batch
     assert shares["recordings"] == "0%"  # no CUDA graphs on the CPU
     # where the run's time went: every part that ran, in the order it ran
