@@ -93,7 +93,9 @@ class ServerConfig:
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 
-#: The batch size a GPU server uses unless told otherwise.
+#: The batch size a GPU server uses unless told otherwise. 16 clients' 256 px jobs batched up to
+#: 16 ran 1.10, 1.10 and 0.95x the jobs a minute of batches up to 8 in three H200 runs
+#: (benchmarks/gpu.py, docs/benchmarks.md): no clear gain for the longer wait of each job.
 GPU_MAX_BATCH = 8
 
 
