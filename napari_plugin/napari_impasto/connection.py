@@ -11,7 +11,7 @@ import atexit
 import contextlib
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import grpc
@@ -35,6 +35,14 @@ class ServerChoice:
         return "the local server" if self.mode == "local" else self.address
 
     @property
+    def target(self) -> tuple[object, ...]:
+        """What identifies the server this choice reaches, and how: the local server by its
+        flags (the remote fields, kept for later, do not count), a remote one by every field."""
+        if self.mode == "local":
+            return ("local", self.local_args)
+        return ("remote", self.address.strip(), self.tls, self.root_certificates, self.token)
+
+    @property
     def remote_tls(self) -> bool | None:
         """The TLS setting of a remote server (None for the local one), as describe_error's
         ``tls`` takes it."""
@@ -49,40 +57,103 @@ class StaleConnectionError(ConnectionClosedError):
     """Another server was chosen while this connection was being made; it was dropped."""
 
 
+@dataclass(eq=False)
+class _Start:
+    """A start of the local server under way; the others who want it wait for ``done``."""
+
+    server: LocalServer
+    args: tuple[str, ...]
+    done: threading.Event = field(default_factory=threading.Event)
+    error: BaseException | None = None
+
+
 class _LocalServers:
     """The one local server of this process, shared by reference count: each claim is an
     object of its holder's, released once. The last release stops the server in a background
-    thread (it may take seconds to exit, and releases come from the GUI thread)."""
+    thread (it may take seconds to exit, and releases come from the GUI thread).
+
+    The lock is only ever held for moments: a start (seconds, while the weights load) runs
+    outside it, in the thread that asked first, and those who want the server meanwhile wait
+    for that start, so a release from the GUI thread never waits for one."""
 
     def __init__(self) -> None:
         self._lock = threading.Lock()
         self._server: LocalServer | None = None
         self._args: tuple[str, ...] = ()
         self._users: set[object] = set()
+        self._starting: _Start | None = None
+        self._stops = 0  # how many times stop() ran: a start across one is undone
         self._stopping: list[threading.Thread] = []
         atexit.register(self.stop)
 
     def acquire(self, claim: object, args: tuple[str, ...]) -> str:
-        """The running server's address; starts it (blocking) when none runs."""
+        """The running server's address; starts it (blocking) when none runs, or waits for
+        the start under way. Raises the start's error (LocalServerError with the log's tail),
+        or ConnectionClosedError when stop() ran meanwhile."""
         with self._lock:
-            self._users.add(claim)
-            server = self._server
-            if server is not None and (server.process is None or server.process.poll() is not None):
-                server.stop()  # it died: start a fresh one
-                server = self._server = None
-            if server is not None and args != self._args:
-                server.stop()
-                server = self._server = None
-            if server is None:
-                try:
-                    server = LocalServer(extra_args=args)
-                    server.start()  # raises LocalServerError with the log's tail
-                except BaseException:
-                    self._users.discard(claim)
-                    raise
-                self._server, self._args = server, args
-            assert server.address is not None
-            return server.address
+            stops = self._stops
+        try:
+            while True:
+                old: LocalServer | None = None
+                with self._lock:
+                    if self._stops != stops:
+                        raise ConnectionClosedError("the local server was stopped")
+                    self._users.add(claim)
+                    start = self._starting
+                    if start is None:
+                        server = self._server
+                        if server is not None and (
+                            server.process is None
+                            or server.process.poll() is not None  # it died
+                            or args != self._args
+                        ):
+                            old, self._server = server, None
+                        elif server is not None:
+                            assert server.address is not None
+                            return server.address
+                        start = self._starting = _Start(LocalServer(extra_args=args), args)
+                        mine = True
+                    else:
+                        mine = False
+                if not mine:
+                    start.done.wait()
+                    if start.error is not None and start.args == args:
+                        raise start.error
+                    continue  # started (or failed with other arguments): look again
+                return self._start(start, stops, old)
+        except BaseException:
+            with self._lock:
+                self._users.discard(claim)
+            raise
+
+    def _start(self, start: _Start, stops: int, old: LocalServer | None) -> str:
+        """Stop ``old`` (dead, or with other arguments) and run ``start``, outside the lock;
+        then make its server the running one."""
+        try:
+            if old is not None:
+                old.stop()
+            start.server.start()  # raises LocalServerError with the log's tail
+        except BaseException as error:
+            start.error = error
+            with self._lock:
+                self._starting = None
+            start.done.set()
+            raise
+        stopped = False
+        with self._lock:
+            self._starting = None
+            if self._stops != stops:
+                stopped = True  # stop() ran meanwhile (at exit): this one goes too
+            else:
+                self._server, self._args = start.server, start.args
+        if stopped:
+            start.error = ConnectionClosedError("the local server was stopped")
+        start.done.set()
+        if stopped:
+            start.server.stop()
+            raise ConnectionClosedError("the local server was stopped")
+        assert start.server.address is not None
+        return start.server.address
 
     def release(self, claim: object) -> None:
         with self._lock:
@@ -101,14 +172,21 @@ class _LocalServers:
             self._stopping = [t for t in self._stopping if t.is_alive()] + [stopping]
 
     def stop(self) -> None:
-        """Stop the server now, and wait for those stopping in the background (at exit, so
-        that none is left running)."""
+        """Stop the server now (and one starting), and wait for those stopping in the
+        background (at exit, so that none is left running)."""
         with self._lock:
             server, self._server = self._server, None
             self._users.clear()
+            self._stops += 1
+            start = self._starting
             stopping, self._stopping = self._stopping, []
         if server is not None:
             server.stop()
+        if start is not None:
+            process = start.server.process
+            if process is not None and process.poll() is None:
+                process.terminate()  # its start fails at once
+            start.done.wait(30)
         for thread in stopping:
             thread.join(timeout=30)
 
@@ -153,15 +231,10 @@ class Connection:
         Raises StaleConnectionError when another server was chosen meanwhile, and
         ConnectionClosedError when the connection was closed meanwhile."""
         remote = choice.mode == "remote"
-        if remote:
-            address = choice.address.strip()
-            if not address:
-                raise ValueError("enter the server's address, e.g. gpu-host:50051")
-            wanted: tuple[object, ...] = (
-                "remote", address, choice.tls, choice.root_certificates, choice.token,
-            )  # fmt: skip
-        else:
-            wanted = ("local", choice.local_args)
+        address = choice.address.strip()
+        if remote and not address:
+            raise ValueError("enter the server's address, e.g. gpu-host:50051")
+        wanted = choice.target
         with self._lock:
             self._wanted = wanted
             closes = self._closes
@@ -249,13 +322,21 @@ class Connection:
     def release_local(self) -> None:
         """The choice is no longer the local server: drop its client and this connection's
         claim on it (it stops when no other widget uses it), now or once a job using it ends;
-        a local server still starting for this connection is released once it has started."""
+        a local server still starting for this connection is released once it has started,
+        unless the local server is chosen again (want_local) meanwhile."""
         with self._lock:
             if self._wanted is not None and self._wanted[0] == "local":
                 self._wanted = None
             current = self._current
             drop = self._retire(current) if current is not None and current.claim else []
         _close(drop)
+
+    def want_local(self, local_args: tuple[str, ...] = ()) -> None:
+        """The choice is the local server (again): a local server still starting for this
+        connection (for a cancelled run or a check) is kept and used once it has started,
+        rather than dropped as another choice's."""
+        with self._lock:
+            self._wanted = ServerChoice(mode="local", local_args=local_args).target
 
     def close(self) -> None:
         """Drop every client, and this widget's claims on the local server (one being started

@@ -136,9 +136,9 @@ class ImpastoWidget(QWidget):
         self.run_state: ActiveRun | None = None
         self.last_outcome: Outcome | None = None
         self.previews_shown = 0  # previews shown since the widget opened
-        self._check_worker: Any = None
+        self._check_worker: Any = None  # the newest check, while it runs
+        self._checks = 0  # checks asked for: only the newest one's answer is shown
         self._count_worker: Any = None  # counting a large mask's labels
-        self._check_choice: ServerChoice | None = None  # what the check in progress asks
         # Options the user chose (now or in an earlier session): server defaults leave them be,
         # and only these are saved. Choosing a preset takes back the options it sets.
         self._user_options: set[str] = set(self.settings.options)
@@ -154,6 +154,11 @@ class ImpastoWidget(QWidget):
         self._mask_followed: Labels | None = None  # the mask whose paint and data we follow
         self._mask_edits = 0
         self._mask_labels: tuple[tuple[str, int], list[int]] | None = None  # (name, edits)
+        # label -> style index (-1: the blend of all) for every label the regions table has
+        # shown: the user's choices, and the defaults shown until the user chose. The table
+        # is made from these, and a run sends them.
+        self._region_style: dict[int, int] = {}
+        self._table_labels: tuple[str, list[int]] | None = None  # (mask name, labels shown)
         self._build()
         self._regions_timer = QTimer(self)  # regions again once a stroke of painting ends
         self._regions_timer.setSingleShot(True)
@@ -405,14 +410,14 @@ class ImpastoWidget(QWidget):
         removed = self.style_rows.index(row)
         # The regions keep their styles: those after the removed one move up a place, and the
         # removed one's regions take the blend.
-        regions = {
+        self._region_style = {
             label: index - (index > removed) if index != removed else -1
-            for label, index in self._region_choices().items()
+            for label, index in self._region_style.items()
         }
         self.style_rows.remove(row)
         row.setParent(None)
         row.deleteLater()
-        self._fill_regions(regions)
+        self._refresh_regions()
 
     def _follow_mask(self, mask: Labels | None) -> None:
         """Follow the chosen mask's painting and data, which change its labels. (By name: a
@@ -461,20 +466,24 @@ class ImpastoWidget(QWidget):
         if self._viewer_events:
             self._refresh_regions()
 
-    def _refresh_regions(self) -> None:
-        self._fill_regions(self._region_choices())
-
-    def _fill_regions(self, previous: dict[int, int]) -> None:
-        """The regions table again, keeping ``previous`` (label -> style index, -1: the
-        blend) for the labels it has."""
+    def _refresh_regions(self, *_: Any) -> None:
+        """The regions table again: a row per label of the chosen mask, with the style chosen
+        for it before, else its default. While a large mask's labels are being counted, the
+        table keeps the labels it shows (with the styles as they are now) until the count
+        ends."""
         mask = self._layer(self.mask.currentText(), Labels)
         if self._viewer_events or mask is None:
             self._follow_mask(mask)
-        self.regions.setRowCount(0)
-        if mask is None:
-            return
-        labels = self._labels_of(mask) or []
+        labels: list[int] = []
+        if mask is not None:
+            counted = self._labels_of(mask)
+            if counted is not None:
+                labels = counted
+            elif self._table_labels is not None and self._table_labels[0] == mask.name:
+                labels = self._table_labels[1]
+        self._table_labels = (mask.name, labels) if mask is not None else None
         styles = [row.layer.currentText() for row in self.style_rows]
+        self.regions.setRowCount(0)
         for position, label in enumerate(labels[:MAX_REGIONS_SHOWN]):
             self.regions.insertRow(position)
             self.regions.setCellWidget(position, 0, QLabel(str(label)))
@@ -482,9 +491,16 @@ class ImpastoWidget(QWidget):
             choice.addItem(BLEND, -1)
             for index, name in enumerate(styles):
                 choice.addItem(f"{index + 1}: {name}", index)
-            default = previous.get(label, default_style(label, len(styles)))
-            choice.setCurrentIndex(default + 1 if 0 <= default < len(styles) else 0)
+            style = self._region_style.get(label, default_style(label, len(styles)))
+            style = style if 0 <= style < len(styles) else -1
+            self._region_style[label] = style
+            choice.setCurrentIndex(style + 1)
+            choice.currentIndexChanged.connect(functools.partial(self._on_region_chosen, label))
             self.regions.setCellWidget(position, 1, choice)
+
+    def _on_region_chosen(self, label: int, position: int) -> None:
+        if position >= 0:  # -1: the list was emptied
+            self._region_style[label] = position - 1  # the blend first, then the styles
 
     def region_styles(self) -> dict[int, int]:
         """label -> style index, for the labels not left to the blend."""
@@ -534,6 +550,9 @@ class ImpastoWidget(QWidget):
             # The local server (running, or still starting for a cancelled run or a check)
             # stops unless another panel uses it.
             self.connection.release_local()
+        else:
+            # One still starting for a cancelled run or a check is wanted again.
+            self.connection.want_local(self.server_choice().local_args)
 
     def _unchecked_text(self) -> str:
         if self.mode.currentData() == "remote":
@@ -551,28 +570,32 @@ class ImpastoWidget(QWidget):
         )
 
     def check_server(self) -> None:
-        """Ask the server for its health, device and queue (in the background)."""
-        if self._check_worker is not None:
-            return
+        """Ask the server for its health, device and queue (in the background). Each click
+        starts a check of the server chosen now; an older check still under way (a local
+        server starting, a remote one slow to answer) ends on its own, unseen."""
         self._save_settings()
         self.server_status.setText("checking…")
-        self._check_choice = self.server_choice()
-        worker = create_worker(
-            check_server, self.connection, self._check_choice, _start_thread=False
-        )
-        worker.returned.connect(self._on_checked)
-        worker.finished.connect(self._on_check_finished)
+        self._checks += 1
+        choice = self.server_choice()
+        worker = create_worker(check_server, self.connection, choice, _start_thread=False)
+        worker.returned.connect(functools.partial(self._on_checked, self._checks, choice))
+        worker.finished.connect(functools.partial(self._on_check_finished, self._checks))
         self._check_worker = worker
         worker.start()
 
-    def _on_check_finished(self) -> None:
-        self._check_worker = None
+    def _on_check_finished(self, number: int) -> None:
+        if number == self._checks:
+            self._check_worker = None
 
-    def _on_checked(self, answer: tuple[str, str, ServerInfo | None]) -> None:
-        if not self._viewer_events:
-            return  # the panel was closed meanwhile (which closed the connection)
+    def _on_checked(
+        self, number: int, choice: ServerChoice, answer: tuple[str, str, ServerInfo | None]
+    ) -> None:
+        if not self._viewer_events or number != self._checks:
+            # the panel was closed meanwhile (which closed the connection), or a newer check
+            # was asked for: its answer is the one to show
+            return
         health, address, info = answer
-        if health == "STALE" or self.server_choice() != self._check_choice:
+        if health == "STALE" or self.server_choice().target != choice.target:
             # another server was chosen meanwhile: this answer is not about it
             if self.server_status.text() == "checking…":
                 self.server_status.setText(self._unchecked_text())
@@ -857,9 +880,10 @@ class ImpastoWidget(QWidget):
         else:
             indices = [layer_tools.current_index(content, self.viewer.dims.point)]
         mask = self._layer(self.mask.currentText(), Labels)
-        # The table's choices; the worker reads the labels of the planes it sends (edits made
-        # in code send no event), and a label the table lacks takes its default style.
-        regions = self._region_choices() if mask is not None else {}
+        # The regions' styles as chosen (also while a large mask's labels are being counted);
+        # the worker reads the labels of the planes it sends (edits made in code send no
+        # event), and a label without a choice takes its default style.
+        regions = dict(self._region_style) if mask is not None else {}
         shape = layer_tools.plane_shape(content)
         # The worker reads the planes one by one, from the arrays as they are now: napari
         # replaces layer.data on assignment, so these references keep what Run saw without

@@ -47,8 +47,8 @@ class RunPlan:
     tasks: list[PlaneTask]
     styles: list[np.ndarray]
     style_weights: list[float] | None
-    # The regions table's choices: label -> style index, -1 for the blend. A label the table
-    # lacks (added in code, which sends no event) takes its default_style.
+    # The regions' styles as chosen in the widget: label -> style index, -1 for the blend. A
+    # label without one (added in code, which sends no event) takes its default_style.
     region_styles: dict[int, int]
     options: dict[str, Any]
     # Options set before the preset was chosen, sent before the server had answered: the

@@ -492,3 +492,55 @@ def test_a_large_masks_labels_are_counted_off_the_gui_thread(
     (result,) = _result_layers(viewer)
     assert result.metadata["impasto"]["region_styles"] == {1: 0, 2: 1, 3: 0}
     assert widget.region_styles() == {1: 0, 2: 1, 3: 0}  # the table lists it now
+
+
+def test_region_choices_stay_while_a_large_masks_labels_are_counted(
+    dock: Any, qtbot: Any, tiny_content: np.ndarray, tiny_style: np.ndarray,
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:  # fmt: skip
+    """A stroke of paint on a large mask has its labels counted again in the background:
+    meanwhile the table keeps the styles chosen for its regions (also through a change of the
+    styles), a run started then sends them, and they are still there when the count ends."""
+    import threading
+
+    monkeypatch.setattr(widget_module, "SYNC_COUNT_PIXELS", 100, raising=False)
+    go = threading.Event()  # a count ends once set
+    go.set()
+    count = widget_module._labels_in
+
+    def slow_count(data: Any) -> list[int]:
+        go.wait(30)  # a large volume takes seconds
+        return count(data)
+
+    monkeypatch.setattr(widget_module, "_labels_in", slow_count)
+    viewer, widget = dock()
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    viewer.add_image(255 - tiny_style, name="style 2", rgb=True)
+    widget.add_style_row("style 2")
+    mask = np.zeros(tiny_content.shape[:2], np.uint8)
+    mask[:, :24], mask[:, 24:] = 1, 2
+    layer = viewer.add_labels(mask, name="cells")
+    widget.mask.setCurrentText("cells")
+    qtbot.waitUntil(lambda: widget._region_choices() == {1: 0, 2: 1}, timeout=10_000)
+    for row, style in enumerate((-1, 0)):  # the user: 1 -> the blend, 2 -> style 1
+        choice = widget.regions.cellWidget(row, 1)
+        choice.setCurrentIndex(choice.findData(style))
+    chosen = {1: -1, 2: 0}
+    assert widget._region_choices() == chosen
+    go.clear()
+    try:
+        layer.paint((5, 40), 1, refresh=True)  # a stroke: the labels are counted again
+        qtbot.waitUntil(lambda: widget._count_worker is not None, timeout=5_000)
+        assert widget._region_choices() == chosen  # the table is not emptied meanwhile
+        plan, _ = widget._plan()
+        assert plan_regions(plan)[0] == {2: 0}
+        widget.add_style_row("style")  # a style change while counting
+        assert widget._region_choices() == chosen
+        assert widget.regions.cellWidget(0, 1).count() == 4  # the blend and three styles
+    finally:
+        go.set()
+    qtbot.waitUntil(lambda: widget._count_worker is None, timeout=10_000)
+    assert widget._region_choices() == chosen
+    assert widget.region_styles() == {2: 0}
+    plan, _ = widget._plan()
+    assert plan_regions(plan)[0] == {2: 0}

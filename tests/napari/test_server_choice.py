@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 from impasto.client import Client
 from napari_helpers import add_content_and_style, use_remote, wait_for_run
-from napari_impasto.connection import LOCAL_SERVERS, Connection, ServerChoice
+from napari_impasto.connection import LOCAL_SERVERS, Connection, ServerChoice, _LocalServers
 
 
 def _running_jobs(address: str) -> int:
@@ -93,6 +93,101 @@ def test_a_local_check_overtaken_by_a_remote_run_is_dropped(
     _local_start_ends_and_the_remote_run_goes_on(held, widget, napari_server, qtbot, notifications)
     qtbot.waitUntil(lambda: widget._check_worker is None, timeout=10_000)
     assert widget.server_status.text() == status  # not the local server's answer
+
+
+def test_a_new_check_is_answered_while_an_older_one_still_waits(
+    napari_server: Any, dock: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch,
+    notifications: list[Any],
+) -> None:  # fmt: skip
+    """Check the local server, then, while it still starts, choose Remote and check again: the
+    remote server's answer shows, and the local check's late answer does not replace it."""
+    from impasto.local import LocalServer, LocalServerError
+
+    starting, go = threading.Event(), threading.Event()
+
+    def failing_start(server: Any) -> str:
+        starting.set()
+        go.wait(30)  # the weights loading, then a failure
+        raise LocalServerError("the local server did not become ready in time:\n")
+
+    monkeypatch.setattr(LocalServer, "start", failing_start)
+    _, widget = dock()
+    assert widget.mode.currentData() == "local"
+    widget.check_server()
+    qtbot.waitUntil(starting.is_set, timeout=10_000)
+    local_check = widget._check_worker
+    serving = f"SERVING at {napari_server.address}"
+    try:
+        use_remote(widget, napari_server.address)
+        widget.check_server()
+        qtbot.waitUntil(lambda: widget.server_status.text().startswith(serving), timeout=10_000)
+    finally:
+        with qtbot.waitSignal(local_check.finished, timeout=10_000):
+            go.set()
+    qtbot.wait(100)
+    assert widget.server_status.text().startswith(serving)
+    assert [n.message for n in notifications if n.severity.name in ("ERROR", "WARNING")] == []
+
+
+def test_going_back_to_local_keeps_the_local_server_a_check_starts(
+    dock: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, notifications: list[Any]
+) -> None:
+    """Check the local server, look at Remote while it starts, and come back to Local: the
+    server goes on starting, and the check shows it."""
+    held = _HeldStart(monkeypatch)
+    _, widget = dock()
+    widget.check_server()
+    qtbot.waitUntil(held.starting.is_set, timeout=10_000)
+    check = widget._check_worker
+    use_remote(widget, "127.0.0.1:1")
+    widget.mode.setCurrentIndex(widget.mode.findData("local"))
+    with qtbot.waitSignal(check.finished, timeout=120_000):
+        held.go.set()
+    qtbot.wait(100)
+    (process,) = held.processes
+    server = LOCAL_SERVERS.server
+    assert server is not None and server.process is process and process.poll() is None
+    assert widget.server_status.text().startswith(f"SERVING at {server.address}")
+    assert [n.message for n in notifications if n.severity.name in ("ERROR", "WARNING")] == []
+    widget.close_connection()  # nothing else uses it: it stops
+    qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)
+    assert LOCAL_SERVERS.server is None
+
+
+def test_wanting_the_local_server_while_it_starts_shares_that_start(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """A second panel that wants the local server while it starts waits for that start rather
+    than starting another, and a release meanwhile (from the GUI thread) returns at once."""
+    held = _HeldStart(monkeypatch)
+    servers = _LocalServers()
+    claims = [object(), object()]
+    addresses: list[str] = []
+
+    def acquire(claim: object) -> None:
+        addresses.append(servers.acquire(claim, ()))
+
+    threads = [threading.Thread(target=acquire, args=(claim,)) for claim in claims]
+    try:
+        threads[0].start()
+        assert held.starting.wait(10)
+        threads[1].start()
+        releasing = threading.Thread(target=servers.release, args=(object(),))
+        releasing.start()
+        releasing.join(1.0)
+        assert not releasing.is_alive()
+    finally:
+        held.go.set()
+    for thread in threads:
+        thread.join(120)
+    (process,) = held.processes
+    assert servers.server is not None and servers.server.process is process
+    assert addresses == [servers.server.address] * 2
+    servers.release(claims[0])
+    assert process.poll() is None  # the other panel still uses it
+    servers.release(claims[1])
+    servers.stop()  # waits for the background stop
+    assert process.poll() is not None and servers.server is None
 
 
 def test_a_client_in_use_closes_only_when_its_job_ends(napari_server: Any) -> None:

@@ -190,3 +190,48 @@ def test_letting_go_of_the_local_server_does_not_block_the_viewer(
     assert time.monotonic() - started < 1.5
     qtbot.waitUntil(lambda: stopped[-1:] == [process], timeout=30_000)
     assert LOCAL_SERVERS.server is None
+
+
+def test_choosing_remote_while_the_local_server_restarts_does_not_block_the_viewer(
+    make_napari_viewer: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any,
+    tiny_style: Any,
+) -> None:  # fmt: skip
+    """The local server died (killed for memory, say) and the next run starts it again, which
+    takes seconds while the weights load: letting go of the old one (choosing Remote, or
+    closing the panel) meanwhile does not wait for that start."""
+    from impasto.local import LocalServer, LocalServerError
+
+    viewer = make_napari_viewer()
+    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
+    widget.set_options(size=32, iterations=2, num_scales=1)
+    widget.preview_interval.setValue(0)
+    add_content_and_style(viewer, tiny_content, tiny_style)
+    widget.run()
+    assert wait_for_run(qtbot, widget, timeout=120).status == "done", widget.last_outcome
+    process = LOCAL_SERVERS.server.process
+    process.kill()  # the local server dies; the widget still holds its client
+    process.wait()
+
+    starting, go, ended = threading.Event(), threading.Event(), threading.Event()
+
+    def slow_start(server: Any) -> str:
+        starting.set()
+        try:
+            go.wait(10)  # the weights loading
+            raise LocalServerError("the local server did not become ready in time:\n")
+        finally:
+            ended.set()
+
+    monkeypatch.setattr(LocalServer, "start", slow_start)
+    try:
+        widget.run()  # starts the local server again
+        qtbot.waitUntil(starting.is_set, timeout=10_000)
+        widget.cancel()
+        assert wait_for_run(qtbot, widget, timeout=10).status == "cancelled"
+        started = time.monotonic()
+        use_remote(widget, "127.0.0.1:1")  # lets go of the dead server's client
+        assert time.monotonic() - started < 1.0
+    finally:
+        go.set()
+    qtbot.waitUntil(ended.is_set, timeout=15_000)
+    assert LOCAL_SERVERS.server is None
