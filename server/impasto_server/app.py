@@ -32,6 +32,7 @@ from impasto_server import __version__
 from impasto_server.auth import TokenAuthInterceptor, TokenStore
 from impasto_server.convert import Limits
 from impasto_server.decoding import DecodeGuardInterceptor
+from impasto_server.held import default_capacity as default_held_capacity
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import Scheduler
 from impasto_server.service import ServiceConfig, StyleTransferService
@@ -89,6 +90,9 @@ class ServerConfig:
     #: Seconds a job's stream may send nothing once the job ended before its call is
     #: cancelled (a client that stopped reading would hold a server thread); 0: never.
     unread_grace_seconds: float = 60.0
+    #: Host memory, MiB, that requests' images may hold from their arrival to their job's
+    #: end, all together; None: a quarter of the host's memory; 0: no limit.
+    max_held_mb: int | None = None
 
 
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -178,6 +182,9 @@ class Server:
             on_change=lambda s: self.metrics.queue_changed(s.queued, s.running),
             on_dropped=lambda job, reason: self.service.dropped(job, reason),
         )
+        held_bytes = (
+            default_held_capacity() if config.max_held_mb is None else config.max_held_mb << 20
+        )
         # Re-read when the file changes: tokens are added or revoked without a restart.
         tokens = TokenStore(config.token_file) if config.token_file else None
         self.service = StyleTransferService(
@@ -202,10 +209,12 @@ class Server:
                 job_memory_bytes=_job_memory_bytes(config),
                 progress_rate=config.progress_rate,
                 unread_grace_seconds=config.unread_grace_seconds,
+                max_held_bytes=held_bytes,
             ),
             self.scheduler,
             self.metrics,
         )
+        self.metrics.held_bytes.set_function(lambda: self.service.held.held)
         self.health = _Health(HEALTH_WATCHES)
         self._tokens = tokens
         self._grpc: grpc.Server | None = None
@@ -434,6 +443,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         "--max-message-mb", type=int, default=d.max_message_mb,
         help="largest gRPC message in MiB (default fits a 4096x4096 RGB float32 image)",
     )  # fmt: skip
+    p.add_argument(
+        "--max-held-mb", type=int,
+        help="host memory, MiB, that requests' images (decoded at full size) may hold from "
+        "their arrival to their job's end, all together: a request past it is refused with "
+        "RESOURCE_EXHAUSTED and a retry hint unless it is the only one (default: a quarter "
+        "of the host's memory; 0: no limit)",
+    )  # fmt: skip
     p.add_argument("--max-styles", type=int, default=d.max_styles, help="style images per job")
     p.add_argument(
         "--max-regions", type=int, default=d.max_regions,
@@ -499,6 +515,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         ("--prepare-ahead", config.prepare_ahead, 0, uint32),
         ("--prepare-threads", config.prepare_threads, 1, 1024),
         ("--cache-mb", config.cache_mb, 0, 2**40),
+        ("--max-held-mb", config.max_held_mb, 0, 2**40),
         ("--job-memory-mb", config.job_memory_mb, 0, 2**40),
         ("--simulated-memory-mb", config.simulated_memory_mb, 0, 2**40),
         ("--max-batch-megapixels", config.max_batch_megapixels, 0, 2**40),

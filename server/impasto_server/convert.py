@@ -6,6 +6,7 @@ Everything here is cheap (no torch): a bad request is refused before it reaches 
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -92,24 +93,32 @@ def wire_field(engine_field: str) -> str:
 
 
 def parse_request(
-    request: pb.StylizeRequest, limits: Limits, default_precision: str = "float32"
+    request: pb.StylizeRequest,
+    limits: Limits,
+    default_precision: str = "float32",
+    on_image: Callable[[np.ndarray], None] | None = None,
 ) -> ParsedRequest:
     """Decode and check everything that needs no model; raise RequestError.
 
     An unset precision takes ``default_precision``, the device's best (bfloat16 on most GPUs).
+    ``on_image`` sees each image as soon as it is decoded, before the next one is; what it
+    raises ends the parse (a request over the server's memory, a call that ended).
     """
     violations: list[tuple[str, str]] = []
 
     def image(message: pb.Image, name: str, labels: bool = False) -> np.ndarray | None:
         try:
             # read-only where it can be: the engine only reads the pixels (one copy fewer)
-            return images.from_wire(
+            array = images.from_wire(
                 message, field=name, max_pixels=limits.max_input_pixels, writable=False,
                 labels=labels,
             )  # fmt: skip
         except images.ImageError as exc:
             violations.append((exc.field, exc.message))
             return None
+        if on_image is not None:
+            on_image(array)
+        return array
 
     content = image(request.content, "content") if request.HasField("content") else None
     if not request.HasField("content"):

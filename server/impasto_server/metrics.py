@@ -40,6 +40,11 @@ class Metrics:
         self.cache_bytes = Gauge(
             "impasto_style_cache_bytes", "Bytes held by the style-target cache", registry=r
         )
+        self.held_bytes = Gauge(
+            "impasto_held_image_bytes",
+            "Host memory held by requests' images from their arrival to their job's end",
+            registry=r,
+        )
 
     def watch(self, device_memory: Callable[[], float], cache_bytes: Callable[[], float]) -> None:
         self.device_memory.set_function(device_memory)

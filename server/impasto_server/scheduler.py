@@ -252,6 +252,11 @@ class Scheduler:
         with self._cond:
             return list(self._running)
 
+    def retry_hint(self) -> float:
+        """Seconds a refused client might wait before it tries again."""
+        with self._cond:
+            return self._retry_hint()
+
     def _retry_hint(self) -> float:
         # About one job's duration per slot ahead of the caller; at least one second.
         typical = sum(self._durations) / len(self._durations) if self._durations else 5.0

@@ -31,6 +31,7 @@ from impasto_server.engine import (
 )
 from impasto_server.engine.graphs import empty_cache
 from impasto_server.engine.memory_budget import MemoryBudget
+from impasto_server.held import Claim, HeldFull, HeldImages
 from impasto_server.metrics import Metrics
 from impasto_server.scheduler import (
     Failure,
@@ -78,6 +79,9 @@ class ServiceConfig:
     #: messages unread by a client that stopped reading): then the call is cancelled, and its
     #: thread freed. 0: never.
     unread_grace_seconds: float = 60.0
+    #: Bytes that requests' images (and the requests themselves) may hold in the host's memory
+    #: from their arrival to their job's end, all requests together (see held.py); 0: no limit.
+    max_held_bytes: int = 0
 
 
 @dataclass(frozen=True)
@@ -141,6 +145,12 @@ def too_large(exc: InsufficientMemory) -> grpc.Status:
     return _status(grpc.StatusCode.RESOURCE_EXHAUSTED, message, details)
 
 
+def _retry_info(seconds: float) -> error_details_pb2.RetryInfo:
+    delay = duration_pb2.Duration()
+    delay.FromTimedelta(datetime.timedelta(seconds=seconds))
+    return error_details_pb2.RetryInfo(retry_delay=delay)
+
+
 def _field_violations(violations: list[tuple[str, str]]) -> error_details_pb2.BadRequest:
     return error_details_pb2.BadRequest(
         field_violations=[
@@ -174,6 +184,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         self._open_lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
+        self.held = HeldImages(config.max_held_bytes)
 
     def close(self) -> None:
         """Stop watching streams (the server has shut down)."""
@@ -239,6 +250,17 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
     def Stylize(
         self, request: pb.StylizeRequest, context: grpc.ServicerContext
     ) -> Iterator[pb.StylizeResponse]:
+        # The request's bytes and images count against the server's held memory until its
+        # stream ends, however it ends.
+        claim = self.held.claim()
+        try:
+            yield from self._stylize(request, context, claim)
+        finally:
+            claim.release()
+
+    def _stylize(
+        self, request: pb.StylizeRequest, context: grpc.ServicerContext, claim: Claim
+    ) -> Iterator[pb.StylizeResponse]:
         engine = self.engine
         if engine is None:
             self.rejected("unavailable", context, "the model is still loading")
@@ -249,9 +271,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             self.rejected("unavailable", context, "the server is shutting down")
             context.abort(grpc.StatusCode.UNAVAILABLE, "the server is shutting down")
         try:
+            claim.take(request.ByteSize())
             parsed = convert.parse_request(
-                request, self.config.limits, default_precision=engine.default_precision
-            )
+                request, self.config.limits, default_precision=engine.default_precision,
+                on_image=lambda image: self._hold(claim, image, context),
+            )  # fmt: skip
             engine.validate(parsed.content, parsed.styles, parsed.options, **parsed.engine_kwargs())
             height, width = engine.output_shape(parsed.content, parsed.options)
             # The server's own limit may be tighter than the (possibly shared) engine's.
@@ -280,6 +304,19 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         except EngineError as exc:
             self.rejected("invalid", context, f"{convert.wire_field(exc.field)}: {exc.message}")
             context.abort_with_status(bad_request([(convert.wire_field(exc.field), exc.message)]))
+        except HeldFull as exc:
+            self.rejected("host_memory", context, str(exc))
+            context.abort_with_status(
+                _status(
+                    grpc.StatusCode.RESOURCE_EXHAUSTED,
+                    str(exc),
+                    [_retry_info(self.scheduler.retry_hint())],
+                )
+            )
+        except Cancelled:
+            log.info("client=%s left while its request's images were decoded",
+                     client_identity(context))  # fmt: skip
+            context.abort(grpc.StatusCode.CANCELLED, "the call ended before the job was queued")
         try:
             parsed.memory_plan = engine.plan_memory(
                 parsed.content, parsed.styles, parsed.options, capacity=self.job_memory(),
@@ -315,11 +352,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             self.scheduler.submit(job)
         except SchedulerError as exc:
             self.rejected(exc.code.lower(), context, exc.message)
-            details = []
-            if exc.retry_after is not None:
-                delay = duration_pb2.Duration()
-                delay.FromTimedelta(datetime.timedelta(seconds=exc.retry_after))
-                details.append(error_details_pb2.RetryInfo(retry_delay=delay))
+            details = [] if exc.retry_after is None else [_retry_info(exc.retry_after)]
             context.abort_with_status(_status(grpc.StatusCode[exc.code], exc.message, details))
         # Fires on cancel, disconnect, deadline and normal end alike; stopping a finished job
         # is a no-op. A call that ended while the request was checked (the client cancelled,
@@ -329,6 +362,15 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             self.scheduler.cancel(job, _stop_reason(context, job))
             return
         yield from self._stream(job, parsed, context)
+
+    @staticmethod
+    def _hold(claim: Claim, image: Any, context: grpc.ServicerContext) -> None:
+        """Count a decoded image against the server's held memory (raising HeldFull), and
+        stop decoding for a call that has ended (raising Cancelled): a request may hold 18
+        large images, seconds each to decode."""
+        if not context.is_active():
+            raise Cancelled()
+        claim.take(image.nbytes)
 
     def _stream(
         self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext

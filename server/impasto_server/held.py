@@ -1,0 +1,83 @@
+"""The host memory that requests' images hold, from their arrival to their job's end.
+
+A request's images are decoded as it arrives and kept at full size until its job ends (the
+engine reads them again where it needs their pixels), together with the request's own bytes.
+One request may carry 18 images of up to 8192 x 8192 pixels in a 256 MiB message, gigabytes
+once decoded, and 32 such may wait in the queue: without a bound, a few clients could take
+the host's memory. ``HeldImages`` counts those bytes for the whole server; a request that
+would take the count past its capacity, while others hold some, is refused as it decodes
+(RESOURCE_EXHAUSTED, retry later). A request alone is never refused, however large: the
+per-image pixel limit and the message limit bound it, and an idle server takes it.
+"""
+
+from __future__ import annotations
+
+import os
+import threading
+
+
+class HeldFull(Exception):
+    """Taking ``wanted`` more bytes would put the server's held images past ``capacity``."""
+
+    def __init__(self, wanted: int, held: int, capacity: int) -> None:
+        self.wanted, self.held, self.capacity = wanted, held, capacity
+        super().__init__(
+            f"the server holds {held >> 20} MiB of images for the jobs it has taken, and this "
+            f"request's would take it past its limit of {capacity >> 20} MiB "
+            "(--max-held-mb); retry once some have finished"
+        )
+
+
+def default_capacity() -> int:
+    """A quarter of the host's physical memory (1 GiB where it cannot be read)."""
+    try:
+        total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
+    except (ValueError, OSError, AttributeError):
+        return 1 << 30
+    return max(1 << 30, total // 4)
+
+
+class HeldImages:
+    """The bytes held by every request's images; ``capacity`` 0: no limit (counted still)."""
+
+    def __init__(self, capacity: int) -> None:
+        self.capacity = capacity
+        self._lock = threading.Lock()
+        self._held = 0
+
+    @property
+    def held(self) -> int:
+        return self._held
+
+    def claim(self) -> Claim:
+        """One request's share, empty until it takes bytes."""
+        return Claim(self)
+
+    def _take(self, claim: Claim, nbytes: int) -> None:
+        with self._lock:
+            others = self._held - claim.bytes
+            if self.capacity and others > 0 and self._held + nbytes > self.capacity:
+                raise HeldFull(claim.bytes + nbytes, others, self.capacity)
+            self._held += nbytes
+            claim.bytes += nbytes
+
+    def _give(self, claim: Claim) -> None:
+        with self._lock:
+            self._held -= claim.bytes
+            claim.bytes = 0
+
+
+class Claim:
+    """A request's bytes in a ``HeldImages``: ``take`` as it decodes, ``release`` (once or
+    more) when its stream ends."""
+
+    def __init__(self, pool: HeldImages) -> None:
+        self._pool = pool
+        self.bytes = 0
+
+    def take(self, nbytes: int) -> None:
+        """Count ``nbytes`` more; raise HeldFull (counting none) when they do not fit."""
+        self._pool._take(self, nbytes)
+
+    def release(self) -> None:
+        self._pool._give(self)

@@ -1,0 +1,101 @@
+"""The host memory that requests' images hold: counted from arrival to the stream's end,
+bounded for the whole server, and no decoding for a call that has ended."""
+
+from __future__ import annotations
+
+import grpc
+import numpy as np
+import pytest
+from impasto import images
+from impasto.client import Client, ImpastoError, Queued, Result, Started
+from impasto.v1 import style_transfer_pb2 as pb
+from impasto_server import convert
+from impasto_server.engine import Cancelled
+from impasto_server.held import HeldFull, HeldImages
+from job_watch import LONG, SHORT, Watcher, wait_until
+
+
+def test_a_request_alone_is_taken_however_large_and_others_wait_for_room():
+    pool = HeldImages(capacity=100)
+    first, second = pool.claim(), pool.claim()
+    first.take(60)
+    first.take(90)  # alone: past the capacity, still taken
+    assert pool.held == 150
+    with pytest.raises(HeldFull) as info:
+        second.take(1)
+    assert (info.value.held, info.value.capacity) == (150, 100)
+    assert pool.held == 150 and second.bytes == 0  # a refused take counts nothing
+    first.release()
+    first.release()  # once or more
+    assert pool.held == 0
+    second.take(100)
+    with pytest.raises(HeldFull):
+        first.take(1)  # 101 > 100 while another holds some
+    assert HeldImages(capacity=0).claim().take(1 << 40) is None  # 0: no limit
+
+
+def test_held_bytes_are_counted_while_the_job_lasts(make_server, tiny_content, tiny_style):
+    server = make_server(max_running=1)
+    held = server.service.held
+    assert held.held == 0 and held.capacity >= 1 << 30  # the default: a quarter of the host's
+    with Client(server.address) as client:
+        running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))
+        running.wait_for(Started)
+        decoded = tiny_content.nbytes + tiny_style.nbytes
+        assert decoded < held.held < 4 * decoded  # the images, and the request's own bytes
+        running.job.cancel()
+        assert running.done.wait(30)
+    wait_until(lambda: held.held == 0)
+    metric = server.metrics.registry.get_sample_value("impasto_held_image_bytes")
+    assert metric == 0.0
+
+
+def test_past_the_limit_a_request_waits_for_room(make_server, tiny_content, tiny_style):
+    large = np.zeros((600, 600, 3), np.uint8)  # 1.03 MiB decoded, past a 1 MiB limit alone
+    large[::7] = 255
+    server = make_server(max_running=1, max_held_mb=1)
+    with Client(server.address) as a, Client(server.address) as b:
+        running = Watcher(a.stylize(large, [tiny_style], **LONG))
+        running.wait_for(Started)  # alone: taken
+        with pytest.raises(ImpastoError) as info:
+            b.stylize(tiny_content, [tiny_style], **SHORT).result()
+        assert info.value.code == grpc.StatusCode.RESOURCE_EXHAUSTED
+        assert "--max-held-mb" in info.value.message and "1 MiB" in info.value.message
+        assert info.value.retry_after is not None and info.value.retry_after >= 1.0
+        refused = server.metrics.registry.get_sample_value(
+            "impasto_rejected_requests_total", {"reason": "host_memory"}
+        )
+        assert refused == 1.0
+        running.job.cancel()
+        assert running.done.wait(30)
+        wait_until(lambda: server.service.held.held == 0)
+        # room again: the same request goes through
+        events = list(b.stylize(tiny_content, [tiny_style], **SHORT))
+        assert isinstance(events[-1], Result)
+        assert any(isinstance(event, Queued) for event in events)
+
+
+def test_decoding_stops_for_a_call_that_ended(monkeypatch, tiny_content, tiny_style):
+    request = pb.StylizeRequest(
+        content=images.to_wire(tiny_content, "png"),
+        styles=[pb.Style(image=images.to_wire(tiny_style, "png"), weight=1.0)] * 5,
+    )
+    decoded: list[str] = []
+    from_wire = images.from_wire
+
+    def counting(message, **kwargs):
+        decoded.append(kwargs["field"])
+        return from_wire(message, **kwargs)
+
+    monkeypatch.setattr(images, "from_wire", counting)
+
+    def ended(_image):
+        if len(decoded) == 2:
+            raise Cancelled()
+
+    with pytest.raises(Cancelled):
+        convert.parse_request(request, convert.Limits(), on_image=ended)
+    assert decoded == ["content", "styles[0].image"]  # the other four never decoded
+    decoded.clear()
+    parsed = convert.parse_request(request, convert.Limits(), on_image=lambda image: None)
+    assert len(decoded) == 6 and len(parsed.styles) == 5
