@@ -221,6 +221,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 max_batch_jobs=self.config.max_batch,
                 job_memory_bytes=self.job_memory(),
                 progress_rate=self.config.progress_rate,
+                max_held_bytes=self.held.capacity,
             ),
             queued_jobs=self.scheduler.queued,
             running_jobs=self.scheduler.running,

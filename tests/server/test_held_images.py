@@ -39,6 +39,7 @@ def test_held_bytes_are_counted_while_the_job_lasts(make_server, tiny_content, t
     held = server.service.held
     assert held.held == 0 and held.capacity >= 1 << 30  # the default: a quarter of the host's
     with Client(server.address) as client:
+        assert client.server_info().limits["max_held_bytes"] == held.capacity
         running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))
         running.wait_for(Started)
         decoded = tiny_content.nbytes + tiny_style.nbytes
@@ -55,6 +56,7 @@ def test_past_the_limit_a_request_waits_for_room(make_server, tiny_content, tiny
     large[::7] = 255
     server = make_server(max_running=1, max_held_mb=1)
     with Client(server.address) as a, Client(server.address) as b:
+        assert a.server_info().limits["max_held_bytes"] == 1 << 20
         running = Watcher(a.stylize(large, [tiny_style], **LONG))
         running.wait_for(Started)  # alone: taken
         with pytest.raises(ImpastoError) as info:

@@ -323,7 +323,7 @@ class Range(_message.Message):
     def __init__(self, min: _Optional[float] = ..., max: _Optional[float] = ...) -> None: ...
 
 class Limits(_message.Message):
-    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels", "max_batch_jobs", "job_memory_bytes", "progress_rate", "max_regions")
+    __slots__ = ("max_pixels", "max_message_bytes", "queue_capacity", "max_running_jobs", "max_jobs_per_client", "max_styles", "max_input_pixels", "max_batch_jobs", "job_memory_bytes", "progress_rate", "max_regions", "max_held_bytes")
     MAX_PIXELS_FIELD_NUMBER: _ClassVar[int]
     MAX_MESSAGE_BYTES_FIELD_NUMBER: _ClassVar[int]
     QUEUE_CAPACITY_FIELD_NUMBER: _ClassVar[int]
@@ -335,6 +335,7 @@ class Limits(_message.Message):
     JOB_MEMORY_BYTES_FIELD_NUMBER: _ClassVar[int]
     PROGRESS_RATE_FIELD_NUMBER: _ClassVar[int]
     MAX_REGIONS_FIELD_NUMBER: _ClassVar[int]
+    MAX_HELD_BYTES_FIELD_NUMBER: _ClassVar[int]
     max_pixels: int
     max_message_bytes: int
     queue_capacity: int
@@ -346,7 +347,8 @@ class Limits(_message.Message):
     job_memory_bytes: int
     progress_rate: float
     max_regions: int
-    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_batch_jobs: _Optional[int] = ..., job_memory_bytes: _Optional[int] = ..., progress_rate: _Optional[float] = ..., max_regions: _Optional[int] = ...) -> None: ...
+    max_held_bytes: int
+    def __init__(self, max_pixels: _Optional[int] = ..., max_message_bytes: _Optional[int] = ..., queue_capacity: _Optional[int] = ..., max_running_jobs: _Optional[int] = ..., max_jobs_per_client: _Optional[int] = ..., max_styles: _Optional[int] = ..., max_input_pixels: _Optional[int] = ..., max_batch_jobs: _Optional[int] = ..., job_memory_bytes: _Optional[int] = ..., progress_rate: _Optional[float] = ..., max_regions: _Optional[int] = ..., max_held_bytes: _Optional[int] = ...) -> None: ...
 
 class AllowedValues(_message.Message):
     __slots__ = ("layers", "presets", "inits", "optimizers", "poolings", "color_preservations", "precisions", "output_formats", "size", "iterations", "num_scales", "style_scale")
