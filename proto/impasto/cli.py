@@ -123,7 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     s = sub.add_parser("stylize", help="stylize an image", description="Stylize CONTENT.")
-    s.add_argument("content", nargs="?", help="content image (PNG/JPEG/TIFF or .npy)")
+    s.add_argument(
+        "content", nargs="?", help="content image (PNG, JPEG, TIFF, HEIC, WebP, AVIF... or .npy)"
+    )
     s.add_argument("styles", nargs="*", metavar="style", help="one or more style images")
     s.add_argument("--sample", action="store_true", help="use the bundled sample images")
     s.add_argument(
@@ -197,13 +199,24 @@ def read_image(path: str, field: str) -> Any:
     try:
         images.decode(data, field=field)  # fail here, with the file's name, not on the server
     except images.ImageError:
-        # a format the wire does not carry (WebP, BMP, GIF...) travels as its pixels
+        # a format the wire does not carry (WebP, AVIF, HEIC, BMP, GIF...) travels as its
+        # pixels
+        if data[4:8] == b"ftyp":  # an ISO media file: HEIF (phones' photographs) or AVIF
+            _read_heif()
         try:
             return images.decode(data, field=field, formats=None)
         except images.ImageError as exc:
             named = field if path in field else f"{field} {path}"
             raise UsageError(f"{named}: {exc.message}") from exc
     return data
+
+
+def _read_heif() -> None:
+    """Let Pillow read HEIF/HEIC files, an iPhone's photographs by default (pillow-heif; its
+    images come upright, their orientation already applied and reset in their EXIF)."""
+    from pillow_heif import register_heif_opener
+
+    register_heif_opener()  # again is harmless
 
 
 def read_mask(path: str) -> np.ndarray:

@@ -100,6 +100,24 @@ def _image_files(folder: Path, content: np.ndarray, style: np.ndarray) -> tuple[
     return paths
 
 
+def _heic(pixels: np.ndarray, exif: PILImage.Exif, path) -> str:
+    """``pixels`` written as a HEIC file at ``path`` in a child process (so that this one's
+    Pillow has not been taught HEIF), with ``exif``."""
+    script = (
+        "import sys, numpy as np; from PIL import Image; "
+        "from pillow_heif import register_heif_opener; register_heif_opener(); "
+        "e = Image.Exif(); e.load(bytes.fromhex(sys.argv[3])); "
+        "Image.fromarray(np.load(sys.argv[1]))"
+        ".save(sys.argv[2], 'HEIF', exif=e.tobytes(), quality=95)"
+    )
+    array = path.with_suffix(".npy")
+    np.save(array, pixels)
+    subprocess.run(
+        [sys.executable, "-c", script, str(array), str(path), exif.tobytes().hex()], check=True
+    )
+    return str(path)
+
+
 def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys):
     content, style = _image_files(tmp_path, tiny_content, tiny_style)
     out, previews = tmp_path / "out.tif", tmp_path / "previews"
@@ -125,6 +143,17 @@ def test_cli_stylize_and_info(server, tmp_path, tiny_content, tiny_style, capsys
     exif[0x0112] = 6
     PILImage.fromarray(tiny_content).save(phone, exif=exif)
     code = cli.main(["stylize", str(phone), str(style), "-o", str(out), "--size", "32",
+                     "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
+    assert code == cli.EXIT_OK
+    assert np.asarray(PILImage.open(out)).shape == (32, 27, 3)
+    # an iPhone's HEIC photograph (pillow-heif writes the orientation as the file's own
+    # rotation): read on this side, sent as its pixels, upright
+    heic = tmp_path / "phone.heic"
+    _heic(tiny_content, exif, heic)
+    if "HEIF" not in PILImage.OPEN:  # Pillow alone cannot read it (until the CLI teaches it)
+        with pytest.raises(PILImage.UnidentifiedImageError):
+            PILImage.open(heic)
+    code = cli.main(["stylize", str(heic), str(style), "-o", str(out), "--size", "32",
                      "--iterations", "2", "--num-scales", "1", "--server", server.address])  # fmt: skip
     assert code == cli.EXIT_OK
     assert np.asarray(PILImage.open(out)).shape == (32, 27, 3)
