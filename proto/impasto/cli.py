@@ -214,8 +214,10 @@ def read_image(path: str, field: str) -> Any:
 def _read_heif() -> None:
     """Let Pillow read HEIF/HEIC files, an iPhone's photographs by default (pillow-heif; its
     images come upright, their orientation already applied and reset in their EXIF)."""
-    from pillow_heif import register_heif_opener
-
+    try:
+        from pillow_heif import register_heif_opener
+    except ImportError:  # installed without its dependencies: the file is refused as unknown
+        return
     register_heif_opener()  # again is harmless
 
 
