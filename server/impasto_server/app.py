@@ -91,7 +91,8 @@ class ServerConfig:
     #: cancelled (a client that stopped reading would hold a server thread); 0: never.
     unread_grace_seconds: float = 60.0
     #: Host memory, MiB, that requests' images may hold from their arrival to their job's
-    #: end, all together; None: a quarter of the host's memory; 0: no limit.
+    #: end, all together; None: a quarter of the host's memory or of the
+    #: container's limit, whichever is lower; 0: no limit.
     max_held_mb: int | None = None
 
 
@@ -448,7 +449,7 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         help="host memory, MiB, that requests' images (decoded at full size) may hold from "
         "their arrival to their job's end, all together: a request past it is refused with "
         "RESOURCE_EXHAUSTED and a retry hint unless it is the only one (default: a quarter "
-        "of the host's memory; 0: no limit)",
+        "of the host's memory, or of the container's limit where lower; 0: no limit)",
     )  # fmt: skip
     p.add_argument("--max-styles", type=int, default=d.max_styles, help="style images per job")
     p.add_argument(

@@ -14,6 +14,9 @@ from __future__ import annotations
 
 import os
 import threading
+from pathlib import Path
+
+from impasto_server.engine.memory import cgroup_memory
 
 
 class HeldFull(Exception):
@@ -28,13 +31,18 @@ class HeldFull(Exception):
         )
 
 
-def default_capacity() -> int:
-    """A quarter of the host's physical memory (1 GiB where it cannot be read)."""
+def default_capacity(cgroup: str | Path = "/sys/fs/cgroup") -> int:
+    """A quarter of the memory this process may use: the host's physical memory, or the
+    container's limit where that is lower (a pod limited to 16 GiB on a 512 GiB node); 1 GiB
+    where neither can be read, 256 MiB at least."""
     try:
         total = os.sysconf("SC_PHYS_PAGES") * os.sysconf("SC_PAGE_SIZE")
     except (ValueError, OSError, AttributeError):
-        return 1 << 30
-    return max(1 << 30, total // 4)
+        total = 4 << 30
+    memory = cgroup_memory(Path(cgroup))
+    if memory is not None:
+        total = min(total, memory[0])
+    return max(256 << 20, total // 4)
 
 
 class HeldImages:

@@ -11,7 +11,8 @@ from impasto.client import Client, ImpastoError, Queued, Result, Started
 from impasto.v1 import style_transfer_pb2 as pb
 from impasto_server import convert
 from impasto_server.engine import Cancelled
-from impasto_server.held import HeldFull, HeldImages
+from impasto_server.engine.memory import cgroup_memory
+from impasto_server.held import HeldFull, HeldImages, default_capacity
 from job_watch import LONG, SHORT, Watcher, wait_until
 
 
@@ -34,10 +35,31 @@ def test_a_request_alone_is_taken_however_large_and_others_wait_for_room():
     assert HeldImages(capacity=0).claim().take(1 << 40) is None  # 0: no limit
 
 
+def test_the_default_is_a_quarter_of_a_containers_limit(tmp_path):
+    host = default_capacity(tmp_path)  # no control group files: the host's memory
+    assert cgroup_memory(tmp_path) is None and host >= 256 << 20
+    (tmp_path / "memory.current").write_text(f"{100 << 20}\n")
+    (tmp_path / "memory.max").write_text("max\n")  # cgroup v2, unlimited
+    assert default_capacity(tmp_path) == host
+    (tmp_path / "memory.max").write_text(f"{2 << 30}\n")  # a 2 GiB container
+    assert cgroup_memory(tmp_path) == (2 << 30, 100 << 20)
+    assert default_capacity(tmp_path) == min(host, 512 << 20)
+    (tmp_path / "memory.max").unlink()
+    (tmp_path / "memory").mkdir()
+    (tmp_path / "memory" / "memory.usage_in_bytes").write_text(f"{100 << 20}\n")
+    v1 = tmp_path / "memory" / "memory.limit_in_bytes"
+    v1.write_text("9223372036854771712\n")  # cgroup v1, unlimited
+    assert cgroup_memory(tmp_path) is None
+    v1.write_text(f"{16 << 30}\n")
+    assert default_capacity(tmp_path) == min(host, 4 << 30)
+    v1.write_text(f"{512 << 20}\n")
+    assert default_capacity(tmp_path) == 256 << 20  # the floor
+
+
 def test_held_bytes_are_counted_while_the_job_lasts(make_server, tiny_content, tiny_style):
     server = make_server(max_running=1)
     held = server.service.held
-    assert held.held == 0 and held.capacity >= 1 << 30  # the default: a quarter of the host's
+    assert held.held == 0 and held.capacity == default_capacity()  # a quarter of the host's
     with Client(server.address) as client:
         assert client.server_info().limits["max_held_bytes"] == held.capacity
         running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))

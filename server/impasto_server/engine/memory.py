@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from pathlib import Path
 
 import torch
 
@@ -118,33 +119,34 @@ def device_capacity(device: torch.device, reserved_bytes: int) -> int:
         import psutil
 
         free = psutil.virtual_memory().available
-        limit = _cgroup_room()
-        if limit is not None:
-            free = min(free, limit)
+        cgroup = cgroup_memory()
+        if cgroup is not None:
+            limit, usage = cgroup
+            free = min(free, max(0, limit - usage))
         headroom = max(512 << 20, free // 16)
     return max(0, free - reserved_bytes - headroom)
 
 
-def _cgroup_room() -> int | None:
-    """Bytes this process's cgroup may still allocate (v2, else v1), None without a limit."""
-    for limit_file, usage_file in (
-        ("/sys/fs/cgroup/memory.max", "/sys/fs/cgroup/memory.current"),
-        (
-            "/sys/fs/cgroup/memory/memory.limit_in_bytes",
-            "/sys/fs/cgroup/memory/memory.usage_in_bytes",
-        ),
-    ):
+#: (limit, usage) files of a cgroup's memory: v2, then v1.
+_CGROUP_FILES = (
+    ("memory.max", "memory.current"),
+    ("memory/memory.limit_in_bytes", "memory/memory.usage_in_bytes"),
+)
+
+
+def cgroup_memory(root: Path = Path("/sys/fs/cgroup")) -> tuple[int, int] | None:
+    """(limit, usage) in bytes of this process's cgroup (v2, else v1, as a container sees
+    them), None without a limit."""
+    for limit_name, usage_name in _CGROUP_FILES:
         try:
-            with open(limit_file) as f:
-                raw = f.read().strip()
+            raw = (root / limit_name).read_text().strip()
             if raw == "max":
                 return None
-            with open(usage_file) as f:
-                usage = int(f.read().strip())
+            usage = int((root / usage_name).read_text().strip())
+            limit = int(raw)
         except (OSError, ValueError):
             continue
-        limit = int(raw)
         if limit >= 1 << 60:  # v1's "no limit"
             return None
-        return max(0, limit - usage)
+        return limit, usage
     return None
