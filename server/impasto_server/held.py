@@ -5,9 +5,11 @@ engine reads them again where it needs their pixels), together with the request'
 One request may carry 18 images of up to 8192 x 8192 pixels in a 256 MiB message, gigabytes
 once decoded, and 32 such may wait in the queue: without a bound, a few clients could take
 the host's memory. ``HeldImages`` counts those bytes for the whole server; a request that
-would take the count past its capacity, while others hold some, is refused as it decodes
-(RESOURCE_EXHAUSTED, retry later). A request alone is never refused, however large: the
-per-image pixel limit and the message limit bound it, and an idle server takes it.
+would take the count past its capacity is refused as it decodes (RESOURCE_EXHAUSTED, retry
+later), unless it is the oldest request the server holds: that one is never refused, however
+large (the per-image pixel limit and the message limit bound it), so a request alone is
+always taken, and requests that arrive together, each decoding, cannot refuse one another
+all (the count then passes the capacity by one request at most).
 """
 
 from __future__ import annotations
@@ -52,20 +54,25 @@ class HeldImages:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._held = 0
+        self._claims: dict[Claim, None] = {}  # those holding bytes, oldest first
 
     @property
     def held(self) -> int:
         return self._held
 
     def claim(self) -> Claim:
-        """One request's share, empty until it takes bytes."""
-        return Claim(self)
+        """One request's share, empty until it takes bytes; its age counts from now."""
+        claim = Claim(self)
+        with self._lock:
+            self._claims[claim] = None
+        return claim
 
     def _take(self, claim: Claim, nbytes: int) -> None:
         with self._lock:
-            others = self._held - claim.bytes
-            if self.capacity and others > 0 and self._held + nbytes > self.capacity:
-                raise HeldFull(claim.bytes + nbytes, others, self.capacity)
+            self._claims.setdefault(claim, None)  # taken again after a release: the newest
+            oldest = next(iter(self._claims))
+            if self.capacity and claim is not oldest and self._held + nbytes > self.capacity:
+                raise HeldFull(claim.bytes + nbytes, self._held - claim.bytes, self.capacity)
             self._held += nbytes
             claim.bytes += nbytes
 
@@ -73,11 +80,12 @@ class HeldImages:
         with self._lock:
             self._held -= claim.bytes
             claim.bytes = 0
+            self._claims.pop(claim, None)
 
 
 class Claim:
     """A request's bytes in a ``HeldImages``: ``take`` as it decodes, ``release`` (once or
-    more) when its stream ends."""
+    more) when its stream ends. Compared by identity."""
 
     def __init__(self, pool: HeldImages) -> None:
         self._pool = pool

@@ -16,11 +16,11 @@ from impasto_server.held import HeldFull, HeldImages, default_capacity
 from job_watch import LONG, SHORT, Watcher, wait_until
 
 
-def test_a_request_alone_is_taken_however_large_and_others_wait_for_room():
+def test_the_oldest_request_is_taken_however_large_and_others_wait_for_room():
     pool = HeldImages(capacity=100)
     first, second = pool.claim(), pool.claim()
     first.take(60)
-    first.take(90)  # alone: past the capacity, still taken
+    first.take(90)  # the oldest: past the capacity, still taken
     assert pool.held == 150
     with pytest.raises(HeldFull) as info:
         second.take(1)
@@ -31,8 +31,25 @@ def test_a_request_alone_is_taken_however_large_and_others_wait_for_room():
     assert pool.held == 0
     second.take(100)
     with pytest.raises(HeldFull):
-        first.take(1)  # 101 > 100 while another holds some
+        first.take(1)  # 101 > 100, and taken again after its release it is the newest
     assert HeldImages(capacity=0).claim().take(1 << 40) is None  # 0: no limit
+
+
+def test_requests_decoding_together_do_not_refuse_one_another_all():
+    pool = HeldImages(capacity=100)
+    claims = [pool.claim() for _ in range(3)]
+    for claim in claims:
+        claim.take(10)  # the requests' own bytes: each arrived before any image was decoded
+    outcomes = []
+    for claim in claims:  # each one's first image, 95 bytes
+        try:
+            claim.take(95)
+            outcomes.append("taken")
+        except HeldFull:
+            claim.release()  # the request is refused, and lets go
+            outcomes.append("refused")
+    assert outcomes == ["taken", "refused", "refused"]  # the oldest goes on
+    assert pool.held == 105
 
 
 def test_the_default_is_a_quarter_of_a_containers_limit(tmp_path):
