@@ -54,7 +54,7 @@ class HeldImages:
         self.capacity = capacity
         self._lock = threading.Lock()
         self._held = 0
-        self._claims: dict[Claim, None] = {}  # those holding bytes, oldest first
+        self._claims: dict[Claim, None] = {}  # every claim until its release, oldest first
 
     @property
     def held(self) -> int:
