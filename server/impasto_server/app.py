@@ -448,7 +448,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         "--max-held-mb", type=int,
         help="host memory, MiB, that requests' images (decoded at full size) may hold from "
         "their arrival to their job's end, all together: a request past it is refused with "
-        "RESOURCE_EXHAUSTED and a retry hint unless it is the only one (default: a quarter "
+        "RESOURCE_EXHAUSTED and a retry hint unless it is the oldest the server holds, so one "
+        "alone is always taken (default: a quarter "
         "of the host's memory, or of the container's limit where lower; 0: no limit)",
     )  # fmt: skip
     p.add_argument("--max-styles", type=int, default=d.max_styles, help="style images per job")
