@@ -110,7 +110,15 @@ HEALTH_WATCHES = 64
 
 
 class _Health(health.HealthServicer):
-    """grpcio-health-checking's servicer with its open watches counted and bounded."""
+    """grpcio-health-checking's servicer with its open watches counted and bounded, and a
+    closing watch's bookkeeping done off gRPC's polling thread.
+
+    Its ``set`` (and ``Watch``) sends each watch its message while holding the servicer's
+    lock and waits for the send to complete, which gRPC's one polling thread completes; that
+    thread also runs the callback of a watch that closes, which takes the same lock. A status
+    set while a watch closed therefore hung both for good: a shutdown (NOT_SERVING) right
+    after a client closed its watches never returned (tests/server/test_lifecycle.py's
+    watches test, once under load). The callback now runs in a thread of its own."""
 
     def __init__(self, watches: int) -> None:
         super().__init__()
@@ -126,6 +134,14 @@ class _Health(health.HealthServicer):
         if not context.add_callback(self._watches.release):
             self._watches.release()  # the call had already ended
         return super().Watch(request, context, send_response_callback)
+
+    def _on_close_callback(self, send_response_callback: Any, service: str) -> Any:
+        close = super()._on_close_callback(send_response_callback, service)
+
+        def callback() -> None:  # on gRPC's polling thread: must not wait for the lock
+            threading.Thread(target=close, name="impasto-health-close", daemon=True).start()
+
+        return callback
 
 
 def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:

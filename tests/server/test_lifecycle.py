@@ -61,6 +61,29 @@ def test_health_watches_take_no_place_of_jobs_or_checks(make_server, tiny_conten
         channel.close()
 
 
+def test_a_closing_watch_never_holds_up_the_server_while_health_is_being_set(make_server):
+    """grpcio-health-checking sends a status to each watch holding its servicer's lock, and
+    gRPC's polling thread, which completes those sends, ran the callback of a watch that
+    closed, which waits for that lock: a status set as a watch closed hung the server for good
+    (seen once as a shutdown that never returned). Here the lock is held, as a set in progress
+    holds it, while a watch closes: the server must go on answering."""
+    server = make_server()
+    with grpc.insecure_channel(server.address) as channel:
+        health = health_pb2_grpc.HealthStub(channel)
+        request = health_pb2.HealthCheckRequest(service="")
+        watch = health.Watch(request, timeout=30)
+        assert next(watch).status == health_pb2.HealthCheckResponse.SERVING
+        with server.health._lock:  # a set() in progress
+            watch.cancel()
+            time.sleep(0.5)  # the close reaches the server, its callback runs
+            with Client(server.address) as client:  # a call the polling thread must serve
+                assert client.server_info(timeout=5).device == "cpu"
+        wait_until(lambda: not server.health._send_response_callbacks.get("", ()))
+    started = time.monotonic()
+    server.shutdown(grace=0.0)  # sets NOT_SERVING: no watch left to tell
+    assert time.monotonic() - started < 10
+
+
 def _watch_opens(health, request) -> bool:
     watch = health.Watch(request, timeout=10)
     try:
