@@ -110,6 +110,40 @@ def test_a_thread_enters_again_what_it_is_inside():
     assert entered.wait(WAIT)
 
 
+def test_background_work_is_not_waited_for_and_no_recording_is_made_while_it_lasts():
+    gate = GpuGate()
+    inside, leave, late_in = threading.Event(), threading.Event(), threading.Event()
+
+    def compiler():
+        with gate.background():
+            inside.set()
+            leave.wait(WAIT)
+
+    thread = _thread(compiler)
+    assert inside.wait(WAIT) and gate.in_background
+    with gate.use(), gate.alone():  # neither waits for it (an emptying of the cache)
+        pass
+    with gate.use():
+        with pytest.raises(graphs_module.Busy), gate.alone(unless_background=True):
+            pass  # a recording: not while it lasts
+        with gate.use():  # that thread's use is its own again, nothing left waiting
+            pass
+    leave.set()
+    thread.join(WAIT)
+    assert not gate.in_background
+    with gate.alone(unless_background=True):  # now it is
+        assert gate.alone_thread is threading.current_thread()
+
+        def late():
+            with gate.background():
+                late_in.set()
+
+        thread = _thread(late)
+        assert not late_in.wait(BRIEF)  # background work waits while a thread is alone
+    assert late_in.wait(WAIT)
+    thread.join(WAIT)
+
+
 class RecordsAlone(EagerReplays):
     """Each new batch's first replay "records": alone, for a while, as PassGraphs does."""
 

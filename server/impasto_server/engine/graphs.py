@@ -28,7 +28,10 @@ although the recording's mode is ``thread_local``; a memory probe in a request's
 a pass too. So the engine's GPU work runs inside ``using_gpu()`` (many threads at once), and a
 recording, like an emptying of the allocator's cache (which the allocator refuses, an internal
 assertion, during a recording), inside ``alone()``, which waits for every other thread to leave
-its ``using_gpu`` and keeps new ones out until it ends.
+its ``using_gpu`` and keeps new ones out until it ends. GPU work that may take seconds and
+that nothing waits for (a network's compile, compiled.py) runs inside ``background()``
+instead: a recording does not wait for it but is not made while it lasts (the pass runs
+eagerly, and is recorded once it has ended).
 """
 
 from __future__ import annotations
@@ -44,19 +47,28 @@ import torch
 log = logging.getLogger("impasto_server.engine")
 
 
+class Busy(RuntimeError):
+    """``GpuGate.alone(unless_background=True)`` while background work runs."""
+
+
 class GpuGate:
     """Many threads' GPU work at once (``use``), or one thread alone (``alone``): a
     readers-writer lock that lets no new user in while one waits to be alone, so recordings
     are never starved. Both can be entered again by a thread inside them; a thread inside
     ``use`` that asks to be alone sets its own use aside while it waits and while it is alone,
     so two such threads do not wait for each other. A thread inside ``use`` must not wait for
-    another thread (a lock, a queue): that thread may be waiting to be alone."""
+    another thread (a lock, a queue): that thread may be waiting to be alone.
+
+    ``background`` is a use that ``alone`` does not wait for: it starts only while no thread is
+    alone or waiting to be, and while one lasts ``in_background`` is true and
+    ``alone(unless_background=True)`` raises ``Busy`` instead of being alone."""
 
     def __init__(self) -> None:
         self._cond = threading.Condition()
         self._users = 0  # threads inside use(), less those set aside while alone
         self._alone: threading.Thread | None = None
         self._waiting = 0  # threads waiting to be alone: new users wait behind them
+        self._background = 0  # threads inside background()
         self._local = threading.local()
 
     def _depth(self, kind: str) -> int:
@@ -81,7 +93,25 @@ class GpuGate:
                     self._cond.notify_all()
 
     @contextlib.contextmanager
-    def alone(self):
+    def background(self):
+        with self._cond:
+            while self._alone is not None or self._waiting:
+                self._cond.wait()
+            self._background += 1
+        try:
+            yield
+        finally:
+            with self._cond:
+                self._background -= 1
+                self._cond.notify_all()
+
+    @property
+    def in_background(self) -> bool:
+        """Whether some thread is inside ``background()`` now (a read without the lock)."""
+        return self._background > 0
+
+    @contextlib.contextmanager
+    def alone(self, unless_background: bool = False):
         depth = self._depth("alone")
         if depth:
             self._local.alone = depth + 1
@@ -104,6 +134,10 @@ class GpuGate:
             finally:
                 self._waiting -= 1
                 self._cond.notify_all()
+            if unless_background and self._background:
+                self._users += aside
+                self._cond.notify_all()
+                raise Busy("GPU work in the background")
             self._alone = threading.current_thread()
         self._local.alone = 1
         try:
@@ -174,14 +208,18 @@ class PassGraphs:
         its ``x.grad``, and where ``steps`` is given, ``steps(stages)`` (optimiser steps that
         read no host value) ran after the pass, in the same graph. None where the pass must
         run eagerly, and ``steps`` did not run (recording failed once: this batch goes on
-        without graphs)."""
+        without graphs; or GPU work runs in the background: recorded at a later pass)."""
         key = tuple(id(stage) for stage in stages)
         if key != self._key:
             self.release()
-            if not self.enabled:
+            if not self.enabled or gate.in_background:
                 return None
             try:
                 self._record(key, stages, evaluate, steps)
+            except Busy:  # background work began meanwhile: a later pass records it
+                for stage in stages:
+                    stage.x.grad = None
+                return None
             except Exception:  # the pass runs eagerly instead
                 log.warning("could not record the pass as a CUDA graph", exc_info=True)
                 self.enabled = False
@@ -217,7 +255,7 @@ class PassGraphs:
             _capture_keeping_cache(graph, stream) if self.keep_cache
             else torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")
         )  # fmt: skip
-        with gate.alone(), capture:
+        with gate.alone(unless_background=True), capture:
             terms = evaluate(stages)
             if steps is not None:
                 steps(stages)
