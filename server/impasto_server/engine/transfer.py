@@ -21,6 +21,7 @@ import torch.nn.functional as F
 
 from . import imaging, shared
 from .cache import GramCache
+from .compiled import CompiledNet
 from .events import Progress, Result
 from .graphs import PassGraphs, empty_cache, using_gpu
 from .lbfgs import LBFGS
@@ -136,6 +137,8 @@ class Engine:
         capturable_lbfgs: bool | None = None,
         overlap: bool = True,
         graphs_keep_cache: bool = False,
+        compile_net: bool = False,
+        compile_backend: str | Any = "inductor",
     ) -> None:
         if device is None:
             device = "cuda" if torch.cuda.is_available() else "cpu"
@@ -191,6 +194,9 @@ class Engine:
             one = torch.ones(1, 1, device=self._device)
             torch.linalg.solve_triangular(one, one, upper=True)
         self.net = net
+        # The network's passes compiled by torch.compile, each new shape in the background
+        # while its passes run eagerly (compiled.py): off until a GPU run says it pays.
+        self.compiled = CompiledNet(net, backend=compile_backend) if compile_net else None
         self.weights_name = (
             weights
             if weights in ("original", "torchvision")
@@ -723,7 +729,8 @@ class Engine:
             stage.x.grad = None
         x = lead.x if len(stages) == 1 else torch.cat([stage.x for stage in stages])
         layers = tuple(dict.fromkeys(layer for stage in stages for layer in stage.layers))
-        feats = self.net(x, layers, lead.options.pooling, self._dtype(lead.options.precision))
+        net = self.net if self.compiled is None else self.compiled
+        feats = net(x, layers, lead.options.pooling, self._dtype(lead.options.precision))
         if all(shared.qualifies(stage) for stage in stages):
             # Every term for the whole batch at once (see shared.py); a run alone is a batch
             # of one (fewer operations than its own objective's scalar arithmetic).
