@@ -615,6 +615,7 @@ class ImpastoWidget(QWidget):
         first = self.server_info is None
         self.server_info = info
         graphs = ", CUDA graphs" if info.cuda_graphs else ""
+        graphs += ", torch.compile" if info.compiled_network else ""
         token = f" · {TOKEN_PROBLEMS[info.token][0]}" if info.token in TOKEN_PROBLEMS else ""
         self.server_status.setText(
             f"{health} at {address} · {info.device}, {info.precision}{graphs} · "

@@ -504,6 +504,7 @@ def info(args: argparse.Namespace) -> int:
         health = client.health()
     print(f"impasto server {details.version} ({health})")
     graphs = ", CUDA graphs" if details.cuda_graphs else ""
+    graphs += ", torch.compile" if details.compiled_network else ""
     print(f"  device     {details.device} ({details.precision}{graphs}), weights {details.weights}")
     print(f"  load       {details.running_jobs} running, {details.queued_jobs} queued")
     auth = "bearer token required" if details.auth_required else "open"

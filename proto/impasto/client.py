@@ -164,6 +164,8 @@ class ServerInfo:
     auth_required: bool
     #: Each iteration's pass replayed as a CUDA graph (a GPU server's default).
     cuda_graphs: bool = False
+    #: The network's pass compiled by torch.compile, each shape in the background (--compile).
+    compiled_network: bool = False
     #: What Stylize would make of this client's token: "not_needed", "missing", "accepted",
     #: "invalid" or "expired" ("" from a server that does not say).
     token: str = ""
@@ -242,6 +244,7 @@ def server_info_of(message: pb.GetServerInfoResponse) -> ServerInfo:
         running_jobs=message.running_jobs,
         auth_required=message.auth_required,
         cuda_graphs=message.cuda_graphs,
+        compiled_network=message.compiled_network,
         token=wire.enum_name(wire.TOKEN_STATES, message.token) or "",
     )
 

@@ -80,6 +80,9 @@ class ServerConfig:
     job_memory_mb: float | None = None
     #: Each iteration's pass through the network replayed as a CUDA graph; None: on a GPU.
     cuda_graphs: bool | None = None
+    #: The network's pass compiled by torch.compile for each new pass shape, in the
+    #: background while that shape's passes run eagerly (engine/compiled.py).
+    compile: bool = False
     #: Plain progress events sent per second per job at most; 0: every iteration's.
     progress_rate: float = 20.0
     #: Waiting jobs whose host work is done ahead, while the device runs others; None: one
@@ -167,6 +170,7 @@ def default_engine(config: ServerConfig) -> Any:
         max_pixels=config.max_pixels,
         cache_bytes=config.cache_mb << 20,
         cuda_graphs=config.cuda_graphs,
+        compile_net=config.compile,
     )
 
 
@@ -333,15 +337,19 @@ class Server:
         engine = self._engine if self._engine is not None else self._engine_factory(self.config)
         self._engine = engine
         self.metrics.watch(_device_memory(engine), lambda: engine.cache_stats().get("bytes", 0))
+        compiled = getattr(engine, "compiled", None)
+        if compiled is not None:
+            self.metrics.watch_compiles(compiled.stats)
         self.service.engine = engine
         self._set_health(health_pb2.HealthCheckResponse.SERVING)
         log.info(
-            "ready: impasto %s, device=%s, weights=%s, precision=%s, cuda_graphs=%s",
+            "ready: impasto %s, device=%s, weights=%s, precision=%s, cuda_graphs=%s, compile=%s",
             __version__,
             engine.device,
             engine.weights_name,
             engine.default_precision,
             engine.cuda_graphs,
+            getattr(engine, "compiled", None) is not None,
         )
 
     def shutdown(self, grace: float | None = None) -> None:
@@ -499,6 +507,13 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         "--cuda-graphs", action=argparse.BooleanOptionalAction,
         help="replay each iteration's pass through the network as a CUDA graph, recorded "
         "once per batch and stage (default: on with a GPU; a GPU only)",
+    )  # fmt: skip
+    p.add_argument(
+        "--compile", action=argparse.BooleanOptionalAction, default=d.compile,
+        help="compile the network's pass with torch.compile for each new pass shape (image "
+        "size, stage, batch of one or more), in a background thread while that shape's "
+        "passes run as before; seconds of compile per shape, then faster passes on a GPU "
+        "(default: off)",
     )  # fmt: skip
     p.add_argument(
         "--progress-rate", type=float, default=d.progress_rate,

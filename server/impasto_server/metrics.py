@@ -46,6 +46,23 @@ class Metrics:
             registry=r,
         )
 
+    def watch_compiles(self, stats: Callable[[], dict[str, Any]]) -> None:
+        """The engine's compiled pass shapes (``CompiledNet.stats``), for a server that
+        compiles them."""
+        gauges = (
+            ("compiled", "impasto_compiled_pass_shapes",
+             "Pass shapes the network runs compiled (torch.compile, --compile)"),
+            ("waiting", "impasto_compile_waiting_shapes",
+             "Pass shapes waiting for their compile, or compiling"),
+            ("failed", "impasto_compile_failed_shapes",
+             "Pass shapes whose compile failed (they run eagerly)"),
+            ("seconds", "impasto_compile_seconds",
+             "Seconds spent compiling pass shapes, all together"),
+        )  # fmt: skip
+        for key, name, text in gauges:
+            gauge = Gauge(name, text, registry=self.registry)
+            gauge.set_function(lambda key=key: float(stats()[key]))
+
     def watch(self, device_memory: Callable[[], float], cache_bytes: Callable[[], float]) -> None:
         self.device_memory.set_function(device_memory)
         self.cache_bytes.set_function(cache_bytes)

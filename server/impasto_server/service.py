@@ -227,6 +227,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             running_jobs=self.scheduler.running,
             auth_required=self.config.tokens is not None,
             cuda_graphs=bool(engine and engine.cuda_graphs),
+            compiled_network=getattr(engine, "compiled", None) is not None,
             token=self._token_state(context),
         )
         precision = engine.default_precision if engine else "float32"

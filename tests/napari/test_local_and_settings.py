@@ -36,6 +36,11 @@ def test_local_mode_starts_on_first_run_and_stops_when_napari_closes(
         server.address, dataclasses.replace(widget.server_info, cuda_graphs=True)
     )
     assert f"cpu, {widget.server_info.precision}, CUDA graphs ·" in widget.server_status.text()
+    widget._on_server_info(  # and one that compiles its network (--compile)
+        server.address, dataclasses.replace(widget.server_info, compiled_network=True)
+    )
+    status = widget.server_status.text()
+    assert f"{widget.server_info.precision}, CUDA graphs, torch.compile ·" in status
 
     viewer.close()
     qtbot.waitUntil(lambda: process.poll() is not None, timeout=30_000)

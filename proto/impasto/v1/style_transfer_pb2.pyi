@@ -387,7 +387,7 @@ class PresetOptions(_message.Message):
     def __init__(self, preset: _Optional[_Union[Preset, str]] = ..., options: _Optional[_Union[Options, _Mapping]] = ...) -> None: ...
 
 class GetServerInfoResponse(_message.Message):
-    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required", "cuda_graphs", "token")
+    __slots__ = ("version", "device", "weights", "precision", "limits", "defaults", "presets", "allowed", "queued_jobs", "running_jobs", "auth_required", "cuda_graphs", "token", "compiled_network")
     VERSION_FIELD_NUMBER: _ClassVar[int]
     DEVICE_FIELD_NUMBER: _ClassVar[int]
     WEIGHTS_FIELD_NUMBER: _ClassVar[int]
@@ -401,6 +401,7 @@ class GetServerInfoResponse(_message.Message):
     AUTH_REQUIRED_FIELD_NUMBER: _ClassVar[int]
     CUDA_GRAPHS_FIELD_NUMBER: _ClassVar[int]
     TOKEN_FIELD_NUMBER: _ClassVar[int]
+    COMPILED_NETWORK_FIELD_NUMBER: _ClassVar[int]
     version: str
     device: str
     weights: str
@@ -414,4 +415,5 @@ class GetServerInfoResponse(_message.Message):
     auth_required: bool
     cuda_graphs: bool
     token: TokenState
-    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ..., token: _Optional[_Union[TokenState, str]] = ...) -> None: ...
+    compiled_network: bool
+    def __init__(self, version: _Optional[str] = ..., device: _Optional[str] = ..., weights: _Optional[str] = ..., precision: _Optional[_Union[Precision, str]] = ..., limits: _Optional[_Union[Limits, _Mapping]] = ..., defaults: _Optional[_Union[Options, _Mapping]] = ..., presets: _Optional[_Iterable[_Union[PresetOptions, _Mapping]]] = ..., allowed: _Optional[_Union[AllowedValues, _Mapping]] = ..., queued_jobs: _Optional[int] = ..., running_jobs: _Optional[int] = ..., auth_required: _Optional[bool] = ..., cuda_graphs: _Optional[bool] = ..., token: _Optional[_Union[TokenState, str]] = ..., compiled_network: _Optional[bool] = ...) -> None: ...
