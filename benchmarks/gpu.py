@@ -46,9 +46,12 @@
    photographs (prepared ahead by one thread, by four, and not ahead), with each job a new
    2048 px style, with CUDA graphs the other way, with recordings that keep the allocator's
    cache the other way (1 and 16 clients), and once with the job worker's parts timed.
-8. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+8. (server-compiled *) One client alone and 16 batched with the network's passes compiled in
+   the background (the server's --compile), after a warm-up that compiles every pass shape
+   they meet: jobs per minute, and the 16 clients' ratio to the one compiled client's.
+9. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
-9. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
+10. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
@@ -635,11 +638,12 @@ PARTS = (
     "largest",
     "server",
     "server-more",
+    "server-compiled",
     "compile",
     "autotune",
 )
 #: The parts that explain the others: run only when named.
-MORE = ("lbfgs", "profile", "server-more", "autotune")
+MORE = ("lbfgs", "profile", "server-more", "server-compiled", "autotune")
 
 
 class Rows(list):
@@ -736,6 +740,49 @@ def server_more_part(engine: Engine, rows: Rows, toy: bool) -> None:
         rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
 
 
+def server_compiled_part(engine: Engine, rows: Rows, toy: bool) -> None:
+    """One client's jobs alone and 16 clients' batched (up to GPU_MAX_BATCH), Adam, with the
+    network's passes compiled in the background (engine/compiled.py, the server's --compile):
+    first a warm-up that sends both until no new pass shape is met, each shape's compile
+    awaited (the shapes, the compiles' seconds and the warm-up's a row), then the two rows as
+    the server part's, each ratio to one client's jobs per minute without compiling, and the
+    16 clients' ratio to one client's compiled. The toy run (the CPU test suite) compiles
+    with dynamo's "eager" backend: the bookkeeping without a compiler's minutes."""
+    from impasto_server.app import GPU_MAX_BATCH
+    from impasto_server.engine.compiled import CompiledNet
+
+    compiled = CompiledNet(engine.net, backend="eager" if toy else "inductor")
+    row, many = server_rows(engine, rows, toy)
+    size, its, jobs_each = server_job(toy)
+    label = "server, network compiled: warm-up until every pass shape met is compiled"
+    try:
+        with rows.section(label), engine_set(engine, "compiled", compiled):
+            started, shapes = time.perf_counter(), -1
+            for _ in range(3):  # until a round meets no new shape
+                server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH)
+                server_throughput(engine, 1, jobs_each, size, its, 1)
+                if not compiled.wait(60 if toy else 240):
+                    raise RuntimeError(f"compiles still waiting: {compiled.stats()}")
+                stats = compiled.stats()
+                if stats["compiled"] + stats["failed"] == shapes:
+                    break
+                shapes = stats["compiled"] + stats["failed"]
+            rows.append((label, (
+                f"{stats['compiled']} shapes compiled in {stats['seconds']:.1f} s of compiles, "
+                f"{stats['failed']} failed; warm-up {time.perf_counter() - started:.0f} s"
+            )))  # fmt: skip
+        passes = compiled.stats()["compiled_passes"]
+        one = row(1, 1, compiled=compiled)
+        jpm = row(many, GPU_MAX_BATCH, compiled=compiled)
+        ratio = f"server, {many} clients batched against one client, both compiled"
+        rows.append((ratio, f"{jpm / one:.2f}x" if one and jpm else "-"))
+        ran = compiled.stats()["compiled_passes"] - passes
+        rows.append(("server, network compiled: passes that ran compiled code in its rows",
+                     f"{ran}"))  # fmt: skip
+    finally:
+        compiled.close()
+
+
 def server_job(toy: bool) -> tuple[int, int, int]:
     """The server rows' jobs: side, iterations, and jobs each client sends."""
     return (32, 2, 2) if toy else (256, 50, 3)
@@ -753,7 +800,9 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
 
     def row(clients: int, batch: int, optimizer: str = "adam", other_graphs: bool = False,
             overlap: bool = True, keep_cache: bool | None = None, step_outside: bool = False,
-            **config):  # fmt: skip
+            compiled: Any = None, **config) -> float:  # fmt: skip
+        """The row's jobs per minute (0 where it failed). ``compiled``: a CompiledNet for
+        the engine's passes (engine/compiled.py), its shapes compiled already."""
         nonlocal base
         graphs = engine.cuda_graphs != other_graphs  # the engine's default unless told other
         how = f"batched (up to {batch})" if batch > 1 else "alone"
@@ -766,6 +815,8 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             how += ", each pass read before the next (no overlap)"
         if step_outside:
             how += ", each L-BFGS step outside the graph"
+        if compiled is not None:
+            how += ", the network compiled (--compile, every shape compiled)"
         if "progress_rate" in config:
             how += f", --progress-rate {config['progress_rate']:g}"
         if "input_side" in config:
@@ -778,6 +829,7 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             how += f", {config['prepare_threads']} thread(s) preparing them (--prepare-threads)"
         name = "L-BFGS" if optimizer == "lbfgs" else "Adam"
         label = f"server, {clients} client{'s' * (clients > 1)}, {name}, {how}"
+        jpm = 0.0
         with rows.section(label):
             # a row that asks for graphs must not report an eager time as theirs
             asks = (other_graphs and graphs) or keep_cache is not None
@@ -787,6 +839,7 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
                 check, graphs_set(engine, graphs, graphs and not step_outside),
                 engine_set(engine, "overlap", overlap),
                 engine_set(engine, "graphs_keep_cache", kept),
+                engine_set(engine, "compiled", compiled),
             ):  # fmt: skip
                 jpm, mean_batch = server_throughput(
                     engine, clients, jobs_each, size, its, batch, optimizer, **config
@@ -794,6 +847,7 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             base = base or jpm
             text = f"{jpm:.1f} jobs/min ({jpm / base:.2f}x), mean batch {mean_batch:.1f}"
             rows.append((label, text))
+        return jpm
 
     row(1, 1)
     return row, many
@@ -1035,6 +1089,9 @@ def main() -> None:
     if "server" in only:
         with rows.part("server"):
             server_part(engine, rows, toy)
+    if "server-compiled" in only:
+        with rows.part("server-compiled"):
+            server_compiled_part(engine, rows, toy)
     if "server-more" in only:
         with rows.part("server-more"):
             server_more_part(engine, rows, toy)

@@ -66,6 +66,17 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         ),
     ):
         assert "jobs/min" in table[f"server, 2 clients, {row}"]  # batched: the GPU default
+    # the network compiled in the background (dynamo's "eager" backend here): a batch of one
+    # and a batch of two or more, compiled in the warm-up, then every pass of the rows compiled
+    warm = table["server, network compiled: warm-up until every pass shape met is compiled"]
+    assert warm.startswith("2 shapes compiled in ") and ", 0 failed;" in warm, warm
+    compiled = ", the network compiled (--compile, every shape compiled)"
+    assert "jobs/min" in table[f"server, 1 client, Adam, alone{compiled}"]
+    assert "jobs/min" in table[f"server, 2 clients, Adam, batched (up to 8){compiled}"]
+    assert table["server, 2 clients batched against one client, both compiled"].endswith("x")
+    # two clients' two jobs of two passes, batched or not, and one client's two
+    ran = table["server, network compiled: passes that ran compiled code in its rows"]
+    assert int(ran) >= 8, ran
     # where the job worker's time went, part by part, in the timed batched row
     worker = table["server, 2 clients, Adam, batched (up to 8): the worker's time"]
     shares = dict(part.rsplit(" ", 1) for part in worker.split(": ", 1)[1].split(", "))
@@ -80,7 +91,8 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     # where the run's time went: every part that ran, in the order it ran
     parts, whole = table["seconds by part"].split("; in all ")
     names = [part.rsplit(" ", 1)[0] for part in parts.split(", ")]
-    assert names == ["setup", "checks", "iteration", "lbfgs", "largest", "server", "server-more"]
+    assert names == ["setup", "checks", "iteration", "lbfgs", "largest", "server",
+                     "server-compiled", "server-more"]  # fmt: skip
     assert float(whole) >= sum(float(part.rsplit(" ", 1)[1]) for part in parts.split(", ")) - 1
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
