@@ -93,6 +93,7 @@ class CompiledNet:
         self._closed = False
         self.seconds = 0.0  # spent compiling, all shapes together
         self.compiled_passes = 0  # passes that ran the compiled code (the compiles' own not)
+        self.passes = 0  # every pass through here, compiled or not (a probe's count's not)
 
     def _counted(self, backend: str | Callable[..., Any]) -> Callable[..., Any]:
         """``backend`` with each call of the code it compiles counted, outside the compile's
@@ -128,6 +129,7 @@ class CompiledNet:
     ) -> dict[str, torch.Tensor]:  # fmt: skip
         if _get_current_dispatch_mode() is not None:  # a probe's count: of the eager pass
             return self.net(x, layers, pooling, dtype)
+        self.passes += 1
         key = self.key(x, layers, pooling, dtype)
         if key in self._ready:
             return self._run_only(x, layers, pooling, dtype)
@@ -162,12 +164,14 @@ class CompiledNet:
             self._cond.notify_all()
 
     def stats(self) -> dict[str, Any]:
-        """Shapes compiled, failed and waiting, seconds spent compiling, compiled passes run."""
+        """Shapes compiled, failed and waiting, seconds spent compiling, passes run compiled
+        and in all."""
         with self._cond:
             return {
                 "compiled": len(self._ready), "failed": len(self._failed),
                 "waiting": len(self._wanted) + (self._compiling is not None),
                 "seconds": self.seconds, "compiled_passes": self.compiled_passes,
+                "passes": self.passes,
             }  # fmt: skip
 
     def wait(self, timeout: float) -> bool:
