@@ -470,7 +470,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     )  # fmt: skip
     p.add_argument(
         "--max-held-mb", type=int,
-        help="host memory, MiB, that requests' images (decoded at full size) may hold from "
+        help="host memory, MiB, that requests' images (decoded at full size, and their jobs' "
+        "float32 copies) may hold from "
         "their arrival to their job's end, all together: a request past it is refused with "
         "RESOURCE_EXHAUSTED and a retry hint unless it is the oldest the server holds, so one "
         "alone is always taken (default: a quarter "

@@ -9,7 +9,9 @@ would take the count past its capacity is refused as it decodes (RESOURCE_EXHAUS
 later), unless it is the oldest request the server holds: that one is never refused, however
 large (the per-image pixel limit and the message limit bound it), so a request alone is
 always taken, and requests that arrive together, each decoding, cannot refuse one another
-all (the count then passes the capacity by one request at most).
+all (the count then passes the capacity by one request at most). A job's preparation
+counts its float32 copies of the images in its request's claim (``Claim.add``: never refused,
+the request is taken already): 12 bytes a pixel, four times the decoded images' 3.
 """
 
 from __future__ import annotations
@@ -76,6 +78,13 @@ class HeldImages:
             self._held += nbytes
             claim.bytes += nbytes
 
+    def _add(self, claim: Claim, nbytes: int) -> None:
+        with self._lock:
+            if claim not in self._claims:
+                return  # released already: its bytes are no longer counted
+            self._held += nbytes
+            claim.bytes += nbytes
+
     def _give(self, claim: Claim) -> None:
         with self._lock:
             self._held -= claim.bytes
@@ -94,6 +103,11 @@ class Claim:
     def take(self, nbytes: int) -> None:
         """Count ``nbytes`` more; raise HeldFull (counting none) when they do not fit."""
         self._pool._take(self, nbytes)
+
+    def add(self, nbytes: int) -> None:
+        """Count ``nbytes`` more (fewer, where negative) without refusing them: memory of a
+        request already taken (its job's copies of its images)."""
+        self._pool._add(self, nbytes)
 
     def release(self) -> None:
         self._pool._give(self)

@@ -49,6 +49,8 @@ ERROR_DOMAIN = "impasto.v1"
 #: How often a waiting stream wakes to notice a vanished client (the cancel callback is the
 #: fast path; this is the safety net).
 _POLL_SECONDS = 0.5
+#: Host bytes a pixel takes as the engine's float32 RGB (its copies of a job's images).
+_FLOAT32_BYTES = 3 * 4
 
 
 @dataclass
@@ -339,7 +341,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         job = Job(
             client=client,
             work=self._run_batch,
-            prepare=self._prepare,
+            prepare=lambda job: self._prepare(job, claim),
             payload=parsed,
             deadline=deadline,
             description={
@@ -495,20 +497,32 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             return None
         return self.engine.batch_key(parsed.content, parsed.options)
 
-    def _prepare(self, job: Job) -> Any:
+    def _prepare(self, job: Job, claim: Claim | None = None) -> Any:
         """A job's host work before it runs (checks, its images as tensors): the scheduler
-        may run it ahead, in a thread of its own, while the job waits."""
+        may run it ahead, in a thread of its own, while the job waits. The float32 copies it
+        makes of the images (12 bytes a pixel) count in ``claim`` too: the content's and the
+        start image's until the job ends, the styles' while it is prepared (the engine lets
+        them go then); already taken, they are counted, never refused."""
         parsed = job.payload
-        return self.engine.prepare(
-            parsed.content,
-            parsed.styles,
-            parsed.options,
-            **parsed.engine_kwargs(),
-            preview_every=parsed.preview_interval,
-            preview_size=parsed.preview_size,
-            should_stop=job.should_stop,
-            memory=parsed.memory_plan,
-        )
+        kept = sum(_FLOAT32_BYTES * a.shape[0] * a.shape[1]
+                   for a in (parsed.content, parsed.init_image) if a is not None)  # fmt: skip
+        styles = sum(_FLOAT32_BYTES * s.shape[0] * s.shape[1] for s in parsed.styles)
+        if claim is not None:
+            claim.add(kept + styles)
+        try:
+            return self.engine.prepare(
+                parsed.content,
+                parsed.styles,
+                parsed.options,
+                **parsed.engine_kwargs(),
+                preview_every=parsed.preview_interval,
+                preview_size=parsed.preview_size,
+                should_stop=job.should_stop,
+                memory=parsed.memory_plan,
+            )
+        finally:
+            if claim is not None:
+                claim.add(-styles)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run one job, or several with one batch_key, in a scheduler worker; every outcome

@@ -73,21 +73,53 @@ def test_the_default_is_a_quarter_of_a_containers_limit(tmp_path):
     assert default_capacity(tmp_path) == 256 << 20  # the floor
 
 
-def test_held_bytes_are_counted_while_the_job_lasts(make_server, tiny_content, tiny_style):
+def test_held_bytes_are_counted_while_the_job_lasts(
+    make_server, shared_engine, tiny_content, tiny_style, monkeypatch
+):
     server = make_server(max_running=1)
     held = server.service.held
     assert held.held == 0 and held.capacity == default_capacity()  # a quarter of the host's
+    preparing = []
+    prepare = shared_engine.prepare
+
+    def prepare_noting_held(*args, **kwargs):
+        preparing.append(held.held)
+        return prepare(*args, **kwargs)
+
+    monkeypatch.setattr(shared_engine, "prepare", prepare_noting_held)
     with Client(server.address) as client:
         assert client.server_info().limits["max_held_bytes"] == held.capacity
         running = Watcher(client.stylize(tiny_content, [tiny_style], **LONG))
         running.wait_for(Started)
         decoded = tiny_content.nbytes + tiny_style.nbytes
-        assert decoded < held.held < 4 * decoded  # the images, and the request's own bytes
+        # the images, the request's own bytes, and the job's float32 copy of the content
+        # (12 bytes a pixel, four times the decoded 3) until it ends
+        kept = 4 * tiny_content.nbytes
+        assert decoded + kept < held.held < 3 * decoded + kept
+        # while the job was prepared, its float32 copies of the styles too
+        assert preparing == [held.held + 4 * tiny_style.nbytes]
         running.job.cancel()
         assert running.done.wait(30)
     wait_until(lambda: held.held == 0)
     metric = server.metrics.registry.get_sample_value("impasto_held_image_bytes")
     assert metric == 0.0
+
+
+def test_a_claim_counts_what_its_job_adds_without_refusing_it():
+    pool = HeldImages(100)
+    first, second = pool.claim(), pool.claim()
+    first.take(60)
+    second.add(80)  # a request taken already: its job's copies are counted, never refused
+    assert pool.held == 140
+    with pytest.raises(HeldFull):
+        second.take(1)  # but it takes no more of its own past the limit
+    second.add(-80)
+    assert pool.held == 60
+    second.release()
+    second.add(50)  # after its release (the call ended while its job was prepared): ignored
+    assert pool.held == 60 and second.bytes == 0
+    first.release()
+    assert pool.held == 0
 
 
 def test_past_the_limit_a_request_waits_for_room(make_server, tiny_content, tiny_style):

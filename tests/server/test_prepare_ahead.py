@@ -165,9 +165,9 @@ def test_a_server_prepares_a_queued_job_ahead(make_server, tiny_content, tiny_st
     threads: list[str] = []
     prepare = service._prepare
 
-    def recorded(job):
+    def recorded(job, claim=None):
         threads.append(threading.current_thread().name)
-        return prepare(job)
+        return prepare(job, claim)
 
     service._prepare = recorded  # what each new job's prepare is
     with Client(server.address) as a, Client(server.address) as b:
