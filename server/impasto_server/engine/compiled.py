@@ -203,20 +203,19 @@ class CompiledNet:
                 key = next(iter(self._wanted))
                 shape, args = self._wanted.pop(key)
                 self._compiling = key
+            outcome: bool | None = False
             try:
                 outcome = self._compile(key, shape, args)
             finally:
-                with self._cond:
+                with self._cond:  # with _compiling: no moment where the key is in neither
                     self._compiling = None
+                    if outcome is True:
+                        self._ready.add(key)
+                    elif outcome is False:
+                        self._failed.add(key)
+                    else:  # no room now
+                        self._later[key] = time.monotonic() + RETRY_SECONDS
                     self._cond.notify_all()
-            with self._cond:
-                if outcome is True:
-                    self._ready.add(key)
-                elif outcome is False:
-                    self._failed.add(key)
-                else:  # no room now
-                    self._later[key] = time.monotonic() + RETRY_SECONDS
-                self._cond.notify_all()
 
     def _room(self, shape: tuple[int, ...], device: torch.device) -> bool:
         if device.type != "cuda":
