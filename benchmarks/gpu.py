@@ -1090,12 +1090,12 @@ def main() -> None:
     if "server" in only:
         with rows.part("server"):
             server_part(engine, rows, toy)
-    if "server-compiled" in only:
-        with rows.part("server-compiled"):
-            server_compiled_part(engine, rows, toy)
     if "server-more" in only:
         with rows.part("server-more"):
             server_more_part(engine, rows, toy)
+    if "server-compiled" in only:
+        with rows.part("server-compiled"):
+            server_compiled_part(engine, rows, toy)
     if cuda and "compile" in only:
         with rows.part("compile"):
             compile_part(engine, rows, content, style, iters, warm)

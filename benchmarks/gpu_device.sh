@@ -7,7 +7,7 @@
 #   then there:      bash benchmarks/gpu_device.sh          (carry .whl)
 #   a rerun of some parts of gpu.py alone:  BATCHING=0 bash benchmarks/gpu_device.sh --only largest
 #   every part, those that explain the goals' rows too:  bash benchmarks/gpu_device.sh --only all
-#   the server with --compile against without (about 6 minutes):
+#   the server with --compile against without:
 #     BATCHING=0 GPU_BENCH_SECONDS=400 bash benchmarks/gpu_device.sh --only server,server-compiled
 set -uo pipefail
 cd "$(dirname "$0")/.."
