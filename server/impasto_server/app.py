@@ -349,7 +349,7 @@ class Server:
             engine.weights_name,
             engine.default_precision,
             engine.cuda_graphs,
-            getattr(engine, "compiled", None) is not None,
+            compiled is not None,
         )
 
     def shutdown(self, grace: float | None = None) -> None:

@@ -30,6 +30,7 @@ from impasto_server.engine import (
     is_out_of_memory,
 )
 from impasto_server.engine.graphs import empty_cache
+from impasto_server.engine.imaging import PIXEL_BYTES
 from impasto_server.engine.memory_budget import MemoryBudget
 from impasto_server.held import Claim, HeldFull, HeldImages
 from impasto_server.metrics import Metrics
@@ -49,8 +50,6 @@ ERROR_DOMAIN = "impasto.v1"
 #: How often a waiting stream wakes to notice a vanished client (the cancel callback is the
 #: fast path; this is the safety net).
 _POLL_SECONDS = 0.5
-#: Host bytes a pixel takes as the engine's float32 RGB (its copies of a job's images).
-_FLOAT32_BYTES = 3 * 4
 
 
 @dataclass
@@ -504,9 +503,9 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         start image's until the job ends, the styles' while it is prepared (the engine lets
         them go then); already taken, they are counted, never refused."""
         parsed = job.payload
-        kept = sum(_FLOAT32_BYTES * a.shape[0] * a.shape[1]
+        kept = sum(PIXEL_BYTES * a.shape[0] * a.shape[1]
                    for a in (parsed.content, parsed.init_image) if a is not None)  # fmt: skip
-        styles = sum(_FLOAT32_BYTES * s.shape[0] * s.shape[1] for s in parsed.styles)
+        styles = sum(PIXEL_BYTES * s.shape[0] * s.shape[1] for s in parsed.styles)
         if claim is not None:
             claim.add(kept + styles)
         try:

@@ -159,16 +159,12 @@ def _slow_to_stop(monkeypatch: pytest.MonkeyPatch) -> list[Any]:
 
 
 def test_letting_go_of_the_local_server_does_not_block_the_viewer(
-    make_napari_viewer: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any,
-    tiny_style: Any,
-) -> None:  # fmt: skip
+    dock: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any, tiny_style: Any
+) -> None:
     """Closing the panel mid-run, or choosing Remote, stops the local server in the
     background: the GUI thread does not wait for it to exit."""
     stopped = _slow_to_stop(monkeypatch)
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
-    widget.set_options(size=32, iterations=100_000, num_scales=1)
-    widget.preview_interval.setValue(0)
+    viewer, widget = dock(iterations=100_000)
     add_content_and_style(viewer, tiny_content, tiny_style)
     widget.run()
     qtbot.waitUntil(lambda: "iteration" in widget.status.text(), timeout=120_000)
@@ -193,18 +189,14 @@ def test_letting_go_of_the_local_server_does_not_block_the_viewer(
 
 
 def test_choosing_remote_while_the_local_server_restarts_does_not_block_the_viewer(
-    make_napari_viewer: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any,
-    tiny_style: Any,
-) -> None:  # fmt: skip
+    dock: Any, qtbot: Any, monkeypatch: pytest.MonkeyPatch, tiny_content: Any, tiny_style: Any
+) -> None:
     """The local server died (killed for memory, say) and the next run starts it again, which
     takes seconds while the weights load: letting go of the old one (choosing Remote, or
     closing the panel) meanwhile does not wait for that start."""
     from impasto.local import LocalServer, LocalServerError
 
-    viewer = make_napari_viewer()
-    _, widget = viewer.window.add_plugin_dock_widget("impasto", "impasto")
-    widget.set_options(size=32, iterations=2, num_scales=1)
-    widget.preview_interval.setValue(0)
+    viewer, widget = dock(iterations=2)
     add_content_and_style(viewer, tiny_content, tiny_style)
     widget.run()
     assert wait_for_run(qtbot, widget, timeout=120).status == "done", widget.last_outcome

@@ -12,6 +12,8 @@ import torch.nn.functional as F
 from .options import EngineError
 
 MIN_SIDE = 16  # conv5_1 sits after four 2x poolings
+#: Bytes a pixel takes as ``to_pixels`` makes it: RGB float32 (a job's copies of its images).
+PIXEL_BYTES = 3 * 4
 # ITU-R BT.601 luma, and the YIQ chroma axes that go with it.
 _RGB_TO_YIQ = torch.tensor(
     [[0.299, 0.587, 0.114], [0.595716, -0.274453, -0.321263], [0.211456, -0.522591, 0.311135]]

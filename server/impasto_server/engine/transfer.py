@@ -107,7 +107,7 @@ class _Inputs:
 
     def style_px_bytes(self) -> int:
         """What the styles in use take as float32 pixels, converted or not."""
-        return sum(12 * self.styles[i].shape[0] * self.styles[i].shape[1]
+        return sum(imaging.PIXEL_BYTES * self.styles[i].shape[0] * self.styles[i].shape[1]
                    for i in self.styles_in_use())  # fmt: skip
 
 
@@ -441,7 +441,7 @@ class Engine:
         if not self._cuda:
             extra += sum(t.nbytes for t in (run_inputs.content, run_inputs.init) if t is not None)
             extra += run_inputs.style_px_bytes()
-            extra += sum(3 * 4 * h * w for h, w in shapes)
+            extra += sum(imaging.PIXEL_BYTES * h * w for h, w in shapes)
         footprint = dataclasses.replace(footprint, fixed=footprint.fixed + extra)
         wanted = default or (0,) * len(shapes)
         least = [min(want, MIN_PAIRS) for want in wanted]
