@@ -158,6 +158,20 @@ def test_no_more_shapes_are_compiled_than_allowed(eager):
     assert compiled.stats()["compiled"] == 2
 
 
+def test_the_compiles_of_many_engines_do_not_use_up_torchs_recompile_limit(eager):
+    """Every CompiledNet of one network adds its entries to the same forward's cache; past
+    torch's limit of 8 (any engines' together), torch ran the forward eagerly for good."""
+    nets = [CompiledNet(eager.net, backend=Counting(), max_shapes=2) for _ in range(6)]
+    for number, compiled in enumerate(nets):
+        for side in (32 + 8 * number, 36 + 8 * number):  # 12 shapes in all, none shared
+            compiled(torch.rand(1, 3, side, side, requires_grad=True), LAYERS)
+            assert compiled.wait(WAIT)
+    last = nets[-1]
+    assert last.stats()["compiled"] == 2
+    last(torch.rand(1, 3, 76, 76, requires_grad=True), LAYERS)
+    assert last.stats()["compiled_passes"] == 1  # the twelfth entry ran compiled
+
+
 class _Graph:
     replays = 0
 

@@ -55,16 +55,27 @@ RETRY_SECONDS = 30.0
 Key = tuple[Any, ...]
 
 
-def _dynamo_limits(shapes: int) -> dict[str, Any]:
+#: Compiled entries torch may keep for the network's forward while compiling here. Its own
+#: limit (8) stops a storm of recompiles, but every compile here is deliberate (one a shape,
+#: ``max_shapes`` an engine at most), and the entries of every engine in the process count
+#: against it, as they share the forward's code: a test run's few compiling engines passed
+#: it, and torch then ran the forward eagerly for good, for every engine.
+_ENTRIES = 1 << 12
+
+
+def _dynamo_settings() -> dict[str, Any]:
     """torch._dynamo settings for the compiles: one compiled entry per shape (the batch
     dimension marked dynamic, no other dimension made dynamic by a recompile), and room for
-    ``shapes`` of them (the setting's name changed in torch 2.6)."""
+    the entries (the limits' names changed in torch 2.6)."""
     config = torch._dynamo.config
     settings: dict[str, Any] = {"automatic_dynamic_shapes": False}
-    for name in ("recompile_limit", "cache_size_limit"):
-        if hasattr(config, name):
-            settings[name] = max(getattr(config, name), shapes + 8)
-            break
+    for names in (
+        ("recompile_limit", "cache_size_limit"),
+        ("accumulated_recompile_limit", "accumulated_cache_size_limit"),
+    ):
+        name = next((name for name in names if hasattr(config, name)), None)
+        if name is not None:
+            settings[name] = max(getattr(config, name), _ENTRIES)
     return settings
 
 
@@ -81,7 +92,7 @@ class CompiledNet:
         self.max_shapes = max_shapes
         self._compiled = torch.compile(net, backend=self._counted(backend))
         self._run_only = torch._dynamo.run(self._compiled)
-        self._settings = _dynamo_limits(max_shapes)
+        self._settings = _dynamo_settings()
         self._cond = threading.Condition()
         self._ready: set[Key] = set()
         self._failed: set[Key] = set()
