@@ -54,6 +54,8 @@ class ServerConfig:
     weights: str = "original"
     max_pixels: int = 4096 * 4096
     queue_size: int = 32
+    #: Jobs, or batches of jobs, optimised at once; above 1, only while their memory bounds
+    #: fit the device together (scheduler.py).
     max_running: int = 1
     #: Jobs batched together at most; None: 8 on a GPU, 1 (no batching) on a CPU, where a
     #: batch costs more per job than running its jobs one after another.
@@ -147,18 +149,21 @@ class _Health(health.HealthServicer):
         return callback
 
 
+def _device(config: ServerConfig, engine: Any = None) -> str:
+    """The device the server's engine runs on, or will."""
+    if engine is not None:
+        return str(engine.device)
+    if config.device:
+        return config.device
+    import torch
+
+    return "cuda" if torch.cuda.is_available() else "cpu"
+
+
 def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:
     if config.max_batch is not None:
         return config.max_batch
-    if engine is not None:
-        device = str(engine.device)
-    elif config.device:
-        device = config.device
-    else:
-        import torch
-
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    return GPU_MAX_BATCH if device.startswith("cuda") else 1
+    return GPU_MAX_BATCH if _device(config, engine).startswith("cuda") else 1
 
 
 def default_engine(config: ServerConfig) -> Any:
@@ -197,6 +202,7 @@ class Server:
             max_per_client=config.max_jobs_per_client,
             max_batch=max_batch,
             max_batch_pixels=max_batch_pixels,
+            memory_capacity=lambda: self.service.job_memory(),
             batch_wait=config.batch_wait_ms / 1000.0,
             prepare_ahead=max_batch if config.prepare_ahead is None else config.prepare_ahead,
             prepare_threads=config.prepare_threads,
@@ -439,7 +445,8 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
     p.add_argument("--queue-size", type=int, default=d.queue_size, help="jobs that may wait")
     p.add_argument(
         "--max-running", type=int, default=d.max_running,
-        help="jobs (or batches of jobs) optimised at once",
+        help="jobs (or batches of jobs) optimised at once; above 1, only while their memory "
+        "fits the device together (default: %(default)s)",
     )  # fmt: skip
     p.add_argument(
         "--max-batch", type=int,

@@ -11,6 +11,12 @@ Their clients go to the back of the rotation as if their turn had come. A batch 
 starts only once its first job has waited ``batch_wait`` seconds since it was sent, so jobs sent
 at about the same time run together.
 
+Memory: with ``memory_capacity``, a batch starts beside running ones only while the memory its
+jobs may use (each job's ``memory``, a bound on its device memory) and theirs fit in that many
+bytes together; otherwise it waits for some to end (a job whose turn it is waits too, so the
+rotation's order holds). A job with none running beside it always starts (each job was checked
+alone against the device when it was sent), and takes along only the jobs that fit with it.
+
 Preparing ahead: with ``prepare_ahead`` > 0, ``prepare_threads`` threads of its own run the
 ``prepare`` of the jobs at the front of the rotation, each a different job (at most
 ``prepare_ahead`` waiting jobs hold what they made), so a job worker that takes them finds
@@ -145,6 +151,7 @@ class Job:
     payload: Any = None  # what ``work`` needs to run this job
     batch_key: Any = None  # jobs with equal keys (not None) may run as one batch
     pixels: int = 0  # what the job adds to a batch
+    memory: int = 0  # bytes of device memory it may use at most (0: not known)
     batch_size: int = 1  # jobs in the batch it ran in
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outbox: Outbox = field(default_factory=Outbox)
@@ -197,6 +204,7 @@ class Scheduler:
         batch_wait: float = 0.0,
         prepare_ahead: int = 0,
         prepare_threads: int = 1,
+        memory_capacity: Callable[[], int] | None = None,
         on_change: Callable[[Scheduler], None] | None = None,
         on_dropped: Callable[[Job, str], None] | None = None,
     ) -> None:
@@ -215,6 +223,9 @@ class Scheduler:
         self.max_batch_pixels = max_batch_pixels
         self.batch_wait = batch_wait  # seconds a batchable job may wait for company
         self.prepare_ahead = prepare_ahead  # waiting jobs that may hold their prepare's outcome
+        # Bytes the jobs running at once may use together (read when a batch starts; 0 or
+        # None: no bound).
+        self.memory_capacity = memory_capacity
         self._busy = 0  # slots running a batch
         self._on_change = on_change
         self._on_dropped = on_dropped  # a job that ended while queued, and why; else logged
@@ -365,15 +376,24 @@ class Scheduler:
         if self._closed or self._busy >= self.max_running or not self._waiting:
             return [], 0.5
         lead = next(iter(self._waiting.values()))[0]
+        room = self._memory_room()
+        if self._busy and lead.memory > room:
+            return [], 0.5  # woken sooner when a running job ends
         batch = [lead]
+        room -= lead.memory
         if lead.batch_key is not None and self.max_batch > 1:
             pixels = lead.pixels
             for job in self._order()[1:]:
                 if len(batch) >= self.max_batch:
                     break
-                if job.batch_key == lead.batch_key and pixels + job.pixels <= self.max_batch_pixels:
+                if (
+                    job.batch_key == lead.batch_key
+                    and pixels + job.pixels <= self.max_batch_pixels
+                    and job.memory <= room
+                ):
                     batch.append(job)
                     pixels += job.pixels
+                    room -= job.memory
             # A batch that is not full waits a moment for jobs sent at about the same time
             # (clients whose last jobs ended together send their next ones together).
             wait = lead.created + self.batch_wait - time.monotonic()
@@ -382,6 +402,14 @@ class Scheduler:
         for job in batch:
             self._remove(job)
         return batch, 0.0
+
+    def _memory_room(self) -> float:
+        """Bytes a batch that starts now may use beside the running jobs (unbounded without
+        a capacity)."""
+        capacity = self.memory_capacity() if self.memory_capacity is not None else 0
+        if not capacity:
+            return float("inf")
+        return capacity - sum(job.memory for job in self._running)
 
     def _worker(self) -> None:
         while True:

@@ -350,6 +350,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             },
             batch_key=self._batch_key(parsed),
             pixels=height * width,
+            memory=parsed.memory_plan.bound or 0,
         )
         try:
             self.scheduler.submit(job)

@@ -108,12 +108,28 @@ def test_cancelling_one_job_of_a_batch_leaves_the_others_running(
     wait_until(lambda: server.scheduler.running == 0)
 
 
+def test_jobs_whose_memory_does_not_fit_together_are_not_batched(
+    make_server, connect, tiny_content, tiny_style
+):
+    # 16 MiB of simulated device memory holds one of these jobs (about 11 MiB by its memory
+    # plan) but not two: each runs alone.
+    server = make_server(max_running=1, max_batch=4, simulated_memory_mb=16)
+    clients = connect(server, 4)
+    blocker = _block(clients[0], tiny_content, tiny_style)
+    jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]
+    _release(blocker, jobs)
+    for watcher in jobs:
+        assert watcher.done.wait(60) and watcher.error is None, watcher.error
+        assert _started(watcher).batch_size == 1
+
+
 def test_a_batch_too_big_for_the_device_still_finishes_every_job(
     make_server, connect, tiny_content, tiny_style
 ):
-    # 16 MiB of simulated device memory holds one of these jobs (about 11 MiB) but not three
-    # in one pass (about 20 MiB): the batch goes on one pass per job instead of failing.
-    server = make_server(max_running=1, max_batch=4, simulated_memory_mb=16)
+    # The jobs are checked against 64 MiB (--job-memory-mb), so three fit together by their
+    # plans, but the device holds 16 MiB: one of them (about 11 MiB), not three in one pass
+    # (about 20 MiB). The batch goes on one pass per job instead of failing.
+    server = make_server(max_running=1, max_batch=4, simulated_memory_mb=16, job_memory_mb=64)
     clients = connect(server, 4)
     blocker = _block(clients[0], tiny_content, tiny_style)
     jobs = [Watcher(c.stylize(tiny_content, [tiny_style], **ADAM)) for c in clients[1:]]

@@ -99,13 +99,16 @@ class MemoryPlan:
     capacity: int | None
     pairs: tuple[int, ...] | None = None
     reduced: bool = False  # some stage keeps fewer pairs than its iterations would use
+    # Bytes the run may use at most: ``needed`` where estimated, else the quick bound that
+    # let it pass unmeasured (None: no check).
+    bound: int | None = None
 
 
 def quick_bound(pixels: int, regions: int, style_scale: float) -> int:
     """Bytes no run of ``pixels`` has come near, whatever its options (100 L-BFGS pairs
     included); a job below the capacity by this much needs no probe."""
     per_pixel = QUICK_BYTES_PER_PIXEL * max(1, regions) * max(1.0, style_scale) ** 2
-    return QUICK_FIXED_BYTES + pixels * (per_pixel + 100 * PAIR_BYTES_PER_PIXEL)
+    return int(QUICK_FIXED_BYTES + pixels * (per_pixel + 100 * PAIR_BYTES_PER_PIXEL))
 
 
 def device_capacity(device: torch.device, reserved_bytes: int) -> int:
