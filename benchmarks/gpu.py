@@ -34,12 +34,12 @@
    estimate, per megapixel, any job the plan accepted that then failed, and each side tried
    with the seconds it took.
 6. (server) Throughput of the real gRPC server on loopback with 1, 4 and 16 concurrent clients
-   (each a process of its own, benchmarks/throughput_client.py) sending 256 px Adam jobs: jobs
-   per minute, once with each job alone (as many running at once as there are clients) and
-   once with same-shaped jobs batched up to the GPU default of 8 (at 16 clients also with every
-   iteration's progress event, --progress-rate 0, and with CUDA graphs the other way), 1 and
-   16 clients without overlapping an Adam iteration's report with the next pass (Engine.overlap
-   off), and 16 clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs.
+   (each a process of its own, benchmarks/throughput_client.py) sending six 256 px Adam jobs
+   each: jobs per minute, once with each job alone (as many running at once as there are
+   clients) and once with same-shaped jobs batched up to the GPU default of 8; at 16 clients
+   also batched up to 16, and up to 8 with two batches at once (--max-running 2); then 16
+   clients' default-preset L-BFGS jobs alone and batched with --batch-lbfgs (and with each
+   step outside the pass's graph).
 7. (server-more *) The server's rows that say why: one client again (each ratio's base), 16
    batched clients with every iteration's progress event (--progress-rate 0), without
    overlapped Adam iterations (and one client so), without jobs prepared ahead, with 2048 px
@@ -48,7 +48,9 @@
    cache the other way (1 and 16 clients), and once with the job worker's parts timed.
 8. (server-compiled *) One client alone and 16 batched with the network's passes compiled in
    the background (the server's --compile), after a warm-up that compiles every pass shape
-   they meet: jobs per minute, and the 16 clients' ratio to the one compiled client's.
+   they meet: jobs per minute, and the 16 clients' ratio to the one compiled client's, also
+   with two batches at once (--max-running 2); and the job worker's parts timed (one batch at
+   a time).
 9. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 10. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -258,8 +260,11 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, i
 
     from impasto_server.app import Server, ServerConfig
 
+    # Each job alone: as many at once as there are clients; batched: one batch at a time (the
+    # server's default) unless the row says otherwise.
+    running = config.pop("max_running", clients if batch == 1 else 1)
     server = Server(
-        ServerConfig(host="127.0.0.1", port=0, max_running=clients if batch == 1 else 1,
+        ServerConfig(host="127.0.0.1", port=0, max_running=running,
                      max_batch=batch, batch_lbfgs=optimizer == "lbfgs",
                      queue_size=4 * clients * jobs_each, max_jobs_per_client=jobs_each,
                      grace_seconds=0.0, **config),
@@ -695,7 +700,9 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
     default: 1.10, 1.10 and 0.95x of it in runs 6 to 8); then the default preset's L-BFGS jobs
     at 16 clients, alone and batched (--batch-lbfgs), and batched with each L-BFGS step outside
     the pass's graph (the default before run 7; with CUDA graphs only). One client's batch is a
-    batch of one: not run."""
+    batch of one: not run. And 16 clients batched up to GPU_MAX_BATCH with two batches at once
+    (--max-running 2: one batch's host work, its start, recording and results, beside the
+    other's passes; 1.13, 0.92x one batch at a time in runs 10 and 11)."""
     from impasto_server.app import GPU_MAX_BATCH
 
     row, many = server_rows(engine, rows, toy)
@@ -703,6 +710,7 @@ def server_part(engine: Engine, rows: Rows, toy: bool) -> None:
         row(clients, 1)
         row(clients, GPU_MAX_BATCH)
     row(many, 2 * GPU_MAX_BATCH)
+    row(many, GPU_MAX_BATCH, max_running=2)
     row(many, 1, "lbfgs")
     row(many, GPU_MAX_BATCH, "lbfgs")
     if engine.cuda_graphs:  # the default records the steps with the passes since run 7
@@ -746,8 +754,9 @@ def server_compiled_part(engine: Engine, rows: Rows, toy: bool) -> None:
     first a warm-up that sends both until no new pass shape is met, each shape's compile
     awaited (the shapes, the compiles' seconds and the warm-up's a row), then the two rows as
     the server part's, each ratio to one client's jobs per minute without compiling, and the
-    16 clients' ratio to one client's compiled. The toy run (the CPU test suite) compiles
-    with dynamo's "eager" backend: the bookkeeping without a compiler's minutes."""
+    16 clients' ratio to one client's compiled, also with two batches at once (--max-running
+    2), and the job worker's time with the network compiled. The toy run (the CPU test suite)
+    compiles with dynamo's "eager" backend: the bookkeeping without a compiler's minutes."""
     from impasto_server.app import GPU_MAX_BATCH
     from impasto_server.engine.compiled import CompiledNet
 
@@ -776,17 +785,23 @@ def server_compiled_part(engine: Engine, rows: Rows, toy: bool) -> None:
         jpm = row(many, GPU_MAX_BATCH, compiled=compiled)
         ratio = f"server, {many} clients batched against one client, both compiled"
         rows.append((ratio, f"{jpm / one:.2f}x" if one and jpm else "-"))
+        two = row(many, GPU_MAX_BATCH, compiled=compiled, max_running=2)
+        rows.append((f"{ratio}, two batches at once", f"{two / one:.2f}x" if one and two else "-"))
         after = compiled.stats()
         ran = after["compiled_passes"] - before["compiled_passes"]
         rows.append(("server, network compiled: passes that ran compiled code in its rows",
                      f"{ran} of {after['passes'] - before['passes']}"))  # fmt: skip
+        label = (f"server, {many} clients, Adam, batched (up to {GPU_MAX_BATCH}), the network "
+                 "compiled: the worker's time")  # fmt: skip
+        with rows.section(label), engine_set(engine, "compiled", compiled):
+            rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
     finally:
         compiled.close()
 
 
 def server_job(toy: bool) -> tuple[int, int, int]:
     """The server rows' jobs: side, iterations, and jobs each client sends."""
-    return (32, 2, 2) if toy else (256, 50, 3)
+    return (32, 2, 2) if toy else (256, 50, 6)
 
 
 def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., None], int]:
@@ -818,6 +833,10 @@ def server_rows(engine: Engine, rows: Rows, toy: bool) -> tuple[Callable[..., No
             how += ", each L-BFGS step outside the graph"
         if compiled is not None:
             how += ", the network compiled (--compile, every shape compiled)"
+        if "max_running" in config:
+            running = config["max_running"]
+            at_once = "one batch at a time" if running == 1 else f"{running} batches at once"
+            how += f", {at_once} (--max-running {running})"
         if "progress_rate" in config:
             how += f", --progress-rate {config['progress_rate']:g}"
         if "input_side" in config:
@@ -928,7 +947,7 @@ def worker_time(engine: Engine, clients: int, jobs_each: int, size: int, iterati
     whole = [0.0]
     worker: list[int | None] = [None]
 
-    def profiled(self, jobs):  # the worker thread: max_running is 1 when batched
+    def profiled(self, jobs):  # the one worker thread: max_running is 1 when batched
         batches.append(len(jobs))
         worker[0] = threading.get_ident()
         start = time.perf_counter()

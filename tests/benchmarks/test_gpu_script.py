@@ -51,6 +51,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         "Adam, alone",
         "Adam, batched (up to 8)",
         "Adam, batched (up to 16)",  # twice the GPU default: the row that decides it
+        "Adam, batched (up to 8), 2 batches at once (--max-running 2)",
         "L-BFGS, alone",
         "L-BFGS, batched (up to 8)",
         "Adam, batched (up to 8), no jobs prepared ahead (--prepare-ahead 0)",
@@ -74,10 +75,22 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert "jobs/min" in table[f"server, 1 client, Adam, alone{compiled}"]
     assert "jobs/min" in table[f"server, 2 clients, Adam, batched (up to 8){compiled}"]
     assert table["server, 2 clients batched against one client, both compiled"].endswith("x")
+    assert (
+        "jobs/min"
+        in table[
+            f"server, 2 clients, Adam, batched (up to 8){compiled}, 2 batches at once (--max-running 2)"
+        ]
+    )
+    two = "server, 2 clients batched against one client, both compiled, two batches at once"
+    assert table[two].endswith("x")
     # two clients' two jobs of two passes, batched or not, and one client's two
     ran = table["server, network compiled: passes that ran compiled code in its rows"]
     compiled, passes = (int(n) for n in ran.split(" of "))
-    assert compiled == passes >= 8, ran
+    assert compiled == passes >= 12, ran
+    timed = table[
+        "server, 2 clients, Adam, batched (up to 8), the network compiled: the worker's time"
+    ]
+    assert " ms a batch iteration (" in timed, timed
     # where the job worker's time went, part by part, in the timed batched row
     worker = table["server, 2 clients, Adam, batched (up to 8): the worker's time"]
     shares = dict(part.rsplit(" ", 1) for part in worker.split(": ", 1)[1].split(", "))
