@@ -243,9 +243,9 @@ def largest_square(engine: Engine, content, style, start: int, limit: int, preci
     return good, best, misses, errors, bad, tried
 
 
-def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int, iterations: int,
-                      batch: int, optimizer: str = "adam", stats: dict | None = None,
-                      input_side: int = 512, style_side: int = 0,
+def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int | str,
+                      iterations: int, batch: int, optimizer: str = "adam",
+                      stats: dict | None = None, input_side: int = 512, style_side: int = 0,
                       **config: Any) -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
@@ -644,11 +644,12 @@ PARTS = (
     "server",
     "server-more",
     "server-compiled",
+    "server-shapes",
     "compile",
     "autotune",
 )
 #: The parts that explain the others: run only when named.
-MORE = ("lbfgs", "profile", "server-more", "server-compiled", "autotune")
+MORE = ("lbfgs", "profile", "server-more", "server-compiled", "server-shapes", "autotune")
 
 
 class Rows(list):
@@ -795,6 +796,52 @@ def server_compiled_part(engine: Engine, rows: Rows, toy: bool) -> None:
                  "compiled: the worker's time")  # fmt: skip
         with rows.section(label), engine_set(engine, "compiled", compiled):
             rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
+    finally:
+        compiled.close()
+
+
+def server_shapes_part(engine: Engine, rows: Rows, toy: bool) -> None:
+    """What compiling costs a server that meets new shapes: 4 clients' batched Adam jobs,
+    each client asking for three sizes in turn (six pass shapes: each size alone or batched),
+    jobs per minute without compiling; then from cold with the network compiled in the
+    background (engine/compiled.py, --compile), passes of shapes not compiled yet eager and new
+    batches not recorded as CUDA graphs while a compile runs; then again once every shape met
+    is compiled (the compiles awaited, their seconds a row)."""
+    from impasto_server.app import GPU_MAX_BATCH
+    from impasto_server.engine.compiled import CompiledNet
+
+    sizes = "32,40,48" if toy else "256,384,512"
+    clients, jobs_each, its = (2, 3, 2) if toy else (4, 6, 50)
+    label = f"server, {clients} clients, Adam, batched, jobs of {sizes} px in turn"
+    with rows.section("server warm-up"):
+        server_throughput(engine, 1, 3, sizes, its, 1)
+    plain = 0.0
+    with rows.section(label):
+        plain, _ = server_throughput(engine, clients, jobs_each, sizes, its, GPU_MAX_BATCH)
+        rows.append((label, f"{plain:.1f} jobs/min (1.00x)"))
+    compiled = CompiledNet(engine.net, backend="eager" if toy else "inductor")
+    try:
+        with engine_set(engine, "compiled", compiled):
+            for name in ("from cold", "every shape met compiled"):
+                if name != "from cold":
+                    start = time.perf_counter()
+                    done = compiled.wait(60 if toy else 150)
+                    stats = compiled.stats()
+                    rows.append((f"{label}: compiles awaited", (
+                        f"{time.perf_counter() - start:.0f} s, {stats['compiled']} shapes "
+                        f"compiled in {stats['seconds']:.1f} s of compiles, {stats['failed']} "
+                        f"failed{'' if done else ', some still waiting'}"
+                    )))  # fmt: skip
+                before = compiled.stats()
+                with rows.section(f"{label}, the network compiled {name}"):
+                    jpm, _ = server_throughput(engine, clients, jobs_each, sizes, its,
+                                               GPU_MAX_BATCH)  # fmt: skip
+                    after = compiled.stats()
+                    ran = after["compiled_passes"] - before["compiled_passes"]
+                    rows.append((f"{label}, the network compiled {name}", (
+                        f"{jpm:.1f} jobs/min ({jpm / plain if plain else 0:.2f}x); passes "
+                        f"compiled {ran} of {after['passes'] - before['passes']}"
+                    )))  # fmt: skip
     finally:
         compiled.close()
 
@@ -1115,6 +1162,9 @@ def main() -> None:
     if "server-compiled" in only:
         with rows.part("server-compiled"):
             server_compiled_part(engine, rows, toy)
+    if "server-shapes" in only:
+        with rows.part("server-shapes"):
+            server_shapes_part(engine, rows, toy)
     if cuda and "compile" in only:
         with rows.part("compile"):
             compile_part(engine, rows, content, style, iters, warm)

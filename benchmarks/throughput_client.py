@@ -4,6 +4,8 @@ share the server's interpreter (and its lock) as threads of the benchmark's proc
     python benchmarks/throughput_client.py ADDRESS JOBS SIZE ITERATIONS OPTIMIZER [INPUT_SIDE]
                                            [STYLE_SIDE]
 
+SIZE may be a comma-separated list: the jobs then ask for each size in turn.
+
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
 then prints as JSON the batch size each job ran in and the CPU seconds the process used for
 them. The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
@@ -34,7 +36,8 @@ def main() -> None:
     from impasto import samples
     from impasto.client import Client, Started
 
-    content, style = samples.content(), samples.style(size=int(size))
+    sizes = [int(side) for side in size.split(",")]
+    content, style = samples.content(), samples.style(size=max(sizes))
     if len(sys.argv) > 6 and int(sys.argv[6]) != content.shape[0]:
         content = square(content, int(sys.argv[6]))
     styles = [style] * int(jobs)
@@ -49,8 +52,9 @@ def main() -> None:
         sys.stdin.readline()
         cpu = time.process_time()
         batch_sizes = []
-        for style in styles:
-            job = client.stylize(content, [style], size=int(size), iterations=int(iterations),
+        for i, style in enumerate(styles):
+            side = sizes[i % len(sizes)]
+            job = client.stylize(content, [style], size=side, iterations=int(iterations),
                                  num_scales=1, seed=0, optimizer=optimizer)  # fmt: skip
             for event in job:
                 if isinstance(event, Started):

@@ -75,12 +75,8 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert "jobs/min" in table[f"server, 1 client, Adam, alone{compiled}"]
     assert "jobs/min" in table[f"server, 2 clients, Adam, batched (up to 8){compiled}"]
     assert table["server, 2 clients batched against one client, both compiled"].endswith("x")
-    assert (
-        "jobs/min"
-        in table[
-            f"server, 2 clients, Adam, batched (up to 8){compiled}, 2 batches at once (--max-running 2)"
-        ]
-    )
+    two_at_once = ", 2 batches at once (--max-running 2)"
+    assert "jobs/min" in table[f"server, 2 clients, Adam, batched (up to 8){compiled}{two_at_once}"]
     two = "server, 2 clients batched against one client, both compiled, two batches at once"
     assert table[two].endswith("x")
     # two clients' two jobs of two passes, batched or not, and one client's two
@@ -91,6 +87,18 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
         "server, 2 clients, Adam, batched (up to 8), the network compiled: the worker's time"
     ]
     assert " ms a batch iteration (" in timed, timed
+    # jobs of three sizes in turn: without compiling, compiled from cold, then with every shape
+    # met compiled (dynamo's "eager" backend here); each row a ratio to the first
+    shapes = "server, 2 clients, Adam, batched, jobs of 32,40,48 px in turn"
+    assert table[shapes].endswith("jobs/min (1.00x)")
+    cold = table[f"{shapes}, the network compiled from cold"]
+    warm = table[f"{shapes}, the network compiled every shape met compiled"]
+    for row in (cold, warm):
+        assert re.fullmatch(r"[0-9.]+ jobs/min \([0-9.]+x\); passes compiled \d+ of \d+", row), row
+    compiled, passes = (int(n) for n in warm.split("passes compiled ")[1].split(" of "))
+    assert 0 <= compiled <= passes and passes > 0, warm  # batches of one or two: timing
+    awaited = table[f"{shapes}: compiles awaited"]
+    assert " shapes compiled in " in awaited and awaited.endswith(", 0 failed"), awaited
     # where the job worker's time went, part by part, in the timed batched row
     worker = table["server, 2 clients, Adam, batched (up to 8): the worker's time"]
     shares = dict(part.rsplit(" ", 1) for part in worker.split(": ", 1)[1].split(", "))
@@ -106,7 +114,7 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     parts, whole = table["seconds by part"].split("; in all ")
     names = [part.rsplit(" ", 1)[0] for part in parts.split(", ")]
     assert names == ["setup", "checks", "iteration", "lbfgs", "largest", "server",
-                     "server-more", "server-compiled"]  # fmt: skip
+                     "server-more", "server-compiled", "server-shapes"]  # fmt: skip
     assert float(whole) >= sum(float(part.rsplit(" ", 1)[1]) for part in parts.split(", ")) - 1
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
