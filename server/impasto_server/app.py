@@ -83,10 +83,12 @@ class ServerConfig:
     #: Each iteration's pass through the network replayed as a CUDA graph; None: on a GPU.
     cuda_graphs: bool | None = None
     #: The network's pass compiled by torch.compile for each new pass shape, in the
-    #: background while that shape's passes run eagerly (engine/compiled.py); None: on with a
-    #: GPU (16 clients' jobs a minute 1.07 to 1.25x, one client's 0.99 to 1.14x, in three H200
-    #: runs once each shape was compiled: docs/benchmarks.md), off on a CPU (no gain there).
-    compile: bool | None = None
+    #: background while that shape's passes run eagerly (engine/compiled.py). Off unless asked
+    #: for: on an H200, once a server's shapes were compiled, 16 clients' jobs a minute were
+    #: 1.07 to 1.25x and one client's 0.99 to 1.14x, but while it compiled the shapes of jobs
+    #: of three new sizes (36 s of compiles) its jobs a minute fell to 0.23x (docs/benchmarks.md,
+    #: runs 9 to 12). It pays where jobs repeat a few sizes; on a CPU it does not pay at all.
+    compile: bool = False
     #: Plain progress events sent per second per job at most; 0: every iteration's.
     progress_rate: float = 20.0
     #: Waiting jobs whose host work is done ahead, while the device runs others; None: one
@@ -168,11 +170,6 @@ def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:
     return GPU_MAX_BATCH if _device(config, engine).startswith("cuda") else 1
 
 
-def resolve_compile(config: ServerConfig) -> bool:
-    """Whether the server's own engine compiles the network's passes (ServerConfig.compile)."""
-    return _device(config).startswith("cuda") if config.compile is None else config.compile
-
-
 def default_engine(config: ServerConfig) -> Any:
     from impasto_server.engine import Engine
 
@@ -182,7 +179,7 @@ def default_engine(config: ServerConfig) -> Any:
         max_pixels=config.max_pixels,
         cache_bytes=config.cache_mb << 20,
         cuda_graphs=config.cuda_graphs,
-        compile_net=resolve_compile(config),
+        compile_net=config.compile,
     )
 
 
@@ -527,8 +524,9 @@ def parse_args(argv: Sequence[str] | None = None) -> ServerConfig:
         "--compile", action=argparse.BooleanOptionalAction, default=d.compile,
         help="compile the network's pass with torch.compile for each new pass shape (image "
         "size, stage, batch of one or more), in a background thread while that shape's "
-        "passes run as before; seconds of compile per shape, then faster passes on a GPU "
-        "(default: on with a GPU, off on a CPU)",
+        "passes run as before; seconds of compile per shape, during which jobs run slower, "
+        "then faster passes on a GPU: for servers whose jobs repeat a few sizes (default: "
+        "off)",
     )  # fmt: skip
     p.add_argument(
         "--progress-rate", type=float, default=d.progress_rate,

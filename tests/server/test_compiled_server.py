@@ -6,7 +6,7 @@ from __future__ import annotations
 
 from impasto import cli
 from impasto.client import Client
-from impasto_server.app import ServerConfig, default_engine, parse_args, resolve_compile
+from impasto_server.app import ServerConfig, default_engine, parse_args
 from impasto_server.engine import Engine
 from job_watch import SHORT
 
@@ -15,14 +15,10 @@ def _as_traced(gm, example_inputs):
     return gm.forward
 
 
-def test_compile_is_on_by_default_with_a_gpu_and_off_on_a_cpu():
-    assert parse_args([]).compile is None
+def test_compile_is_off_unless_asked_for():
+    assert parse_args([]).compile is False
     assert parse_args(["--compile"]).compile is True
-    assert parse_args(["--no-compile"]).compile is False
-    assert resolve_compile(ServerConfig(device="cuda")) is True
-    assert resolve_compile(ServerConfig(device="cuda:1")) is True
-    assert resolve_compile(ServerConfig(device="cuda", compile=False)) is False
-    assert resolve_compile(ServerConfig(device="cpu")) is False
+    assert parse_args(["--compile", "--no-compile"]).compile is False
     assert default_engine(ServerConfig(device="cpu")).compiled is None
     assert default_engine(ServerConfig(device="cpu", compile=True)).compiled is not None
 

@@ -27,10 +27,12 @@ under a dispatch mode (a memory probe's count, memory_budget.py) is never compil
 count is of the eager pass. So a job's memory plan is the eager pass's; the compiled pass's
 peak has not been measured against it.
 
-Off unless asked for (``Engine(compile_net=True)``); the server asks for it on a GPU (its
-``--compile`` default): there, once its shapes were compiled, 16 clients' batched jobs ran 1.07
-to 1.25x the jobs a minute and one client's 0.99 to 1.14x (three H200 runs of benchmarks/gpu.py,
-server-compiled). On a CPU a compiled pass measured no faster (0.95 to 1.19x the eager time,
+Off unless asked for (``Engine(compile_net=True)``, the server's ``--compile``). On an H200,
+once a server's shapes were compiled, 16 clients' batched jobs ran 1.07 to 1.25x the jobs a
+minute and one client's 0.99 to 1.14x (benchmarks/gpu.py, server-compiled); but while the
+shapes of a stream of new sizes compiled, its jobs a minute fell to 0.23x (server-shapes: eager
+passes, no recordings while a compile runs, and the compile's own Python in this process). On
+a CPU a compiled pass measured no faster (0.95 to 1.19x the eager time,
 benchmarks/compiled_pass.py).
 """
 

@@ -195,8 +195,8 @@ class Engine:
             torch.linalg.solve_triangular(one, one, upper=True)
         self.net = net
         # The network's passes compiled by torch.compile, each new shape in the background
-        # while its passes run eagerly (compiled.py). Off unless asked for: the server asks
-        # for it on a GPU (app.py, ServerConfig.compile).
+        # while its passes run eagerly (compiled.py). Off unless asked for (the server's
+        # --compile): it pays once a server's shapes are compiled, and costs while they compile.
         self.compiled = CompiledNet(net, backend=compile_backend) if compile_net else None
         self.weights_name = (
             weights
