@@ -153,21 +153,18 @@ class _Health(health.HealthServicer):
         return callback
 
 
-def _device(config: ServerConfig, engine: Any = None) -> str:
-    """The device the server's engine runs on, or will."""
-    if engine is not None:
-        return str(engine.device)
-    if config.device:
-        return config.device
-    import torch
-
-    return "cuda" if torch.cuda.is_available() else "cpu"
-
-
 def resolve_max_batch(config: ServerConfig, engine: Any = None) -> int:
     if config.max_batch is not None:
         return config.max_batch
-    return GPU_MAX_BATCH if _device(config, engine).startswith("cuda") else 1
+    if engine is not None:
+        device = str(engine.device)
+    elif config.device:
+        device = config.device
+    else:
+        import torch
+
+        device = "cuda" if torch.cuda.is_available() else "cpu"
+    return GPU_MAX_BATCH if device.startswith("cuda") else 1
 
 
 def default_engine(config: ServerConfig) -> Any:
