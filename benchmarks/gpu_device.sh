@@ -7,8 +7,9 @@
 #   then there:      bash benchmarks/gpu_device.sh          (carry .whl)
 #   a rerun of some parts of gpu.py alone:  BATCHING=0 bash benchmarks/gpu_device.sh --only largest
 #   every part, those that explain the goals' rows too:  bash benchmarks/gpu_device.sh --only all
-#   the server with --compile against without:
+#   the server with --compile against without, once compiled and while compiling new shapes:
 #     BATCHING=0 GPU_BENCH_SECONDS=400 bash benchmarks/gpu_device.sh --only server,server-compiled
+#     BATCHING=0 GPU_BENCH_SECONDS=185 bash benchmarks/gpu_device.sh --only server-shapes
 set -uo pipefail
 cd "$(dirname "$0")/.."
 python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade \
