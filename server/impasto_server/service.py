@@ -497,7 +497,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             return None
         return self.engine.batch_key(parsed.content, parsed.options)
 
-    def _prepare(self, job: Job, claim: Claim | None = None) -> Any:
+    def _prepare(self, job: Job, claim: Claim) -> Any:
         """A job's host work before it runs (checks, its images as tensors): the scheduler
         may run it ahead, in a thread of its own, while the job waits. The float32 copies it
         makes of the images (12 bytes a pixel) count in ``claim`` too: the content's and the
@@ -507,8 +507,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         kept = sum(PIXEL_BYTES * a.shape[0] * a.shape[1]
                    for a in (parsed.content, parsed.init_image) if a is not None)  # fmt: skip
         styles = sum(PIXEL_BYTES * s.shape[0] * s.shape[1] for s in parsed.styles)
-        if claim is not None:
-            claim.add(kept + styles)
+        claim.add(kept + styles)
         try:
             return self.engine.prepare(
                 parsed.content,
@@ -521,8 +520,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 memory=parsed.memory_plan,
             )
         finally:
-            if claim is not None:
-                claim.add(-styles)
+            claim.add(-styles)
 
     def _run_batch(self, jobs: list[Job]) -> None:
         """Run one job, or several with one batch_key, in a scheduler worker; every outcome

@@ -165,7 +165,7 @@ def test_a_server_prepares_a_queued_job_ahead(make_server, tiny_content, tiny_st
     threads: list[str] = []
     prepare = service._prepare
 
-    def recorded(job, claim=None):
+    def recorded(job, claim):
         threads.append(threading.current_thread().name)
         return prepare(job, claim)
 

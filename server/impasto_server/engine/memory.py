@@ -99,9 +99,13 @@ class MemoryPlan:
     capacity: int | None
     pairs: tuple[int, ...] | None = None
     reduced: bool = False  # some stage keeps fewer pairs than its iterations would use
-    # Bytes the run may use at most: ``needed`` where estimated, else the quick bound that
-    # let it pass unmeasured (None: no check).
-    bound: int | None = None
+    quick: int | None = None  # the quick bound of a run passed unmeasured
+
+    @property
+    def bound(self) -> int | None:
+        """Bytes the run may use at most: ``needed`` where estimated, else the quick bound
+        that let it pass unmeasured (None: no check)."""
+        return self.needed if self.needed is not None else self.quick
 
 
 def quick_bound(pixels: int, regions: int, style_scale: float) -> int:

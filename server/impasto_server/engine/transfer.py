@@ -432,12 +432,12 @@ class Engine:
             return MemoryPlan(None, None, default)
         quick = quick_bound(pixels, regions, options.style_scale)
         if quick <= capacity:
-            return MemoryPlan(None, capacity, default, bound=quick)
+            return MemoryPlan(None, capacity, default, quick=quick)
         run_inputs = inputs()
         probes = {} if probes is None else probes
         footprint = self._footprint(run_inputs, options, shapes[-1], probes, capacity)
         if footprint is None:
-            return MemoryPlan(None, capacity, default, bound=quick)
+            return MemoryPlan(None, capacity, default, quick=quick)
         # A probe's style targets are not cached; a run's stay in the cache, each stage's. On
         # a CPU the job's input images (float32, full size, held for the whole run) and its
         # content at each stage's size share the memory too; on a GPU they stay in host memory.
@@ -459,13 +459,13 @@ class Engine:
                     largest = self._largest(run_inputs, options, max(guess), capacity, probes)
             raise InsufficientMemory(needed, capacity, largest)
         if default is None:
-            return MemoryPlan(needed, capacity, bound=needed)
+            return MemoryPlan(needed, capacity)
         pairs = tuple(
             min(want, footprint.pairs_that_fit(h * w, capacity))
             for (h, w), want in zip(shapes, default, strict=True)
         )
         needed = max(footprint.stage(h * w, n) for (h, w), n in zip(shapes, pairs, strict=True))
-        return MemoryPlan(needed, capacity, pairs, reduced=pairs != default, bound=needed)
+        return MemoryPlan(needed, capacity, pairs, reduced=pairs != default)
 
     def _largest(
         self, inputs: _Inputs, options: StyleOptions, long_side: int, capacity: int,
