@@ -51,9 +51,12 @@
    they meet: jobs per minute, and the 16 clients' ratio to the one compiled client's, also
    with two batches at once (--max-running 2); and the job worker's parts timed (one batch at
    a time).
-9. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+9. (server-shapes *) What compiling costs a server that meets new shapes: 4 clients' batched
+   jobs of 256, 384 and 512 px in turn, jobs per minute without compiling, with the network
+   compiled from cold, then again once the shapes met are compiled (the compiles awaited).
+10. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
-10. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
+11. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
@@ -820,28 +823,30 @@ def server_shapes_part(engine: Engine, rows: Rows, toy: bool) -> None:
         plain, _ = server_throughput(engine, clients, jobs_each, sizes, its, GPU_MAX_BATCH)
         rows.append((label, f"{plain:.1f} jobs/min (1.00x)"))
     compiled = CompiledNet(engine.net, backend="eager" if toy else "inductor")
+
+    def compiled_row(name: str) -> None:
+        before = compiled.stats()
+        with rows.section(f"{label}, the network compiled {name}"):
+            jpm, _ = server_throughput(engine, clients, jobs_each, sizes, its, GPU_MAX_BATCH)
+            after = compiled.stats()
+            ran = after["compiled_passes"] - before["compiled_passes"]
+            rows.append((f"{label}, the network compiled {name}", (
+                f"{jpm:.1f} jobs/min ({jpm / plain if plain else 0:.2f}x); passes "
+                f"compiled {ran} of {after['passes'] - before['passes']}"
+            )))  # fmt: skip
+
     try:
         with engine_set(engine, "compiled", compiled):
-            for name in ("from cold", "every shape met compiled"):
-                if name != "from cold":
-                    start = time.perf_counter()
-                    done = compiled.wait(60 if toy else 150)
-                    stats = compiled.stats()
-                    rows.append((f"{label}: compiles awaited", (
-                        f"{time.perf_counter() - start:.0f} s, {stats['compiled']} shapes "
-                        f"compiled in {stats['seconds']:.1f} s of compiles, {stats['failed']} "
-                        f"failed{'' if done else ', some still waiting'}"
-                    )))  # fmt: skip
-                before = compiled.stats()
-                with rows.section(f"{label}, the network compiled {name}"):
-                    jpm, _ = server_throughput(engine, clients, jobs_each, sizes, its,
-                                               GPU_MAX_BATCH)  # fmt: skip
-                    after = compiled.stats()
-                    ran = after["compiled_passes"] - before["compiled_passes"]
-                    rows.append((f"{label}, the network compiled {name}", (
-                        f"{jpm:.1f} jobs/min ({jpm / plain if plain else 0:.2f}x); passes "
-                        f"compiled {ran} of {after['passes'] - before['passes']}"
-                    )))  # fmt: skip
+            compiled_row("from cold")
+            start = time.perf_counter()
+            done = compiled.wait(60 if toy else 150)
+            stats = compiled.stats()
+            rows.append((f"{label}: compiles awaited", (
+                f"{time.perf_counter() - start:.0f} s, {stats['compiled']} shapes "
+                f"compiled in {stats['seconds']:.1f} s of compiles, {stats['failed']} "
+                f"failed{'' if done else ', some still waiting'}"
+            )))  # fmt: skip
+            compiled_row("every shape met compiled")
     finally:
         compiled.close()
 
@@ -1153,18 +1158,13 @@ def main() -> None:
     if "largest" in only:
         with rows.part("largest"):
             largest_part(engine, rows, content, style, toy, "bfloat16" if cuda else "float32")
-    if "server" in only:
-        with rows.part("server"):
-            server_part(engine, rows, toy)
-    if "server-more" in only:
-        with rows.part("server-more"):
-            server_more_part(engine, rows, toy)
-    if "server-compiled" in only:
-        with rows.part("server-compiled"):
-            server_compiled_part(engine, rows, toy)
-    if "server-shapes" in only:
-        with rows.part("server-shapes"):
-            server_shapes_part(engine, rows, toy)
+    for name, server_rows_of in (
+        ("server", server_part), ("server-more", server_more_part),
+        ("server-compiled", server_compiled_part), ("server-shapes", server_shapes_part),
+    ):  # fmt: skip
+        if name in only:
+            with rows.part(name):
+                server_rows_of(engine, rows, toy)
     if cuda and "compile" in only:
         with rows.part("compile"):
             compile_part(engine, rows, content, style, iters, warm)
