@@ -165,9 +165,10 @@ def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward
 
     def evaluate(self, stages, graphs=None):  # the engine's, with its read waiting (Adam only)
         terms = self._launch(stages, graphs)
-        assert all(stage.pending_read() is None for stage in stages)
+        pending = [stage.pending_read() for stage in stages]  # a stage's first: its scale
         device.wait()
-        self._take(stages, terms.reshape(-1).tolist())
+        values = torch.cat([terms.reshape(-1), *(p for p in pending if p is not None)])
+        self._take(stages, values.tolist(), pending)
 
     class Read(transfer._Read):  # an overlapped pass's read: waits for that pass
         def __init__(self, terms: torch.Tensor) -> None:
@@ -195,6 +196,7 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
     parts = [
         (service.StyleTransferService, "_run_batch", "the rest of the worker's loop", True),
         (scheduler.Job, "prepared", "preparing jobs", False),  # or waiting for it, made ahead
+        (transfer.Engine, "_stage_starts", "stages", False),  # the batch's part of them
         (transfer.PreparedRun, "begin_stage", "stages", False),
         (transfer.PreparedRun, "end_stage", "stages", False),
         (transfer.PreparedRun, "step", "optimiser steps", False),

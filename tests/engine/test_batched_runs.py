@@ -290,3 +290,65 @@ def test_a_run_that_ends_in_a_batch_lets_go_of_its_tensors_while_the_batch_goes_
             assert runs[1].stage is not None
     assert isinstance(ended_at, int) and ended_at < 8
     assert runs[1].stage is None and runs[1].x is None  # let go once its result was made
+
+
+def _stage_run(engine, content, style, runs: int, **options):
+    """A batch of ``runs`` Adam runs of two stages, with the content's passes without gradients
+    (their batch sizes) and the Adam steps taken (each one optimiser's step) counted."""
+    from impasto_server.engine.host_reads import HostReads
+    from impasto_server.engine.vgg import FeatureNet
+
+    base = StyleOptions.from_preset(
+        "default", size=40, iterations=6, num_scales=2, optimizer="adam", seed=3, **options
+    )
+    jobs = [(content, style, base.replace(content_weight=1.0 + r)) for r in range(runs)]
+    content_passes: list[int] = []
+    steps = [0]
+    forward, step = FeatureNet.forward, torch.optim.Adam.step
+
+    def counted_forward(self, pixels, layers, *args, **kwargs):
+        if not torch.is_grad_enabled() and layers == tuple(base.content_layers):
+            content_passes.append(pixels.shape[0])
+        return forward(self, pixels, layers, *args, **kwargs)
+
+    def counted_step(self, *args, **kwargs):
+        steps[0] += 1
+        return step(self, *args, **kwargs)
+
+    FeatureNet.forward, torch.optim.Adam.step = counted_forward, counted_step
+    try:
+        with HostReads() as reads:
+            events = _together(engine, jobs)
+    finally:
+        FeatureNet.forward, torch.optim.Adam.step = forward, step
+    return events, content_passes, steps[0], reads.count
+
+
+def test_a_batch_starts_each_stage_with_one_pass_of_its_contents(engine, content, style):
+    # Each stage's content targets of the three runs come from one pass (the batch's), not
+    # one pass a run; each result is still its own, and as it would be alone.
+    events, content_passes, _, _ = _stage_run(engine, content, style, 3)
+    assert content_passes == [3, 3]  # two stages
+    alone, _, _, _ = _stage_run(engine, content, style, 1)
+    assert isinstance(alone[0][-1], Result)
+    for i in range(3):
+        assert isinstance(events[i][-1], Result)
+    difference = np.abs(_float(events[0][-1].image) - _float(alone[0][-1].image))
+    assert difference.max() <= 2 / 255
+
+
+@pytest.mark.parametrize("init", ["content", "noise"])
+def test_a_batch_reads_each_stage_first_gradient_size_with_its_losses(
+    engine, content, style, init
+):
+    # The scale of each run's stage (its first gradient's mean size) comes back with the
+    # pass's losses, in the one read: a batch of three makes as many separate host reads as
+    # a run alone (none), and its first steps are one Adam step for all three, like the rest.
+    _, _, one_steps, one_reads = _stage_run(engine, content, style, 1, init=init)
+    events, _, steps, reads = _stage_run(engine, content, style, 3, init=init)
+    assert reads == one_reads == 0
+    assert one_steps == 6  # its six iterations
+    assert steps == 6  # the batch's: each a step of all three runs
+    for i in range(3):
+        progress = [e for e in events[i] if isinstance(e, Progress)]
+        assert len(progress) == 6 and progress[-1].losses["total"] < progress[0].losses["total"]

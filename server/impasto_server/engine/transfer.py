@@ -618,17 +618,30 @@ class Engine:
         # where they are (the failed pass stepped no optimiser).
         split = False
         for index, stage_iterations in enumerate(first.per_stage):
-            staged = []
+            going = []
             for i, run in live:
+                if run.should_stop():
+                    yield i, Cancelled()
+                else:
+                    going.append((i, run))
+            starts = None
+            if going:
                 try:
-                    if run.should_stop():
-                        raise Cancelled()
                     with using_gpu():
-                        run.begin_stage(index)
+                        starts = self._stage_starts([run for _, run in going], index)
+                except Exception:  # each run starts alone below: its error its own
+                    log.debug("a batch's stage start failed; its runs start one by one",
+                              exc_info=True)  # fmt: skip
+            staged = []
+            for k, (i, run) in enumerate(going):
+                try:
+                    with using_gpu():
+                        run.begin_stage(index, None if starts is None else starts[k])
                 except Exception as exc:  # noqa: BLE001 - it ends that run alone, reported
                     yield i, exc
                 else:
                     staged.append((i, run))
+            starts = None
             live = staged
             # With ``overlap``, an Adam iteration's pass is launched, then the host reports the
             # iteration before it (read its losses, check them, make its events), while the
@@ -816,18 +829,22 @@ class Engine:
         stages: list[_Stage | None], values: list[float],
         pending: Sequence[torch.Tensor | None] | None = None,
     ) -> None:  # fmt: skip
-        """Each stage's losses (and curvature) from the values read for the pass."""
+        """Each stage's losses (and what its ``pending_read`` asked for) from the values read
+        for the pass."""
         count = len(shared.TERMS)
         rows, values = values[: count * len(stages)], values[count * len(stages) :]
         for i, stage in enumerate(stages):
             read = pending[i] if pending is not None else None
-            curvature = None
+            own = None
             if read is not None:
-                curvature, values = values[: len(read)], values[len(read) :]
+                own, values = values[: len(read)], values[len(read) :]
             if stage is None:  # a run stopped since the pass was launched: let go already
                 continue
             stage.losses = dict(zip(shared.TERMS, rows[i * count : (i + 1) * count], strict=True))
-            stage.curvature = curvature
+            if stage.scale:
+                stage.curvature = own
+            else:
+                stage.gradient_mean = own[0] if own else None
 
     def _inputs(self, content, styles, options, style_weights, mask, region_styles, init_image):
         rgb, alpha, source = imaging.to_pixels(imaging.check_image("content", content))
@@ -859,6 +876,60 @@ class Engine:
     def _to_device(self, x: torch.Tensor) -> torch.Tensor:
         x = x.to(self._device)
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
+
+    def _upload(self, x: torch.Tensor) -> torch.Tensor:
+        """``_to_device`` without waiting: on a GPU, a copy from pinned memory queued on the
+        stream (a copy from ordinary memory waits for the device's queue to drain first)."""
+        if self._cuda:
+            x = x.pin_memory().to(self._device, non_blocking=True)
+        return self._to_device(x)
+
+    def _stage_starts(
+        self, runs: Sequence[PreparedRun], index: int
+    ) -> list[tuple[torch.Tensor, Targets]]:
+        """Each run's start image and content targets for its stage ``index`` (a batch's runs,
+        stage shapes alike), the device work shared: their content pixels go to the device in
+        one copy and through the network in one forward pass (one per set of content layers),
+        and their images of the stage before are resized to this stage's size on the device,
+        together (not each copied to the host, resized there and copied back). Every tensor
+        returned is the run's own, not a view of the batch's."""
+        shape = runs[0].shapes[index]
+        content = self._upload(torch.cat([run.content_px[index] for run in runs]))
+        starts: list[torch.Tensor | None] = [None] * len(runs)
+        going = [b for b, run in enumerate(runs) if run.x is not None]
+        if going:
+            before = torch.cat([runs[b].x.detach() for b in going])  # type: ignore[union-attr]
+            resized = imaging.resize(before, shape)
+            for k, b in enumerate(going):
+                starts[b] = resized[k : k + 1]
+        fresh = [b for b, start in enumerate(starts) if start is None]
+        made = [b for b in fresh if runs[b].options.init != "content"]
+        if made:  # noise, or an image of the client's: made on the host
+            host = [self._initial(runs[b].inputs, runs[b].options, shape) for b in made]
+            uploaded = self._upload(torch.cat(host))
+            for k, b in enumerate(made):
+                starts[b] = uploaded[k : k + 1]
+        for b in fresh:
+            if starts[b] is None:  # from the content (its luminance, for luminance transfer)
+                starts[b] = content[b : b + 1]
+        layout = torch.channels_last if self.channels_last else torch.contiguous_format
+        targets: list[Targets] = [{} for _ in runs]
+        groups: dict[tuple[str, ...], list[int]] = {}
+        for b, run in enumerate(runs):
+            groups.setdefault(tuple(run.options.content_layers), []).append(b)
+        options = runs[0].options  # pooling and precision are the batch's (its batch_key)
+        for layers, members in groups.items():
+            pixels = content if len(members) == len(runs) else content[members]
+            with torch.no_grad():
+                feats = self.net(pixels, layers, options.pooling, self._dtype(options.precision))
+            for k, b in enumerate(members):
+                targets[b] = {
+                    name: f[k : k + 1].to(torch.float32, copy=True) for name, f in feats.items()
+                }
+        return [
+            (start.clone(memory_format=layout), own)  # type: ignore[union-attr]
+            for start, own in zip(starts, targets, strict=True)
+        ]
 
     def _style_size(self, inputs: _Inputs, index: int, content_px: torch.Tensor,
                     options: StyleOptions) -> tuple[int, int]:  # fmt: skip
@@ -951,10 +1022,10 @@ class Engine:
                 out.append(_Region(mask, targets, area))
         return out
 
-    def _initial(self, inputs: _Inputs, options: StyleOptions, shape: tuple[int, int],
-                 content_px: torch.Tensor) -> torch.Tensor:  # fmt: skip
-        if options.init == "content":
-            return content_px.clone()
+    @staticmethod
+    def _initial(inputs: _Inputs, options: StyleOptions, shape: tuple[int, int]) -> torch.Tensor:
+        """The first stage's start on the host, for init "noise" or "image" (a start from the
+        content is the content's pixels on the device: ``_stage_starts``)."""
         if options.init == "image":
             assert inputs.init is not None
             start = imaging.resize(inputs.init, shape)
@@ -1115,17 +1186,18 @@ class PreparedRun:
             stages = [imaging.luminance_rgb(px) for px in stages]
         return stages
 
-    def begin_stage(self, index: int) -> None:
+    def begin_stage(self, index: int, start: tuple[torch.Tensor, Targets] | None = None) -> None:
+        """Stage ``index`` begins: ``start`` is its start image and content targets on the
+        device, as ``Engine._stage_starts`` made them for the batch (made for this run alone
+        where not given)."""
         engine, inputs, options = self.engine, self.inputs, self.options
-        shape = self.shapes[index]
+        if start is None:
+            start = engine._stage_starts([self], index)[0]
+        x, content_targets = start
         content_px = self.content_px[index]
-        if self.x is None:
-            start = engine._initial(inputs, options, shape, content_px)
-        else:
-            start = imaging.resize(self.x.detach().cpu(), shape)
         regions = engine._regions(inputs, content_px, options, self.cache, self.styles_px)
         history = self.pairs[index] if self.pairs else 0
-        self.stage = _Stage(engine, options, start, content_px, regions, history)
+        self.stage = _Stage(engine, options, x, content_targets, regions, history)
 
     def step(self, index: int, started: float) -> Progress:
         """After the shared pass: this run's optimiser step, and its Progress."""
@@ -1185,14 +1257,15 @@ class PreparedRun:
 def _adam_together(stages: list[_Stage]) -> None:
     """The Adam steps of a batch's runs that share their settings as one fused step (one
     kernel on a GPU for all of them, not one or two for each): a temporary optimiser over their
-    images that works on each run's own state, so every run's step is the one its own
-    optimiser would take. Runs in their first iteration (whose gradient ``step`` still scales),
-    with a loss that is not finite (``step`` ends them) or alone in their settings step alone.
-    Marks the runs it stepped."""
+    images that works on each run's own state (made by it in a stage's first step, then handed
+    to the run's optimiser), so every run's step is the one its own optimiser would take. A run
+    in its stage's first pass has its gradient scaled first, as its own step would. Runs with a
+    loss that is not finite (``step`` ends them) or alone in their settings step alone. Marks
+    the runs it stepped."""
     groups: dict[tuple, list[_Stage]] = {}
     for stage in stages:
         adam = stage.adam
-        if adam is None or not stage.scale or stage.x not in adam.state:
+        if adam is None or stage.x.grad is None:
             continue
         if not all(math.isfinite(v) for v in stage.losses.values()):
             continue
@@ -1206,9 +1279,13 @@ def _adam_together(stages: list[_Stage]) -> None:
         )
         for stage in members:
             assert stage.adam is not None
-            together.state[stage.x] = stage.adam.state[stage.x]  # the same tensors, updated
+            stage.scale_gradient()
+            if stage.x in stage.adam.state:
+                together.state[stage.x] = stage.adam.state[stage.x]  # the same tensors, updated
         together.step()
         for stage in members:
+            assert stage.adam is not None
+            stage.adam.state[stage.x] = together.state[stage.x]
             stage.adam_stepped = True
 
 
@@ -1219,21 +1296,18 @@ class _Stage:
 
     def __init__(
         self, engine: Engine, options: StyleOptions, start: torch.Tensor,
-        content_px: torch.Tensor, regions: list[_Region], history: int,
+        content_targets: Targets, regions: list[_Region], history: int,
     ) -> None:  # fmt: skip
+        """``start``: the image on the device (the stage's own tensor, optimised in place);
+        ``content_targets``: the content's features at the content layers, float32."""
         self.engine = engine
         self.options = options
         self.regions = regions
         self.content_layers = tuple(options.content_layers)
         self.layers = tuple(dict.fromkeys((*self.content_layers, *options.style_layers)))
-        with torch.no_grad():
-            feats = engine.net(
-                engine._to_device(content_px), self.content_layers, options.pooling,
-                engine._dtype(options.precision),
-            )  # fmt: skip
-        self.content_targets = {k: v.float() for k, v in feats.items()}
+        self.content_targets = content_targets
         self.layer_masks: dict[tuple[int, str], torch.Tensor] = {}
-        self.x = engine._to_device(start).requires_grad_(True)
+        self.x = start.requires_grad_(True)
         self.scale = 0.0
         self.losses: dict[str, float] = {}
         self.terms: dict[str, torch.Tensor] = {}
@@ -1248,15 +1322,21 @@ class _Stage:
         else:
             self.adam = torch.optim.Adam([self.x], lr=options.learning_rate, fused=True)
         self.curvature: list[float] | None = None  # read back with the loss terms
+        self.gradient_mean: float | None = None  # likewise, in the stage's first pass
         self.adam_stepped = False
         self.lbfgs_stepped = False  # by the replay of the pass's CUDA graph
         self.steps = 0  # optimiser steps taken
 
     def pending_read(self) -> torch.Tensor | None:
         """After the backward pass: device values this stage's step needs on the host, read
-        back by the caller with the loss terms into ``curvature``."""
-        if self.lbfgs is None or not self.scale:
-            return None  # the first step reads its gradient's scale itself
+        back by the caller with the loss terms: in the stage's first pass its gradient's mean
+        size (into ``gradient_mean``: the scale, see ``advance``), after that an L-BFGS step's
+        curvature (into ``curvature``)."""
+        if not self.scale:
+            assert self.x.grad is not None
+            return self.x.grad.abs().mean().reshape(1)
+        if self.lbfgs is None:
+            return None
         return self.lbfgs.curvature()
 
     def step(self) -> dict[str, float]:
@@ -1277,14 +1357,7 @@ class _Stage:
     def advance(self) -> None:
         """The optimiser's step alone (``step`` less ``check``)."""
         assert self.x.grad is not None and self.terms
-        # The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
-        # scale-free: its first step and its curvature check use absolute sizes, and at that
-        # scale it either explodes or never moves. So the optimiser sees the objective divided
-        # by the stage's first mean absolute gradient, which puts gradients near 1 per pixel
-        # whatever the weights, sizes and layers. Adam is unaffected (it is scale-free).
-        if not self.scale:
-            self.scale = max(self.x.grad.abs().mean().item(), 1e-20)
-            self.x.grad.div_(self.scale)
+        self.scale_gradient()
         if self.lbfgs_stepped:  # recorded with the pass (see Engine._evaluate)
             self.lbfgs_stepped = False
         elif self.lbfgs is not None:
@@ -1297,6 +1370,25 @@ class _Stage:
             assert self.adam is not None
             self.adam.step()
         self.steps += 1
+
+    def scale_gradient(self) -> None:
+        """In the stage's first pass, before its step: the scale, and the gradient divided by
+        it (after that, the pass divides the objective by it).
+
+        The paper's losses reach 1e12 on 0..255 pixels. L-BFGS without a line search is not
+        scale-free: its first step and its curvature check use absolute sizes, and at that
+        scale it either explodes or never moves. So the optimiser sees the objective divided by
+        the stage's first mean absolute gradient (read with the pass's losses, else now), which
+        puts gradients near 1 per pixel whatever the weights, sizes and layers. Adam is
+        unaffected (it is scale-free)."""
+        if self.scale:
+            return
+        assert self.x.grad is not None
+        mean = self.gradient_mean
+        if mean is None:
+            mean = self.x.grad.abs().mean().item()
+        self.scale = max(mean, 1e-20)
+        self.x.grad.div_(self.scale)
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
         mask = self.regions[region].mask
