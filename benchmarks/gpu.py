@@ -54,9 +54,13 @@
 9. (server-shapes *) What compiling costs a server that meets new shapes: 4 clients' batched
    jobs of 256, 384 and 512 px in turn, jobs per minute without compiling, with the network
    compiled from cold, then again once the shapes met are compiled (the compiles awaited).
-10. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
+10. (server-ratio *) The goal's ratio with its noise: a batch of one and of eight of the server
+   rows' jobs through the engine alone (wall and GPU kernel ms); then one client alone and 16
+   batched in turn, twice, one client sending 24 jobs; then the same with the interpreter's
+   switch interval at 0.5 ms (Python's default: 5 ms); then the job worker's parts timed.
+11. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
-11. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
+12. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
 
 The parts run in this order, so a run cut short by its time limit loses the least; a part that
 fails is a row saying so (its traceback on stderr), the others still run, and the exit status
@@ -252,8 +256,8 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int | 
                       **config: Any) -> tuple[float, float]:  # fmt: skip
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
-    client is a process of its own (throughput_client.py), timed from when all are connected,
-    and sends the sample photograph at ``input_side`` pixels a side (and with ``style_side``, a
+    client is a process of its own (throughput_client.py); all start together once connected,
+    and the row lasts from the first job sent to the last result in. Each client sends the sample photograph at ``input_side`` pixels a side (and with ``style_side``, a
     style of its own each job, drawn at that side; throughput_client.py).
     ``config``: more of the server's settings (ServerConfig's fields); ``stats``, if given,
     gets the row's seconds and the CPU seconds the server's process (this one) and its clients
@@ -284,12 +288,12 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int | 
         for proc in procs:
             if proc.stdout.readline().strip() != "ready":
                 raise RuntimeError(f"a client did not start: {proc.communicate()[1][-500:]}")
-        start, cpu = time.perf_counter(), time.process_time()  # this process: the server's
+        cpu = time.process_time()  # this process: the server's
         for proc in procs:
             proc.stdin.write("go\n")
             proc.stdin.flush()
         outputs = [proc.communicate() for proc in procs]
-        seconds, cpu = time.perf_counter() - start, time.process_time() - cpu
+        cpu = time.process_time() - cpu
     finally:
         for proc in procs:
             if proc.poll() is None:
@@ -299,6 +303,9 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int | 
     if failed:
         raise RuntimeError(f"{len(failed)} clients failed: {failed[0][-500:]}")
     reports = [json.loads(out.strip().splitlines()[-1]) for out, _ in outputs]
+    # From the first job sent to the last result in, as the clients saw them: not the
+    # processes' exits (a tenth of a second or so each, half a row of one client's six jobs).
+    seconds = max(r["end"] for r in reports) - min(r["start"] for r in reports)
     batch_sizes = [size for report in reports for size in report["batch_sizes"]]
     if stats is not None:
         stats["seconds"], stats["server_cpu_seconds"] = seconds, cpu
@@ -648,11 +655,15 @@ PARTS = (
     "server-more",
     "server-compiled",
     "server-shapes",
+    "server-ratio",
     "compile",
     "autotune",
 )
 #: The parts that explain the others: run only when named.
-MORE = ("lbfgs", "profile", "server-more", "server-compiled", "server-shapes", "autotune")
+MORE = (
+    "lbfgs", "profile", "server-more", "server-compiled", "server-shapes", "server-ratio",
+    "autotune",
+)  # fmt: skip
 
 
 class Rows(list):
@@ -851,6 +862,90 @@ def server_shapes_part(engine: Engine, rows: Rows, toy: bool) -> None:
         compiled.close()
 
 
+@contextlib.contextmanager
+def switch_interval(seconds: float | None):
+    """The interpreter's switch interval (sys.setswitchinterval) for the while; None: as is."""
+    before = sys.getswitchinterval()
+    if seconds is not None:
+        sys.setswitchinterval(seconds)
+    try:
+        yield
+    finally:
+        sys.setswitchinterval(before)
+
+
+def engine_batch_ms(engine: Engine, runs: int, size: int, iterations: int) -> tuple[float, float]:
+    """One batch of ``runs`` of the server rows' jobs (throughput_client.py's: one stage, Adam,
+    the sample images) through the engine alone, no server: wall ms from its start to its last
+    result (the median of three, after one to warm), and the ms of GPU kernels in one more
+    (torch.profiler; 0 on a CPU)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    options = StyleOptions.from_preset(
+        "default", size=size, iterations=iterations, num_scales=1, seed=0, optimizer="adam"
+    )
+    content, style = samples.content(), samples.style(size=size)
+    cuda = engine.device.startswith("cuda")
+
+    def once() -> float:
+        prepared = [engine.prepare(content, [style], options) for _ in range(runs)]
+        start = time.perf_counter()
+        for _, event in engine.run_batch(prepared):
+            if isinstance(event, BaseException):
+                raise event
+        if cuda:
+            torch.cuda.synchronize()
+        return time.perf_counter() - start
+
+    once()
+    wall = statistics.median(once() for _ in range(3))
+    busy = 0.0
+    if cuda:
+        with profile(activities=[ProfilerActivity.CUDA]) as prof:
+            once()
+        device = torch.autograd.DeviceType.CUDA
+        busy = sum(e.time_range.elapsed_us() for e in prof.events() if e.device_type == device)
+    return wall * 1e3, busy / 1e3
+
+
+def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
+    """The goal's ratio with its noise: one client's Adam jobs alone and 16 clients' batched
+    (up to GPU_MAX_BATCH), in turn, twice, one client sending four times the jobs of one of the
+    16 (six jobs of one client lasted under a second); then the same four rows with the
+    interpreter's switch interval at 0.5 ms (sys.setswitchinterval; Python's default is 5 ms:
+    a thread that wants the interpreter lock back, as the job worker does after every torch
+    call and every wait for the GPU, may wait that long while another thread runs Python);
+    then the job worker's time (the default interval). First, the device's share: a batch of
+    one and of GPU_MAX_BATCH of those jobs through the engine alone, wall and GPU kernel ms."""
+    from impasto_server.app import GPU_MAX_BATCH
+
+    size, its, jobs_each = server_job(toy)
+    many = 2 if toy else 16
+    for runs in (1, GPU_MAX_BATCH):
+        label = f"engine alone, a batch of {runs} of the server rows' jobs"
+        with rows.section(label):
+            wall, busy = engine_batch_ms(engine, runs, size, its)
+            rows.append((label, f"{wall:.1f} ms, GPU kernels {busy:.1f} ms"))
+    with rows.section("server warm-up"):
+        server_throughput(engine, 1, 2, size, its, 1)
+        server_throughput(engine, many, 1, size, its, GPU_MAX_BATCH)
+    for interval in (None, 0.0005):
+        how = "" if interval is None else f", switch interval {interval * 1e3:g} ms"
+        label = f"server-ratio{how}: 1 client ({4 * jobs_each} jobs) / {many} batched, jobs/min"
+        ones, manys = [], []
+        with rows.section(label), switch_interval(interval):
+            for _ in range(2):
+                ones.append(server_throughput(engine, 1, 4 * jobs_each, size, its, 1)[0])
+                manys.append(server_throughput(engine, many, jobs_each, size, its,
+                                               GPU_MAX_BATCH)[0])  # fmt: skip
+            pairs = ", ".join(f"{one:.1f} / {jpm:.1f}" for one, jpm in zip(ones, manys))
+            ratio = sum(manys) / sum(ones)
+            rows.append((label, f"{pairs}: {ratio:.2f}x ({len(ones)} pairs in turn)"))
+    label = f"server-ratio: {many} clients batched (up to {GPU_MAX_BATCH}), the worker's time"
+    with rows.section(label):
+        rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))
+
+
 def server_job(toy: bool) -> tuple[int, int, int]:
     """The server rows' jobs: side, iterations, and jobs each client sends."""
     return (32, 2, 2) if toy else (256, 50, 6)
@@ -935,7 +1030,8 @@ def worker_parts() -> dict[str, list[tuple[Any, str]]]:
 
     return {
         "prepare": [(scheduler.Job, "prepared")],  # made now, or waited for: made ahead
-        "stages": [(transfer.PreparedRun, "begin_stage"), (transfer.PreparedRun, "end_stage")],
+        "stages": [(transfer.PreparedRun, "begin_stage"), (transfer.PreparedRun, "end_stage"),
+                   (transfer.Engine, "_stage_starts")],
         "passes": [(transfer.Engine, "_launch")],
         "reads": [(torch.Tensor, "tolist"), (torch.cuda.Event, "synchronize")],
         "recordings": [(graphs.PassGraphs, "_record")],
@@ -973,6 +1069,8 @@ def timing_calls(parts: dict[str, list[tuple[Any, str]]], thread: list[int | Non
     try:
         for part, targets in parts.items():
             for owner, name in targets:
+                if not hasattr(owner, name):
+                    continue  # an older engine's (a run that compares two)
                 saved.append((owner, name, owner.__dict__.get(name)))
                 setattr(owner, name, timed(part, getattr(owner, name)))
         yield spent
@@ -1161,6 +1259,7 @@ def main() -> None:
     for name, server_rows_of in (
         ("server", server_part), ("server-more", server_more_part),
         ("server-compiled", server_compiled_part), ("server-shapes", server_shapes_part),
+        ("server-ratio", server_ratio_part),
     ):  # fmt: skip
         if name in only:
             with rows.part(name):

@@ -7,6 +7,9 @@
 #   then there:      bash benchmarks/gpu_device.sh          (carry .whl)
 #   a rerun of some parts of gpu.py alone:  BATCHING=0 bash benchmarks/gpu_device.sh --only largest
 #   every part, those that explain the goals' rows too:  bash benchmarks/gpu_device.sh --only all
+#   with a base tree (BASE=<commit> bash benchmarks/gpu_wheels.sh): the same parts again on
+#   it, the table to $OUT/gpu-base.txt, e.g. the goal's ratio before and after a change:
+#     BATCHING=0 GPU_BENCH_SECONDS=230 bash benchmarks/gpu_device.sh --only server-ratio
 #   the server with --compile against without, once compiled and while compiling new shapes:
 #     BATCHING=0 GPU_BENCH_SECONDS=400 bash benchmarks/gpu_device.sh --only server,server-compiled
 #     BATCHING=0 GPU_BENCH_SECONDS=185 bash benchmarks/gpu_device.sh --only server-shapes
@@ -20,6 +23,12 @@ nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv,noheader 2>
 python3 -c "import torch, torchvision; print('torch', torch.__version__, 'torchvision', torchvision.__version__)"
 timeout "${GPU_BENCH_SECONDS:-420}" python3 benchmarks/gpu.py "$@" 2>&1 | tee "$OUT/gpu.txt"
 status="${PIPESTATUS[0]}"
+if [ -d .whl/base/server ]; then
+  echo "== the base tree (.whl/base)"
+  PYTHONPATH="/tmp/site:$PWD/.whl/base/proto:$PWD/.whl/base/server" \
+    timeout "${GPU_BENCH_SECONDS:-420}" python3 benchmarks/gpu.py "$@" 2>&1 | tee "$OUT/gpu-base.txt"
+  [ "${PIPESTATUS[0]}" = 0 ] || status=1
+fi
 if [ "${BATCHING:-1}" != 0 ]; then
   timeout 60 python3 benchmarks/batching.py --device cuda 2>&1 | tee "$OUT/batching.txt"
 fi

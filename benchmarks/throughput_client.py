@@ -7,8 +7,9 @@ share the server's interpreter (and its lock) as threads of the benchmark's proc
 SIZE may be a comma-separated list: the jobs then ask for each size in turn.
 
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
-then prints as JSON the batch size each job ran in and the CPU seconds the process used for
-them. The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
+then prints as JSON the batch size each job ran in, the CPU seconds the process used for
+them, and when it began and ended sending them (its first job sent, its last result in; the
+machine's clock, which its peers share). The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
 resized (a phone's photograph is some 4000 pixels a side). The style is the sample style drawn
 at SIZE, the same for every job; with STYLE_SIDE above 0, each job sends a style of its own
 (the sample style drawn at up to 512 px and resized to STYLE_SIDE, shifted by a different
@@ -50,7 +51,7 @@ def main() -> None:
         client.server_info()  # connected, and the server answers
         print("ready", flush=True)
         sys.stdin.readline()
-        cpu = time.process_time()
+        cpu, start = time.process_time(), time.time()
         batch_sizes = []
         for i, style in enumerate(styles):
             side = sizes[i % len(sizes)]
@@ -59,8 +60,9 @@ def main() -> None:
             for event in job:
                 if isinstance(event, Started):
                     batch_sizes.append(event.batch_size)
-        cpu = time.process_time() - cpu
-    print(json.dumps({"batch_sizes": batch_sizes, "cpu_seconds": cpu}), flush=True)
+        cpu, end = time.process_time() - cpu, time.time()
+    report = {"batch_sizes": batch_sizes, "cpu_seconds": cpu, "start": start, "end": end}
+    print(json.dumps(report), flush=True)
 
 
 if __name__ == "__main__":

@@ -110,11 +110,22 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     assert all(0 <= int(share.rstrip("%")) <= 100 for share in shares.values()), worker
     assert int(shares["passes"].rstrip("%")) >= 20  # the CPU's passes: most of a toy batch
     assert shares["recordings"] == "0%"  # no CUDA graphs on the CPU
+    # the goal's ratio with its noise: the engine alone (no kernels timed on a CPU), then the
+    # rows in turn, with the default switch interval and with 0.5 ms, then the worker's time
+    for runs in (1, 8):
+        alone = table[f"engine alone, a batch of {runs} of the server rows' jobs"]
+        assert re.fullmatch(r"[0-9.]+ ms, GPU kernels 0\.0 ms", alone), alone
+    for how in ("", ", switch interval 0.5 ms"):
+        ratio = table[f"server-ratio{how}: 1 client (8 jobs) / 2 batched, jobs/min"]
+        pairs = r"[0-9.]+ / [0-9.]+, [0-9.]+ / [0-9.]+"
+        assert re.fullmatch(pairs + r": [0-9.]+x \(2 pairs in turn\)", ratio), ratio
+    worker = table["server-ratio: 2 clients batched (up to 8), the worker's time"]
+    assert "mean 2.0 jobs" in worker and "stages " in worker, worker
     # where the run's time went: every part that ran, in the order it ran
     parts, whole = table["seconds by part"].split("; in all ")
     names = [part.rsplit(" ", 1)[0] for part in parts.split(", ")]
     assert names == ["setup", "checks", "iteration", "lbfgs", "largest", "server",
-                     "server-more", "server-compiled", "server-shapes"]  # fmt: skip
+                     "server-more", "server-compiled", "server-shapes", "server-ratio"]  # fmt: skip
     assert float(whole) >= sum(float(part.rsplit(" ", 1)[1]) for part in parts.split(", ")) - 1
     # --only runs the parts named, in the table's order
     proc = subprocess.run(
