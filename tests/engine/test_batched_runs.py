@@ -352,3 +352,18 @@ def test_a_batch_reads_each_stage_first_gradient_size_with_its_losses(
     for i in range(3):
         progress = [e for e in events[i] if isinstance(e, Progress)]
         assert len(progress) == 6 and progress[-1].losses["total"] < progress[0].losses["total"]
+
+
+def test_runs_of_one_style_share_its_cached_grams_as_their_targets(engine, content, style):
+    # A run with one style takes its Grams from the cache as they are (a blend of one style is
+    # that style): two runs of it hold the same tensors, not a copy each.
+    options = StyleOptions.from_preset("default", size=40, iterations=2, num_scales=1, seed=4)
+    runs = [engine.prepare(content, [style], options) for _ in range(2)]
+    for run in runs:
+        run.begin_stage(0)
+    first, second = (run.stage.regions[0].targets for run in runs)
+    assert set(first) == set(options.style_layers)
+    assert all(first[layer] is second[layer] for layer in first)
+    blended = engine.prepare(content, [style, style[::-1].copy()], options)
+    blended.begin_stage(0)
+    assert all(blended.stage.regions[0].targets[layer] is not first[layer] for layer in first)

@@ -57,11 +57,21 @@ def _stack(tensors: list[torch.Tensor | None], along: str) -> torch.Tensor:
     return torch.stack(filled) if along == "new" else torch.cat(filled)
 
 
+def _vector(values: Sequence[float], device: torch.device) -> torch.Tensor:
+    """Float32 ``values`` on ``device``. On a GPU from pinned memory, without waiting: a copy
+    from ordinary memory first waits for the stream's queue to drain, and these are made while
+    a batch's forward pass runs."""
+    host = torch.tensor(values, dtype=torch.float32)
+    if device.type != "cuda":
+        return host.to(device)
+    return host.pin_memory().to(device, non_blocking=True)
+
+
 def _targets(stages: Sequence[Any]) -> SharedTargets:
     device = stages[0].x.device
 
     def vector(values: list[float]) -> torch.Tensor:
-        return torch.tensor(values, dtype=torch.float32, device=device)
+        return _vector(values, device)
 
     content = {}
     names = dict.fromkeys(n for s in stages for n, w in s.options.content_layers.items() if w)
@@ -100,9 +110,7 @@ def objective(
     scales = tuple(s.scale for s in stages)
     if shared.divisor is None or shared.scales != scales:
         shared.scales = scales
-        shared.divisor = torch.tensor(
-            [s or 1.0 for s in scales], dtype=torch.float32, device=x.device
-        )
+        shared.divisor = _vector([s or 1.0 for s in scales], x.device)
     zero = x.new_zeros((len(stages),), dtype=torch.float32)
     content = zero
     for name, (targets, weights) in shared.content.items():

@@ -999,10 +999,13 @@ class Engine:
             i: self._style_grams(inputs, i, content_px, options, cache, ahead)
             for i in inputs.styles_in_use()
         }
-        blended = {
-            layer: sum(inputs.blend[i] * grams[layer] for i, grams in per_style.items())
-            for layer in options.style_layers
-        }
+        if len(per_style) == 1 and inputs.blend[next(iter(per_style))] == 1.0:
+            blended = dict(next(iter(per_style.values())))  # one style: its Grams as they are
+        else:
+            blended = {
+                layer: sum(inputs.blend[i] * grams[layer] for i, grams in per_style.items())
+                for layer in options.style_layers
+            }
         if inputs.labels is None:
             return [_Region(None, blended, 1.0)]
         labels = torch.from_numpy(inputs.labels.astype(np.int64))[None, None].float()
