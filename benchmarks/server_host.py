@@ -6,6 +6,7 @@ device's time alone, and where the job worker's time goes.
                                      [--pass-ms 0.41 0.59] [--forward-ms 0.3]
                                      [--progress-rates 0 20] [--overlap off on]
                                      [--prepare-ahead on] [--styles-ahead on]
+                                     [--switch-intervals-ms 5]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -44,6 +45,7 @@ import collections
 import contextlib
 import functools
 import itertools
+import sys
 import threading
 import time
 
@@ -208,6 +210,8 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
         (scheduler.Outbox, "finish", "events", False),
     ]
     for owner, name, part, outer in parts:
+        if not hasattr(owner, name):
+            continue  # an older engine's (a run that compares two trees)
         original = getattr(owner, name)
         stack.callback(setattr, owner, name, original)
         clock.wrap(owner, name, part, outer)
@@ -287,6 +291,9 @@ def main() -> None:
     parser.add_argument("--styles-ahead", choices=("off", "on"), nargs="+", default=["on"],
                         help="compare a job's styles resized when it is prepared (the engine's "
                         "way) with where each stage begins")  # fmt: skip
+    parser.add_argument("--switch-intervals-ms", type=float, nargs="+", default=[5.0],
+                        help="the interpreter's switch intervals to compare (sys."
+                        "setswitchinterval; Python's default is 5 ms)")  # fmt: skip
     args = parser.parse_args()
 
     engine = Engine(device="cpu")
@@ -299,27 +306,32 @@ def main() -> None:
         + (f"; each job its own {args.style_side} px style" if args.style_side else "")
     )
     header = (
-        "clients", "progress rate", "overlap", "prepare ahead", "styles ahead", "jobs/min",
+        "clients", "switch interval ms", "progress rate", "overlap", "prepare ahead",
+        "styles ahead", "jobs/min",
         "ideal", "of ideal", "mean batch",
         f"worker ms a batch iteration: all ({' / '.join(PARTS)})",
         "CPU ms a job: server / clients",
     )  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
+    default_interval = sys.getswitchinterval()
     for clients in args.clients:
         for rate in args.progress_rates:
-            for overlap, ahead, styles in itertools.product(
-                args.overlap, args.prepare_ahead, args.styles_ahead
+            for interval, overlap, ahead, styles in itertools.product(
+                args.switch_intervals_ms, args.overlap, args.prepare_ahead, args.styles_ahead
             ):
                 engine.overlap = overlap == "on"
                 clock = Clock()
                 undo = stand_in(engine, clock, pass_ms, args.forward_ms)
+                sys.setswitchinterval(interval / 1e3)
                 try:
                     row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
                                   args.batch, rate, pass_ms, ahead == "on", args.input_side,
                                   args.style_side, styles == "on")  # fmt: skip
                 finally:
+                    sys.setswitchinterval(default_interval)
                     undo()
+                row = (row[0], f"{interval:g}", *row[1:])
                 print("| " + " | ".join(row) + " |", flush=True)
 
 

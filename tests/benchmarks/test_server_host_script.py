@@ -18,7 +18,7 @@ def test_server_host_table():
         [sys.executable, os.path.join(ROOT, "benchmarks", "server_host.py"), "--clients", "2",
          "--jobs", "1", "--iterations", "6", "--batch", "2", "--pass-ms", "1", "2",
          "--progress-rates", "0", "--overlap", "off", "on", "--prepare-ahead", "on", "off",
-         "--style-side", "160", "--styles-ahead", "off"],
+         "--style-side", "160", "--styles-ahead", "off", "--switch-intervals-ms", "1"],
         capture_output=True, text=True, timeout=300, check=False,
         env={**os.environ, "PYTHONPATH": os.pathsep.join(
             [os.path.join(ROOT, "proto"), os.path.join(ROOT, "server")])},
@@ -27,11 +27,12 @@ def test_server_host_table():
     lines = proc.stdout.splitlines()
     assert lines[0].startswith("# server_host.py: cpu")
     rows = [[cell.strip() for cell in line.strip("|").split("|")] for line in lines[3:]]
-    assert [row[:5] for row in rows] == [
-        ["2", "0", "off", "on", "off"], ["2", "0", "off", "off", "off"],
-        ["2", "0", "on", "on", "off"], ["2", "0", "on", "off", "off"],
+    assert [row[:6] for row in rows] == [
+        ["2", "1", "0", "off", "on", "off"], ["2", "1", "0", "off", "off", "off"],
+        ["2", "1", "0", "on", "on", "off"], ["2", "1", "0", "on", "off", "off"],
     ]  # fmt: skip
-    for _clients, _rate, overlap, _ahead, _styles, jpm, ideal, share, mean, worker, cpu in rows:
+    for row in rows:
+        overlap, (jpm, ideal, share, mean, worker, cpu) = row[3], row[6:]
         assert 0 < float(jpm) and abs(float(share) - float(jpm) / float(ideal)) <= 0.01
         assert 1.0 <= float(mean) <= 2.0
         total, parts = re.fullmatch(r"([\d.]+) \((.*)\)", worker).groups()
