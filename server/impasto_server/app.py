@@ -204,6 +204,7 @@ class Server:
             max_batch=max_batch,
             max_batch_pixels=max_batch_pixels,
             memory_capacity=lambda: self.service.job_memory(),
+            stagger=True,  # with --max-running above 1 (see the scheduler)
             batch_wait=config.batch_wait_ms / 1000.0,
             prepare_ahead=max_batch if config.prepare_ahead is None else config.prepare_ahead,
             prepare_threads=config.prepare_threads,

@@ -17,6 +17,13 @@ bytes together; otherwise it waits for some to end (a job whose turn it is waits
 rotation's order holds). A job with none running beside it always starts (each job was checked
 alone against the device when it was sent), and takes along only the jobs that fit with it.
 
+Staggered starts: with ``stagger`` (and ``max_running`` > 1), a batch starts beside running ones
+only once each of them has passed its start (``settle``, called by their ``work``): a batch's
+start is the host's work (its stage's start, its first passes and their recording, on a GPU)
+while the device waits, and two batches that start together (sixteen clients whose jobs ended
+together send their next ones together) do that work at the same time; staggered, one's start
+runs while the other's passes keep the device busy.
+
 Preparing ahead: with ``prepare_ahead`` > 0, ``prepare_threads`` threads of its own run the
 ``prepare`` of the jobs at the front of the rotation, each a different job (at most
 ``prepare_ahead`` waiting jobs hold what they made), so a job worker that takes them finds
@@ -153,6 +160,7 @@ class Job:
     pixels: int = 0  # what the job adds to a batch
     memory: int = 0  # bytes of device memory it may use at most (0: not known)
     batch_size: int = 1  # jobs in the batch it ran in
+    settled: float | None = None  # when its batch passed its start (``Scheduler.settle``)
     id: str = field(default_factory=lambda: uuid.uuid4().hex[:12])
     outbox: Outbox = field(default_factory=Outbox)
     created: float = field(default_factory=time.monotonic)
@@ -205,6 +213,7 @@ class Scheduler:
         prepare_ahead: int = 0,
         prepare_threads: int = 1,
         memory_capacity: Callable[[], int] | None = None,
+        stagger: bool = False,
         on_change: Callable[[Scheduler], None] | None = None,
         on_dropped: Callable[[Job, str], None] | None = None,
     ) -> None:
@@ -226,6 +235,7 @@ class Scheduler:
         # Bytes the jobs running at once may use together (read when a batch starts; 0 or
         # None: no bound).
         self.memory_capacity = memory_capacity
+        self.stagger = stagger  # a batch starts beside running ones once they have settled
         self._busy = 0  # slots running a batch
         self._on_change = on_change
         self._on_dropped = on_dropped  # a job that ended while queued, and why; else logged
@@ -375,6 +385,8 @@ class Scheduler:
         no jobs and how long to wait before asking again."""
         if self._closed or self._busy >= self.max_running or not self._waiting:
             return [], 0.5
+        if self.stagger and self._busy and any(job.settled is None for job in self._running):
+            return [], 0.5  # woken sooner when one settles or ends
         lead = next(iter(self._waiting.values()))[0]
         room = self._memory_room()
         if self._busy and lead.memory > room:
@@ -474,6 +486,13 @@ class Scheduler:
                 ahead.set_result(job.prepare(job))  # type: ignore[misc]
             except BaseException as exc:  # noqa: BLE001 - raised again where the job runs
                 ahead.set_exception(exc)
+
+    def settle(self, job: Job) -> None:
+        """A running job's batch has passed its start (see "Staggered starts" above)."""
+        with self._cond:
+            if job.settled is None:
+                job.settled = time.monotonic()
+                self._cond.notify_all()
 
     def release(self, job: Job) -> None:
         """A running job has ended (its batch may go on): it no longer counts as running or

@@ -50,6 +50,10 @@ ERROR_DOMAIN = "impasto.v1"
 #: How often a waiting stream wakes to notice a vanished client (the cancel callback is the
 #: fast path; this is the safety net).
 _POLL_SECONDS = 0.5
+# The iteration from which a job's batch has passed its start (Scheduler.settle): its first
+# stage's pass is recorded as a CUDA graph at its third pass (engine/graphs.py), and that
+# iteration's events come after it.
+SETTLED_AT = 3
 
 
 @dataclass
@@ -566,6 +570,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                         ended.add(index)
                     elif isinstance(event, Progress):
                         job.description["done_iterations"] = event.iteration
+                        if event.iteration >= SETTLED_AT and job.settled is None:
+                            self.scheduler.settle(job)
                         # Plain progress is paced and may be coalesced; previews give way only
                         # to newer ones.
                         has_preview = event.preview is not None
