@@ -56,7 +56,7 @@
    compiled from cold, then again once the shapes met are compiled (the compiles awaited).
 10. (server-ratio *) The goal's ratio with its noise: a batch of one and of eight of the server
    rows' jobs through the engine alone (wall and GPU kernel ms); then one client alone and 16
-   batched in turn, twice, one client sending 24 jobs; then the same with the interpreter's
+   batched (one batch at a time, and two at once) in turn, twice, one client sending 24 jobs; then the same with the interpreter's
    switch interval at 0.5 ms (Python's default: 5 ms); then the job worker's parts timed.
 11. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
@@ -910,7 +910,8 @@ def engine_batch_ms(engine: Engine, runs: int, size: int, iterations: int) -> tu
 
 def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """The goal's ratio with its noise: one client's Adam jobs alone and 16 clients' batched
-    (up to GPU_MAX_BATCH), in turn, twice, one client sending four times the jobs of one of the
+    (up to GPU_MAX_BATCH), one batch at a time and two at once (--max-running 2: the server
+    staggers their starts), in turn, twice, one client sending four times the jobs of one of the
     16 (six jobs of one client lasted under a second); then the same four rows with the
     interpreter's switch interval at 0.5 ms (sys.setswitchinterval; Python's default is 5 ms:
     a thread that wants the interpreter lock back, as the job worker does after every torch
@@ -931,16 +932,21 @@ def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
         server_throughput(engine, many, 1, size, its, GPU_MAX_BATCH)
     for interval in (None, 0.0005):
         how = "" if interval is None else f", switch interval {interval * 1e3:g} ms"
-        label = f"server-ratio{how}: 1 client ({4 * jobs_each} jobs) / {many} batched, jobs/min"
-        ones, manys = [], []
+        label = (f"server-ratio{how}: 1 client ({4 * jobs_each} jobs) / {many} batched / "
+                 f"{many} batched, two batches at once (--max-running 2), jobs/min")  # fmt: skip
+        turns: list[tuple[float, float, float]] = []
         with rows.section(label), switch_interval(interval):
             for _ in range(2):
-                ones.append(server_throughput(engine, 1, 4 * jobs_each, size, its, 1)[0])
-                manys.append(server_throughput(engine, many, jobs_each, size, its,
-                                               GPU_MAX_BATCH)[0])  # fmt: skip
-            pairs = ", ".join(f"{one:.1f} / {jpm:.1f}" for one, jpm in zip(ones, manys))
-            ratio = sum(manys) / sum(ones)
-            rows.append((label, f"{pairs}: {ratio:.2f}x ({len(ones)} pairs in turn)"))
+                turns.append((
+                    server_throughput(engine, 1, 4 * jobs_each, size, its, 1)[0],
+                    server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH)[0],
+                    server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH,
+                                      max_running=2)[0],
+                ))  # fmt: skip
+            text = ", ".join(" / ".join(f"{jpm:.1f}" for jpm in turn) for turn in turns)
+            one, batched, two = (sum(column) for column in zip(*turns))
+            ratios = f"{batched / one:.2f}x / {two / one:.2f}x ({len(turns)} turns)"
+            rows.append((label, f"{text}: {ratios}"))
     label = f"server-ratio: {many} clients batched (up to {GPU_MAX_BATCH}), the worker's time"
     with rows.section(label):
         rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))

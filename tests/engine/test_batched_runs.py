@@ -338,9 +338,7 @@ def test_a_batch_starts_each_stage_with_one_pass_of_its_contents(engine, content
 
 
 @pytest.mark.parametrize("init", ["content", "noise"])
-def test_a_batch_reads_each_stage_first_gradient_size_with_its_losses(
-    engine, content, style, init
-):
+def test_a_batch_reads_each_stage_first_gradient_size_with_its_losses(engine, content, style, init):
     # The scale of each run's stage (its first gradient's mean size) comes back with the
     # pass's losses, in the one read: a batch of three makes as many separate host reads as
     # a run alone (none), and its first steps are one Adam step for all three, like the rest.
