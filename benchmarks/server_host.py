@@ -6,7 +6,7 @@ device's time alone, and where the job worker's time goes.
                                      [--pass-ms 0.41 0.59] [--forward-ms 0.3]
                                      [--progress-rates 0 20] [--overlap off on]
                                      [--prepare-ahead on] [--styles-ahead on]
-                                     [--switch-intervals-ms 5]
+                                     [--switch-intervals-ms 5] [--max-running 1]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -225,7 +225,7 @@ PARTS = ("waiting for the device", "waiting for the interpreter", "preparing job
 def measure(
     engine: Engine, clock: Clock, clients: int, jobs: int, size: int, iterations: int,
     batch: int, progress_rate: float, pass_ms: tuple[float, float], ahead: bool = True,
-    input_side: int = 512, style_side: int = 0, styles_ahead: bool = True,
+    input_side: int = 512, style_side: int = 0, styles_ahead: bool = True, max_running: int = 1,
 ) -> tuple[str, ...]:  # fmt: skip
     batches: list[int] = []  # each batch's jobs
     stats: dict = {}
@@ -245,7 +245,7 @@ def measure(
             engine, clients, jobs, size, iterations, batch if clients > 1 else 1,
             stats=stats, input_side=input_side, style_side=style_side,
             progress_rate=progress_rate,
-            prepare_ahead=None if ahead else 0,
+            prepare_ahead=None if ahead else 0, max_running=max_running if clients > 1 else 1,
         )  # fmt: skip
     a, b = pass_ms
     ideal = 60e3 / (iterations * (a + b * mean) / mean)
@@ -291,6 +291,8 @@ def main() -> None:
     parser.add_argument("--styles-ahead", choices=("off", "on"), nargs="+", default=["on"],
                         help="compare a job's styles resized when it is prepared (the engine's "
                         "way) with where each stage begins")  # fmt: skip
+    parser.add_argument("--max-running", type=int, default=1,
+                        help="the server's --max-running where clients are batched")  # fmt: skip
     parser.add_argument("--switch-intervals-ms", type=float, nargs="+", default=[5.0],
                         help="the interpreter's switch intervals to compare (sys."
                         "setswitchinterval; Python's default is 5 ms)")  # fmt: skip
@@ -302,7 +304,7 @@ def main() -> None:
         f"# server_host.py: {describe('cpu')}; a pass {pass_ms[0]:g} + {pass_ms[1]:g} x batch "
         f"ms, a forward {args.forward_ms:g} ms; {args.size} px Adam jobs of "
         f"{args.iterations} iterations from {args.input_side} px content, {args.jobs} a client, "
-        f"batches of up to {args.batch}"
+        f"batches of up to {args.batch}, {args.max_running} at once"
         + (f"; each job its own {args.style_side} px style" if args.style_side else "")
     )
     header = (
@@ -327,7 +329,7 @@ def main() -> None:
                 try:
                     row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
                                   args.batch, rate, pass_ms, ahead == "on", args.input_side,
-                                  args.style_side, styles == "on")  # fmt: skip
+                                  args.style_side, styles == "on", args.max_running)  # fmt: skip
                 finally:
                     sys.setswitchinterval(default_interval)
                     undo()

@@ -879,8 +879,10 @@ class Engine:
 
     def _upload(self, x: torch.Tensor) -> torch.Tensor:
         """``_to_device`` without waiting: on a GPU, a copy from pinned memory queued on the
-        stream (a copy from ordinary memory waits for the device's queue to drain first)."""
-        if self._cuda:
+        stream (a copy from ordinary memory waits for the device's queue to drain first).
+        Up to PINNED_UPLOAD bytes: torch keeps the pinned memory it made for later copies, and
+        a large job's device work dwarfs the wait."""
+        if self._cuda and x.numel() * x.element_size() <= PINNED_UPLOAD:
             x = x.pin_memory().to(self._device, non_blocking=True)
         return self._to_device(x)
 
@@ -1055,6 +1057,9 @@ class Engine:
 # and refuses the job: the mask regions (each its own copies of the features) and the style
 # scale can make even a small probe need gigabytes, measured in the request's thread.
 PROBE_BUDGET = 4
+
+# The largest copy to a GPU made from pinned memory (Engine._upload): eight 512 px images.
+PINNED_UPLOAD = 32 << 20
 
 # torch's default, and the classic implementations' (neural-style's nCorrection).
 LBFGS_HISTORY = 100
