@@ -6,6 +6,7 @@ from __future__ import annotations
 import threading
 import time
 
+import pytest
 from impasto.client import Client, Started
 from impasto_server.scheduler import Job, Scheduler
 from job_watch import LONG, Watcher, wait_until
@@ -30,50 +31,48 @@ def _running(scheduler: Scheduler) -> set[str]:
     return {job.client for job in scheduler.running_jobs()}
 
 
-def test_a_batch_starts_beside_a_running_one_once_that_one_has_settled():
-    held = Held()
-    s = Scheduler(max_running=2, stagger=True)
-    try:
-        a = held.make("a")
-        s.submit(a)
-        s.submit(held.make("b"))
-        wait_until(lambda: _running(s) == {"a"})
-        time.sleep(0.3)
-        assert _running(s) == {"a"} and s.queued == 1  # a has not passed its start
-        s.settle(a)
-        wait_until(lambda: _running(s) == {"a", "b"})
-        assert a.settled is not None
-    finally:
-        for event in held.go.values():
-            event.set()
-        s.close()
+@pytest.fixture
+def held():
+    made = Held()
+    yield made
+    for event in made.go.values():
+        event.set()
 
 
-def test_a_batch_that_ends_before_it_settles_lets_the_next_one_start():
-    held = Held()
-    s = Scheduler(max_running=2, stagger=True)
-    try:
-        s.submit(held.make("a"))
-        s.submit(held.make("b"))
-        wait_until(lambda: _running(s) == {"a"})
-        held.go["a"].set()  # ends, never settled
-        wait_until(lambda: _running(s) == {"b"})
-    finally:
-        for event in held.go.values():
-            event.set()
-        s.close()
+@pytest.fixture
+def staggered(held):
+    scheduler = Scheduler(max_running=2, stagger=True)
+    yield scheduler
+    scheduler.close()
 
 
-def test_without_stagger_batches_start_at_once():
-    held = Held()
+def test_a_batch_starts_beside_a_running_one_once_that_one_has_settled(held, staggered):
+    a = held.make("a")
+    staggered.submit(a)
+    staggered.submit(held.make("b"))
+    wait_until(lambda: _running(staggered) == {"a"})
+    time.sleep(0.3)
+    assert _running(staggered) == {"a"} and staggered.queued == 1  # a has not passed its start
+    staggered.settle(a)
+    wait_until(lambda: _running(staggered) == {"a", "b"})
+    assert a.settled is not None
+
+
+def test_a_batch_that_ends_before_it_settles_lets_the_next_one_start(held, staggered):
+    staggered.submit(held.make("a"))
+    staggered.submit(held.make("b"))
+    wait_until(lambda: _running(staggered) == {"a"})
+    held.go["a"].set()  # ends, never settled
+    wait_until(lambda: _running(staggered) == {"b"})
+
+
+def test_without_stagger_batches_start_at_once(held):
     s = Scheduler(max_running=2)
     try:
         s.submit(held.make("a"))
         s.submit(held.make("b"))
         wait_until(lambda: _running(s) == {"a", "b"})
     finally:
-        for event in held.go.values():
-            event.set()
         s.close()
 
 
