@@ -56,8 +56,9 @@
    compiled from cold, then again once the shapes met are compiled (the compiles awaited).
 10. (server-ratio *) The goal's ratio with its noise: a batch of one and of eight of the server
    rows' jobs through the engine alone (wall and GPU kernel ms); then one client alone and 16
-   batched (one batch at a time, and two at once) in turn, twice, one client sending 24 jobs; then the same with the interpreter's
-   switch interval at 0.5 ms (Python's default: 5 ms); then the job worker's parts timed.
+   batched (one batch at a time, and two at once) in turn, twice, one client sending 24 jobs;
+   then the same with the interpreter's switch interval at 0.5 ms (Python's default: 5 ms);
+   then the job worker's parts timed.
 11. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 12. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.
@@ -257,8 +258,9 @@ def server_throughput(engine: Engine, clients: int, jobs_each: int, size: int | 
     """Jobs per minute through the real server, and the mean batch size. batch 1: every job
     alone, ``clients`` at once; otherwise one slot runs batches of up to ``batch`` jobs. Each
     client is a process of its own (throughput_client.py); all start together once connected,
-    and the row lasts from the first job sent to the last result in. Each client sends the sample photograph at ``input_side`` pixels a side (and with ``style_side``, a
-    style of its own each job, drawn at that side; throughput_client.py).
+    and the row lasts from the first job sent to the last result in. Each client sends the
+    sample photograph at ``input_side`` pixels a side (and with ``style_side``, a style of its
+    own each job, drawn at that side; throughput_client.py).
     ``config``: more of the server's settings (ServerConfig's fields); ``stats``, if given,
     gets the row's seconds and the CPU seconds the server's process (this one) and its clients
     used."""

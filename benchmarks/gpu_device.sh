@@ -26,7 +26,8 @@ status="${PIPESTATUS[0]}"
 if [ -d .whl/base/server ]; then
   echo "== the base tree (.whl/base)"
   PYTHONPATH="/tmp/site:$PWD/.whl/base/proto:$PWD/.whl/base/server" \
-    timeout "${GPU_BENCH_SECONDS:-420}" python3 benchmarks/gpu.py "$@" 2>&1 | tee "$OUT/gpu-base.txt"
+    timeout "${GPU_BENCH_SECONDS:-420}" python3 benchmarks/gpu.py "$@" 2>&1 \
+    | tee "$OUT/gpu-base.txt"
   [ "${PIPESTATUS[0]}" = 0 ] || status=1
 fi
 if [ "${BATCHING:-1}" != 0 ]; then

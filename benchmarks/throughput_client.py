@@ -9,11 +9,11 @@ SIZE may be a comma-separated list: the jobs then ask for each size in turn.
 Prints "ready" once connected, waits for a line on stdin, sends JOBS jobs one after another,
 then prints as JSON the batch size each job ran in, the CPU seconds the process used for
 them, and when it began and ended sending them (its first job sent, its last result in; the
-machine's clock, which its peers share). The content is the sample photograph (512 x 512), or INPUT_SIDE x INPUT_SIDE pixels of it
-resized (a phone's photograph is some 4000 pixels a side). The style is the sample style drawn
-at SIZE, the same for every job; with STYLE_SIDE above 0, each job sends a style of its own
-(the sample style drawn at up to 512 px and resized to STYLE_SIDE, shifted by a different
-number of columns), which the server's cache has not seen.
+machine's clock, which its peers share). The content is the sample photograph (512 x 512), or
+INPUT_SIDE x INPUT_SIDE pixels of it resized (a phone's photograph is some 4000 pixels a side).
+The style is the sample style drawn at SIZE, the same for every job; with STYLE_SIDE above 0,
+each job sends a style of its own (the sample style drawn at up to 512 px and resized to
+STYLE_SIDE, shifted by a different number of columns), which the server's cache has not seen.
 """
 
 from __future__ import annotations
