@@ -365,3 +365,33 @@ def test_runs_of_one_style_share_its_cached_grams_as_their_targets(engine, conte
     blended = engine.prepare(content, [style, style[::-1].copy()], options)
     blended.begin_stage(0)
     assert all(blended.stage.regions[0].targets[layer] is not first[layer] for layer in first)
+
+
+def test_a_batch_whose_shared_stage_start_fails_starts_its_runs_one_by_one(
+    engine, content, style, monkeypatch
+):
+    # Where the batch's stage start fails (out of memory, say), each run starts alone, and an
+    # error of its own ends that run alone: here the second run's start fails, the first goes on.
+    from impasto_server.engine.transfer import Engine as EngineType
+
+    shared = EngineType._stage_starts
+    failing: list = []
+
+    def starts(self, runs, index):
+        if len(runs) > 1:
+            raise torch.OutOfMemoryError("the batch's stage start")
+        if runs[0] is failing[0]:
+            raise RuntimeError("this run's own start")
+        return shared(self, runs, index)
+
+    monkeypatch.setattr(EngineType, "_stage_starts", starts)
+    options = StyleOptions.from_preset(
+        "default", size=40, iterations=3, num_scales=1, optimizer="adam", seed=5
+    )
+    runs = [engine.prepare(content, [style], options) for _ in range(2)]
+    failing.append(runs[1])
+    events: dict[int, list] = {0: [], 1: []}
+    for i, event in engine.run_batch(runs):
+        events[i].append(event)
+    assert isinstance(events[0][-1], Result) and events[0][-1].iterations == 3
+    assert len(events[1]) == 1 and "own start" in str(events[1][0])
