@@ -6,6 +6,7 @@ import threading
 import time
 
 from impasto.client import ImpastoError
+from impasto_server.scheduler import Job, Scheduler
 
 SHORT = {"size": 32, "iterations": 2, "num_scales": 1}
 LONG = {"size": 32, "iterations": 100_000, "num_scales": 1}
@@ -56,3 +57,29 @@ def wait_until(predicate, timeout: float = 10.0) -> None:
     while not predicate():
         assert time.monotonic() < end, "condition not reached in time"
         time.sleep(0.01)
+
+
+class HeldJobs:
+    """Scheduler jobs whose work records the batch it ran in and holds until its client is let
+    go (``go[client].set()``)."""
+
+    def __init__(self) -> None:
+        self.batches: list[list[str]] = []
+        self.go: dict[str, threading.Event] = {}
+
+    def make(self, client: str, memory: int = 0, key: str | None = None) -> Job:
+        self.go[client] = threading.Event()
+        return Job(client=client, work=self.work, memory=memory, batch_key=key)
+
+    def work(self, jobs: list[Job]) -> None:
+        self.batches.append([job.client for job in jobs])
+        for job in jobs:
+            assert self.go[job.client].wait(30)
+
+    def let_go(self) -> None:
+        for event in self.go.values():
+            event.set()
+
+    @staticmethod
+    def running(scheduler: Scheduler) -> set[str]:
+        return {job.client for job in scheduler.running_jobs()}

@@ -4,42 +4,12 @@ job from its memory plan."""
 
 from __future__ import annotations
 
-import threading
 import time
 
-import pytest
 from impasto.client import Client, Result, Started
 from impasto_server.engine.memory import quick_bound
-from impasto_server.scheduler import Job, Scheduler
+from impasto_server.scheduler import Scheduler
 from job_watch import LONG, Watcher, wait_until
-
-
-class Jobs:
-    """Jobs whose work records the batch it ran in and holds until its client is let go."""
-
-    def __init__(self) -> None:
-        self.batches: list[list[str]] = []
-        self.go: dict[str, threading.Event] = {}
-
-    def make(self, client: str, memory: int, key: str | None = None) -> Job:
-        self.go[client] = threading.Event()
-        return Job(client=client, work=self.work, memory=memory, batch_key=key)
-
-    def work(self, jobs: list[Job]) -> None:
-        self.batches.append([job.client for job in jobs])
-        for job in jobs:
-            assert self.go[job.client].wait(30)
-
-    def running(self, scheduler: Scheduler) -> set[str]:
-        return {job.client for job in scheduler.running_jobs()}
-
-
-@pytest.fixture
-def jobs():
-    made = Jobs()
-    yield made
-    for event in made.go.values():
-        event.set()
 
 
 def scheduler(capacity: int, **kwargs) -> Scheduler:

@@ -1,79 +1,42 @@
 """Batches running at once start staggered: a batch starts beside running ones only once they
-have passed their start (the scheduler's ``stagger``, the server's with --max-running above 1)."""
+have passed their start (the scheduler's ``stagger``, the server's with --max-running above 1).
+Without it batches start at once: tests/server/test_memory_concurrency.py."""
 
 from __future__ import annotations
 
-import threading
 import time
 
 import pytest
 from impasto.client import Client, Started
-from impasto_server.scheduler import Job, Scheduler
+from impasto_server.scheduler import Scheduler
 from job_watch import LONG, Watcher, wait_until
 
 
-class Held:
-    """Jobs whose work holds until let go."""
-
-    def __init__(self) -> None:
-        self.go: dict[str, threading.Event] = {}
-
-    def make(self, client: str) -> Job:
-        self.go[client] = threading.Event()
-        return Job(client=client, work=self.work)
-
-    def work(self, jobs: list[Job]) -> None:
-        for job in jobs:
-            assert self.go[job.client].wait(30)
-
-
-def _running(scheduler: Scheduler) -> set[str]:
-    return {job.client for job in scheduler.running_jobs()}
-
-
 @pytest.fixture
-def held():
-    made = Held()
-    yield made
-    for event in made.go.values():
-        event.set()
-
-
-@pytest.fixture
-def staggered(held):
+def staggered():
     scheduler = Scheduler(max_running=2, stagger=True)
     yield scheduler
     scheduler.close()
 
 
-def test_a_batch_starts_beside_a_running_one_once_that_one_has_settled(held, staggered):
-    a = held.make("a")
+def test_a_batch_starts_beside_a_running_one_once_that_one_has_settled(jobs, staggered):
+    a = jobs.make("a")
     staggered.submit(a)
-    staggered.submit(held.make("b"))
-    wait_until(lambda: _running(staggered) == {"a"})
+    staggered.submit(jobs.make("b"))
+    wait_until(lambda: jobs.running(staggered) == {"a"})
     time.sleep(0.3)
-    assert _running(staggered) == {"a"} and staggered.queued == 1  # a has not passed its start
+    assert jobs.running(staggered) == {"a"} and staggered.queued == 1  # a has not passed its start
     staggered.settle(a)
-    wait_until(lambda: _running(staggered) == {"a", "b"})
+    wait_until(lambda: jobs.running(staggered) == {"a", "b"})
     assert a.settled is not None
 
 
-def test_a_batch_that_ends_before_it_settles_lets_the_next_one_start(held, staggered):
-    staggered.submit(held.make("a"))
-    staggered.submit(held.make("b"))
-    wait_until(lambda: _running(staggered) == {"a"})
-    held.go["a"].set()  # ends, never settled
-    wait_until(lambda: _running(staggered) == {"b"})
-
-
-def test_without_stagger_batches_start_at_once(held):
-    s = Scheduler(max_running=2)
-    try:
-        s.submit(held.make("a"))
-        s.submit(held.make("b"))
-        wait_until(lambda: _running(s) == {"a", "b"})
-    finally:
-        s.close()
+def test_a_batch_that_ends_before_it_settles_lets_the_next_one_start(jobs, staggered):
+    staggered.submit(jobs.make("a"))
+    staggered.submit(jobs.make("b"))
+    wait_until(lambda: jobs.running(staggered) == {"a"})
+    jobs.go["a"].set()  # ends, never settled
+    wait_until(lambda: jobs.running(staggered) == {"b"})
 
 
 def test_the_server_starts_a_second_job_once_the_first_has_passed_its_start(
