@@ -57,21 +57,15 @@ def _stack(tensors: list[torch.Tensor | None], along: str) -> torch.Tensor:
     return torch.stack(filled) if along == "new" else torch.cat(filled)
 
 
-def _vector(values: Sequence[float], device: torch.device) -> torch.Tensor:
-    """Float32 ``values`` on ``device``. On a GPU from pinned memory, without waiting: a copy
-    from ordinary memory first waits for the stream's queue to drain, and these are made while
-    a batch's forward pass runs."""
-    host = torch.tensor(values, dtype=torch.float32)
-    if device.type != "cuda":
-        return host.to(device)
-    return host.pin_memory().to(device, non_blocking=True)
+def _vector(stage: Any, values: Sequence[float]) -> torch.Tensor:
+    """Float32 ``values`` on the stage's device, copied without waiting for the stream
+    (``Engine._upload``): these are made while a batch's forward pass runs."""
+    return stage.engine._upload(torch.tensor(values, dtype=torch.float32))
 
 
 def _targets(stages: Sequence[Any]) -> SharedTargets:
-    device = stages[0].x.device
-
     def vector(values: list[float]) -> torch.Tensor:
-        return _vector(values, device)
+        return _vector(stages[0], values)
 
     content = {}
     names = dict.fromkeys(n for s in stages for n, w in s.options.content_layers.items() if w)
@@ -110,7 +104,7 @@ def objective(
     scales = tuple(s.scale for s in stages)
     if shared.divisor is None or shared.scales != scales:
         shared.scales = scales
-        shared.divisor = _vector([s or 1.0 for s in scales], x.device)
+        shared.divisor = _vector(lead, [s or 1.0 for s in scales])
     zero = x.new_zeros((len(stages),), dtype=torch.float32)
     content = zero
     for name, (targets, weights) in shared.content.items():

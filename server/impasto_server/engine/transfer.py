@@ -878,13 +878,13 @@ class Engine:
         return x.contiguous(memory_format=torch.channels_last) if self.channels_last else x
 
     def _upload(self, x: torch.Tensor) -> torch.Tensor:
-        """``_to_device`` without waiting: on a GPU, a copy from pinned memory queued on the
-        stream (a copy from ordinary memory waits for the device's queue to drain first).
-        Up to PINNED_UPLOAD bytes: torch keeps the pinned memory it made for later copies, and
-        a large job's device work dwarfs the wait."""
+        """``x`` on the device, in its layout, without waiting: on a GPU, a copy from pinned
+        memory queued on the stream (a copy from ordinary memory waits for the device's queue
+        to drain first). Up to PINNED_UPLOAD bytes: torch keeps the pinned memory it made for
+        later copies, and a large job's device work dwarfs the wait."""
         if self._cuda and x.numel() * x.element_size() <= PINNED_UPLOAD:
-            x = x.pin_memory().to(self._device, non_blocking=True)
-        return self._to_device(x)
+            return x.pin_memory().to(self._device, non_blocking=True)
+        return x.to(self._device)
 
     def _stage_starts(
         self, runs: Sequence[PreparedRun], index: int
@@ -896,7 +896,7 @@ class Engine:
         together (not each copied to the host, resized there and copied back). Every tensor
         returned is the run's own, not a view of the batch's."""
         shape = runs[0].shapes[index]
-        content = self._upload(torch.cat([run.content_px[index] for run in runs]))
+        content = self._to_device(self._upload(torch.cat([run.content_px[index] for run in runs])))
         starts: list[torch.Tensor | None] = [None] * len(runs)
         going = [b for b, run in enumerate(runs) if run.x is not None]
         if going:
@@ -1341,8 +1341,7 @@ class _Stage:
         size (into ``gradient_mean``: the scale, see ``advance``), after that an L-BFGS step's
         curvature (into ``curvature``)."""
         if not self.scale:
-            assert self.x.grad is not None
-            return self.x.grad.abs().mean().reshape(1)
+            return self._gradient_size().reshape(1)
         if self.lbfgs is None:
             return None
         return self.lbfgs.curvature()
@@ -1391,12 +1390,16 @@ class _Stage:
         unaffected (it is scale-free)."""
         if self.scale:
             return
-        assert self.x.grad is not None
         mean = self.gradient_mean
         if mean is None:
-            mean = self.x.grad.abs().mean().item()
+            mean = self._gradient_size().item()
         self.scale = max(mean, 1e-20)
-        self.x.grad.div_(self.scale)
+        self.x.grad.div_(self.scale)  # type: ignore[union-attr]
+
+    def _gradient_size(self) -> torch.Tensor:
+        """The gradient's mean absolute value, on the device (the stage's scale)."""
+        assert self.x.grad is not None
+        return self.x.grad.abs().mean()
 
     def _mask(self, region: int, layer: str, features: torch.Tensor) -> torch.Tensor | None:
         mask = self.regions[region].mask
