@@ -45,12 +45,11 @@ import collections
 import contextlib
 import functools
 import itertools
-import sys
 import threading
 import time
 
 import torch
-from gpu import server_throughput  # beside this script
+from gpu import server_throughput, switch_interval  # beside this script
 from impasto_server import scheduler, service
 from impasto_server.engine import Engine, transfer
 from impasto_server.engine.vgg import CONV_INDEX
@@ -316,7 +315,6 @@ def main() -> None:
     )  # fmt: skip
     print("| " + " | ".join(header) + " |")
     print("|" + "---|" * len(header))
-    default_interval = sys.getswitchinterval()
     for clients in args.clients:
         for rate in args.progress_rates:
             for interval, overlap, ahead, styles in itertools.product(
@@ -325,13 +323,13 @@ def main() -> None:
                 engine.overlap = overlap == "on"
                 clock = Clock()
                 undo = stand_in(engine, clock, pass_ms, args.forward_ms)
-                sys.setswitchinterval(interval / 1e3)
                 try:
-                    row = measure(engine, clock, clients, args.jobs, args.size, args.iterations,
-                                  args.batch, rate, pass_ms, ahead == "on", args.input_side,
-                                  args.style_side, styles == "on", args.max_running)  # fmt: skip
+                    with switch_interval(interval / 1e3):
+                        row = measure(engine, clock, clients, args.jobs, args.size,
+                                      args.iterations, args.batch, rate, pass_ms, ahead == "on",
+                                      args.input_side, args.style_side, styles == "on",
+                                      args.max_running)  # fmt: skip
                 finally:
-                    sys.setswitchinterval(default_interval)
                     undo()
                 row = (row[0], f"{interval:g}", *row[1:])
                 print("| " + " | ".join(row) + " |", flush=True)
