@@ -1045,7 +1045,7 @@ def worker_parts() -> dict[str, list[tuple[Any, str]]]:
         "recordings": [(graphs.PassGraphs, "_record")],
         "steps": [(transfer, "_adam_together"), (transfer.PreparedRun, "step"),
                   (transfer.PreparedRun, "report"), (transfer._Stage, "advance")],
-        "results": [(transfer.PreparedRun, "result")],
+        "results": [(transfer.PreparedRun, "result"), (transfer.Engine, "_download")],
         "events": [(scheduler.Outbox, "put"), (scheduler.Outbox, "finish")],
     }  # fmt: skip
 

@@ -205,6 +205,7 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
         (transfer._Stage, "advance", "optimiser steps", False),  # half: its Progress, its step
         (transfer, "_adam_together", "optimiser steps", False),
         (transfer.PreparedRun, "result", "results", False),
+        (transfer.Engine, "_download", "results", False),  # the batch's copy of its images
         (scheduler.Outbox, "put", "events", False),
         (scheduler.Outbox, "finish", "events", False),
     ]

@@ -395,3 +395,40 @@ def test_a_batch_whose_shared_stage_start_fails_starts_its_runs_one_by_one(
         events[i].append(event)
     assert isinstance(events[0][-1], Result) and events[0][-1].iterations == 3
     assert len(events[1]) == 1 and "own start" in str(events[1][0])
+
+
+def test_a_batch_copies_its_results_to_the_host_together(engine, content, style, monkeypatch):
+    # The runs that end together come to the host in one copy (on a GPU, one wait for the
+    # device instead of one a run), and all their results are made before the first is handed
+    # on; each result is still its own image.
+    from impasto_server.engine import transfer
+
+    copies: list[int] = []
+    made: list[int] = []
+    download, result = transfer.Engine._download, transfer.PreparedRun.result
+
+    def counted_download(self, images):
+        copies.append(len(images))
+        return download(self, images)
+
+    def counted_result(self, *args, **kwargs):
+        made.append(id(self))
+        return result(self, *args, **kwargs)
+
+    monkeypatch.setattr(transfer.Engine, "_download", counted_download)
+    monkeypatch.setattr(transfer.PreparedRun, "result", counted_result)
+    base = StyleOptions.from_preset(
+        "default", size=40, iterations=3, num_scales=1, optimizer="adam", seed=6
+    )
+    jobs = [(content, style, base.replace(init="noise", seed=6 + r)) for r in range(3)]
+    prepared = [engine.prepare(c, [s], o) for c, s, o in jobs]
+    images: dict[int, np.ndarray] = {}
+    for i, event in engine.run_batch(prepared):
+        if isinstance(event, Result):
+            assert len(made) == 3  # every result made before this one was handed on
+            images[i] = event.image
+    assert copies == [3] and sorted(images) == [0, 1, 2]
+    assert np.abs(_float(images[0]) - _float(images[2])).mean() > 0.01  # each its own noise
+    alone = list(engine.run(content, [style], jobs[2][2]))
+    assert copies == [3, 1]  # a run alone: its own copy
+    assert np.abs(_float(alone[-1].image) - _float(images[2])).max() <= 2 / 255

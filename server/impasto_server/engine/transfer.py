@@ -727,10 +727,15 @@ class Engine:
             with using_gpu():
                 for _, run in live:
                     run.end_stage()
-        for i, run in live:
-            with using_gpu():
-                result = run.result(started)
-            yield i, result
+        # The results of the runs that end together: their images come to the host in one
+        # copy (one wait for the device, not one a run), and every result is made before any
+        # is handed on, so the threads that send them do not compete with the making of the
+        # next ones for the interpreter.
+        with using_gpu():
+            images = self._download([run.x for _, run in live])
+        results = [(i, run.result(started, image))
+                   for (i, run), image in zip(live, images, strict=True)]  # fmt: skip
+        yield from results
 
     def _free_memory(self) -> None:
         gc.collect()  # a failed pass's tensors can sit in reference cycles of its traceback
@@ -885,6 +890,14 @@ class Engine:
         if self._cuda and x.numel() * x.element_size() <= PINNED_UPLOAD:
             return x.pin_memory().to(self._device, non_blocking=True)
         return x.to(self._device)
+
+    def _download(self, images: Sequence[torch.Tensor | None]) -> list[torch.Tensor]:
+        """Images of one shape, (1, 3, h, w) each, on the host in float32: one copy from the
+        device for all of them (a copy to the host waits for the device's queue to drain)."""
+        if len(images) < 2:
+            return [x.detach().float().cpu() for x in images]  # type: ignore[union-attr]
+        host = torch.cat([x.detach() for x in images]).float().cpu()  # type: ignore[union-attr]
+        return list(host.split(1))
 
     def _stage_starts(
         self, runs: Sequence[PreparedRun], index: int
@@ -1253,9 +1266,12 @@ class PreparedRun:
         self.content_px = []
         self.styles_px = {}
 
-    def result(self, started: float) -> Result:
+    def result(self, started: float, pixels: torch.Tensor | None = None) -> Result:
+        """The run's Result, from its image's ``pixels`` on the host where the batch copied
+        them there (``Engine._download``), else from its own image."""
         assert self.x is not None
-        image = self.engine._finish(self.x, self.inputs, self.options)
+        image = self.engine._finish(self.x if pixels is None else pixels, self.inputs,
+                                    self.options)  # fmt: skip
         return Result(
             image=image, settings=_as_run(self.options, self.shapes), losses=self.losses,
             elapsed=time.perf_counter() - started, iterations=self.iteration,
