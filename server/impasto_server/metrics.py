@@ -25,6 +25,12 @@ class Metrics:
             "after its job ended",
             registry=r,
         )
+        self.unsent = Counter(
+            "impasto_unsent_results",
+            "Jobs that ended with a result that was never sent: their call had ended (the "
+            "client cancelled or left, its deadline passed) or was cancelled unread",
+            registry=r,
+        )
         self.duration = Histogram(
             "impasto_job_duration_seconds",
             "Time a job ran on the device",

@@ -186,6 +186,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         # The calls whose stream is open, and when each last sent a message, watched for a
         # client that stopped reading them.
         self._open: dict[Job, tuple[grpc.ServicerContext, list[float]]] = {}
+        # The jobs whose result is made and whose stream, still open, has not sent it yet.
+        self._unsent: set[Job] = set()
         self._open_lock = threading.Lock()
         self._watchdog: threading.Thread | None = None
         self._closed = threading.Event()
@@ -356,9 +358,12 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
             pixels=height * width,
             memory=parsed.memory_plan.bound or 0,
         )
+        # Watched from before it can run, so that its result is counted sent or not.
+        sent = self._watch(job, context)
         try:
             self.scheduler.submit(job)
         except SchedulerError as exc:
+            self._unwatch(job)
             self.rejected(exc.code.lower(), context, exc.message)
             details = [] if exc.retry_after is None else [_retry_info(exc.retry_after)]
             context.abort_with_status(_status(grpc.StatusCode[exc.code], exc.message, details))
@@ -367,9 +372,11 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         # its deadline passed) takes no callback: its job stops now, not after running for
         # no one.
         if not context.add_callback(lambda: self.scheduler.cancel(job, _stop_reason(context, job))):
+            if self._unwatch(job):
+                self._result_unsent(job)
             self.scheduler.cancel(job, _stop_reason(context, job))
             return
-        yield from self._stream(job, parsed, context)
+        yield from self._stream(job, parsed, context, sent)
 
     @staticmethod
     def _hold(claim: Claim, image: Any, context: grpc.ServicerContext) -> None:
@@ -381,19 +388,47 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
         claim.take(image.nbytes)
 
     def _stream(
-        self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext
-    ) -> Iterator[pb.StylizeResponse]:
-        sent = self._watch(job, context)
+        self, job: Job, parsed: convert.ParsedRequest, context: grpc.ServicerContext,
+        sent: list[float],
+    ) -> Iterator[pb.StylizeResponse]:  # fmt: skip
         try:
             for message in self._events(job, parsed, context):
                 yield message
                 sent[0] = time.monotonic()  # resumed: gRPC has sent it
+                if message.HasField("result"):
+                    with self._open_lock:
+                        self._unsent.discard(job)
         finally:
             # However the stream ended (gRPC drops it when a message cannot be sent), the job
             # stops with it; stopping one that ended is a no-op.
-            with self._open_lock:
-                self._open.pop(job, None)
+            if self._unwatch(job):
+                self._result_unsent(job)
             self.scheduler.cancel(job, _stop_reason(context, job))
+
+    def _unwatch(self, job: Job) -> bool:
+        """Stop watching ``job``'s stream (it has ended); whether its result was made and
+        not sent."""
+        with self._open_lock:
+            self._open.pop(job, None)
+            unsent = job in self._unsent
+            self._unsent.discard(job)
+        return unsent
+
+    def _result_made(self, job: Job) -> None:
+        """Before ``job``'s result goes into its outbox: its stream sends it, or counts it
+        unsent when it ends first; a stream that has ended already counts it now."""
+        with self._open_lock:
+            if job in self._open:
+                self._unsent.add(job)
+                return
+        self._result_unsent(job)
+
+    def _result_unsent(self, job: Job) -> None:
+        self.metrics.unsent.inc()
+        log.warning(
+            "job=%s client=%s: its result was made but not sent (the call had ended)",
+            job.id, job.client,
+        )  # fmt: skip
 
     def _watch(self, job: Job, context: grpc.ServicerContext) -> list[float]:
         """Watch ``job``'s stream; returns the box of when it last sent a message."""
@@ -565,6 +600,7 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                     job = members[index]
                     if isinstance(event, Result):
                         job.description["done_iterations"] = event.iterations
+                        self._result_made(job)
                         job.outbox.finish(event)
                         self._end(job, None)
                         ended.add(index)

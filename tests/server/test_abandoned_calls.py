@@ -45,6 +45,10 @@ def _jobs(server, outcome: str) -> float:
     return server.metrics.jobs.labels(outcome=outcome)._value.get()
 
 
+def _unsent(server) -> float:
+    return server.metrics.unsent._value.get()
+
+
 def test_a_call_cancelled_while_its_request_is_checked_runs_no_job(
     make_server, shared_engine, tiny_content, tiny_style
 ):
@@ -80,6 +84,7 @@ def test_a_stream_left_unread_after_its_job_ended_is_cancelled_after_the_grace(
         # a client that reads gets its result, the grace notwithstanding
         assert client.stylize(tiny_content, [tiny_style], **SHORT).result()
     assert server.metrics.unread._value.get() == 1
+    assert _unsent(server) == 1  # the unread one's result; the one read was sent
 
 
 def test_a_client_that_reads_its_stream_slowly_gets_its_result(
@@ -97,3 +102,36 @@ def test_a_client_that_reads_its_stream_slowly_gets_its_result(
         assert job.result().image.shape == (96, 96, 3)
         assert time.monotonic() - started > 1.0  # read for longer than the grace
     assert server.metrics.unread._value.get() == 0
+    assert _unsent(server) == 0
+
+
+def test_a_result_made_after_its_call_ended_counts_as_unsent(
+    make_server, tiny_content, tiny_style, monkeypatch, caplog
+):
+    """A job whose last iteration was done when its client left still ends ok (its work was
+    done), but its result reaches no one: the metrics and the log say so, once."""
+    from impasto_server.engine import transfer
+
+    copying, go_on = threading.Event(), threading.Event()
+    download = transfer.Engine._download
+
+    def held(self, images):  # the batch's results are being made when the client leaves
+        copying.set()
+        go_on.wait(10)
+        return download(self, images)
+
+    monkeypatch.setattr(transfer.Engine, "_download", held)
+    server = make_server()
+    with Client(server.address) as client:
+        job = client.stylize(tiny_content, [tiny_style], **SHORT)
+        assert copying.wait(30)
+        job.cancel()
+        wait_until(lambda: not server.service._open, 5)  # the server saw the call end
+        go_on.set()
+        with pytest.raises(ImpastoError):
+            job.result()
+    wait_until(lambda: _jobs(server, "ok") == 1, 10)
+    wait_until(lambda: _unsent(server) == 1, 5)
+    time.sleep(0.2)
+    assert _unsent(server) == 1  # counted once, by whichever side saw it last
+    assert "its result was made but not sent" in caplog.text
