@@ -79,8 +79,11 @@ def test_recordings_keep_the_allocators_cache_where_asked(content, style, monkey
     assert stand_in.keep_cache == [False, True]  # each batch's graphs as the engine says
 
 
-def test_a_capture_that_keeps_the_cache_is_torchs_less_its_empty_cache(monkeypatch):
-    """What the GPU would be asked, in order (a GPU run measures the rest: gpu.py)."""
+@pytest.mark.parametrize("keep_cache", [False, True])
+def test_a_capture_is_torchs_less_its_emptying_of_the_pinned_host_cache(monkeypatch, keep_cache):
+    """What the GPU would be asked, in order (a GPU run measures the rest: gpu.py): torch's
+    own steps as a capture begins, less the emptying of the pinned host memory cache (the
+    batch's uploads' blocks), and less the device cache's where the cache is kept."""
     import contextlib
 
     from impasto_server.engine import graphs
@@ -105,10 +108,16 @@ def test_a_capture_that_keeps_the_cache_is_torchs_less_its_empty_cache(monkeypat
     monkeypatch.setattr(graphs.torch.cuda, "synchronize", lambda: calls.append("synchronize"))
     monkeypatch.setattr(graphs.torch.cuda, "empty_cache", lambda: calls.append("empty_cache"))
     monkeypatch.setattr(graphs.torch.cuda, "stream", on_stream)
-    with graphs._capture_keeping_cache(Graph(), "side"):
+    if hasattr(graphs.torch._C, "_host_emptyCache"):
+        monkeypatch.setattr(
+            graphs.torch._C, "_host_emptyCache", lambda: calls.append("host_emptyCache")
+        )
+    emptied = [] if keep_cache else ["empty_cache"]
+    with graphs._capture(Graph(), "side", keep_cache):
         calls.append("pass")
-    assert calls == ["synchronize", "on side", "begin thread_local", "pass", "end", "off side"]
+    assert calls == ["synchronize", *emptied, "on side", "begin thread_local", "pass", "end",
+                     "off side"]  # fmt: skip
     calls.clear()
-    with pytest.raises(ValueError), graphs._capture_keeping_cache(Graph(), "side"):
+    with pytest.raises(ValueError), graphs._capture(Graph(), "side", keep_cache):
         raise ValueError("a pass that fails")
-    assert calls == ["synchronize", "on side", "begin thread_local", "end", "off side"]
+    assert calls == ["synchronize", *emptied, "on side", "begin thread_local", "end", "off side"]

@@ -168,13 +168,22 @@ def empty_cache() -> None:
 
 
 @contextlib.contextmanager
-def _capture_keeping_cache(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream):
-    """``torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")`` less the
-    ``torch.cuda.empty_cache()`` that torch does as every capture begins: the allocator keeps
-    the blocks cached by the eager passes before it, so the passes after it need no new device
-    allocations, but the graph's own memory cannot take those blocks (nothing is freed during a
-    capture), so a job near the memory limit may fail to record (it then runs eagerly)."""
+def _capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, keep_cache: bool):
+    """``torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")`` less what
+    torch does beyond synchronising as a capture begins: it empties the pinned host memory
+    cache too (torch 2.11 to 2.14 at least), and the engine's copies to the GPU
+    (``Engine._upload``) come from that cache, so each stage's recording would free the pinned
+    blocks of the batch's uploads (freeing pinned memory waits for the device) and the next
+    stage start would pin them anew (the driver locks each page: slow). The pinned cache
+    holds at most a few blocks of up to PINNED_UPLOAD bytes (32 MiB) each: the sizes of the
+    copies. The device's cache is emptied as torch does unless
+    ``keep_cache``: the allocator then keeps the blocks cached by the eager passes before it,
+    so the passes after it need no new device allocations, but the graph's own memory cannot
+    take those blocks (nothing is freed during a capture), so a job near the memory limit may
+    fail to record (it then runs eagerly)."""
     torch.cuda.synchronize()
+    if not keep_cache:
+        torch.cuda.empty_cache()
     with torch.cuda.stream(stream):
         graph.capture_begin(capture_error_mode="thread_local")
         try:
@@ -185,8 +194,8 @@ def _capture_keeping_cache(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Strea
 
 class PassGraphs:
     """The graph of one batch's pass while the batch lasts (one per ``Engine._drive``).
-    ``keep_cache``: record without emptying the allocator's cache first (see
-    ``_capture_keeping_cache``; off, torch's way, until a GPU run says which pays)."""
+    ``keep_cache``: record without emptying the allocator's cache first (see ``_capture``;
+    off, torch's way: runs 6 and 7 found no clear gain)."""
 
     def __init__(self, device: torch.device, keep_cache: bool = False) -> None:
         self.device = device
@@ -251,11 +260,7 @@ class PassGraphs:
             stage.x.grad = None
         graph = torch.cuda.CUDAGraph()
         # Alone (see above); thread_local as well, for whatever GPU work runs outside the gate.
-        capture = (
-            _capture_keeping_cache(graph, stream) if self.keep_cache
-            else torch.cuda.graph(graph, stream=stream, capture_error_mode="thread_local")
-        )  # fmt: skip
-        with gate.alone(unless_background=True), capture:
+        with gate.alone(unless_background=True), _capture(graph, stream, self.keep_cache):
             terms = evaluate(stages)
             if steps is not None:
                 steps(stages)

@@ -168,7 +168,7 @@ class Engine:
             self.cuda_graphs if capturable_lbfgs is None else capturable_lbfgs
         )  # fmt: skip
         # Recordings that leave the allocator's cache as it is (graphs.PassGraphs): off, as
-        # torch does it, until a GPU run says which pays (benchmarks/gpu.py, server-more).
+        # torch does it; runs 6 and 7 found no clear gain (benchmarks/gpu.py, server-more).
         self.graphs_keep_cache = graphs_keep_cache
         # Adam runs launch each iteration's pass before the host handles the last one's losses
         # (its events, its divergence check), so that work overlaps the device's (see _iterate).
