@@ -37,6 +37,12 @@ class Metrics:
             buckets=(0.5, 1, 2, 5, 10, 20, 30, 60, 120, 300, 600, 1800),
             registry=r,
         )
+        self.batch_jobs = Histogram(
+            "impasto_batch_jobs",
+            "Jobs that ran together as one batch, one observation a batch (1: a job alone)",
+            buckets=(1, 2, 4, 8, 16, 32),
+            registry=r,
+        )
         self.iterations_per_second = Gauge(
             "impasto_iterations_per_second", "Iterations per second of the last job", registry=r
         )

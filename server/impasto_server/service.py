@@ -589,6 +589,8 @@ class StyleTransferService(pb_grpc.StyleTransferServiceServicer):
                 )  # fmt: skip
             height, width = run.shapes[-1]  # the last stage is the result's size
             job.outbox.put(StartedEvent(run.options.iterations, height, width, len(members)))
+        if members:
+            self.metrics.batch_jobs.observe(len(members))
         ended: set[int] = set()
         pacing = ProgressPacing(self.config.progress_rate)
         try:

@@ -67,6 +67,11 @@ def test_same_shaped_adam_jobs_run_as_one_batch_with_their_own_results(
         assert difference.max() <= 8 and difference.mean() < 0.5
     assert not np.array_equal(batch[0].events[-1].image, batch[1].events[-1].image)
     wait_until(lambda: server.scheduler.running == 0 and server.scheduler.queued == 0)
+    # What an operator sees: three batches ran, the blocker and the other shape alone.
+    sample = server.metrics.registry.get_sample_value
+    assert sample("impasto_batch_jobs_count") == 3 and sample("impasto_batch_jobs_sum") == 5
+    assert sample("impasto_batch_jobs_bucket", {"le": "1.0"}) == 2
+    assert sample("impasto_batch_jobs_bucket", {"le": "4.0"}) == 3
 
 
 @pytest.mark.parametrize("batch_lbfgs", [False, True])
