@@ -7,6 +7,7 @@ device's time alone, and where the job worker's time goes.
                                      [--progress-rates 0 20] [--overlap off on]
                                      [--prepare-ahead on] [--styles-ahead on]
                                      [--switch-intervals-ms 5] [--max-running 1]
+                                     [--stagger server] [--launches 0]
 
 On a GPU the server's Python (the job worker's loop, the gRPC threads that stream each job's
 events, the clients' requests) shares one interpreter lock, and at a few ms an iteration it,
@@ -27,12 +28,21 @@ steps (on this machine's CPU, small at 64 px), events, results. With --style-sid
 sends a style of its own, N pixels a side, which the server has not cached (by default every
 job sends the same small style, cached after the first).
 
+Every pass is then a replay of a CUDA graph, as a GPU's are from a stage's third pass on.
+With --launches N, the host pays for what graphs leave it (stand_in): each stage's first two
+passes N torch calls each, launched as the device runs them, and the batch's recording (its
+third) an eager pass more, then N calls with the device idle and the GPU to the worker alone:
+the host work of a batch's start that --max-running above 1 with staggered starts (--stagger,
+forced on or off, or as the server has them) is meant to hide behind another batch's passes.
+On this machine a torch call on a one-value tensor takes about 2.5 us, a GPU's launch some
+8 us: 1000 calls stand for an eager 256 px pass's 300 or so launches.
+
 Per configuration (clients, the server's --progress-rate, Engine.overlap, whether the server
 prepares waiting jobs ahead: --prepare-ahead's default, or 0, and whether a job's styles are
 resized when it is prepared, the engine's way, or where each stage begins, as before): jobs
 per minute; the ideal, from the device's time alone at the mean batch size; the worker's time
 per batch iteration: waiting for the device, waiting to take the interpreter back after it,
-preparing jobs (or waiting for what the server prepared ahead), starting and ending stages,
+launching eager passes and recordings (--launches), preparing jobs (or waiting for what the server prepared ahead), starting and ending stages,
 optimiser steps, handing events to the streams, results, and the rest of the worker's loop;
 and the CPU time a job of the server's process and of the clients'. Only ratios within one run mean
 much: this machine is noisy, and its cores are shared with the clients.
@@ -51,7 +61,7 @@ import time
 import torch
 from gpu import server_throughput, switch_interval  # beside this script
 from impasto_server import scheduler, service
-from impasto_server.engine import Engine, transfer
+from impasto_server.engine import Engine, graphs, transfer
 from impasto_server.engine.vgg import CONV_INDEX
 from machine import describe
 
@@ -140,9 +150,25 @@ class Device:
         self.clock.add("waiting for the interpreter", now - max(end, start))
 
 
-def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float):
+def launching(calls: int) -> None:
+    """A pass's kernels launched by the host: ``calls`` torch calls on a one-value tensor, each
+    a call into torch as a GPU's launch is (the interpreter lock let go and taken back)."""
+    one = torch.zeros(1)
+    for _ in range(calls):
+        one.add_(1.0)
+
+
+def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward_ms: float,
+             launches: int = 0):  # fmt: skip
     """Replace the device's work by its time on a Device (see the module's docstring): a
-    pass is launched, and the read of its losses waits for it; returns an undo."""
+    pass is launched, and the read of its losses waits for it; returns an undo.
+
+    With ``launches``, passes cost the host what a GPU's CUDA graphs leave it: a stage's first
+    two passes are eager, ``launches`` torch calls each while the device runs them; its third
+    is recorded for the batch (again whenever the batch's runs change): a first pass as
+    eager, the device waited for, ``launches`` calls more (the capture) with the GPU to
+    itself (``graphs.gate.alone``) while the device idles, then the replay; the passes after
+    it are replays, which cost the host nothing more. Without, every pass is a replay."""
     a, b = pass_ms
     device = Device(clock)
     real = engine.net, transfer.Engine._pass, transfer.Engine._evaluate, transfer._Read
@@ -158,10 +184,31 @@ def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward
                 for name in layers
             }
 
+    def eager(seconds: float) -> None:  # the device runs the kernels as they are launched
+        start = time.perf_counter()
+        launching(launches)
+        clock.add("launching passes", time.perf_counter() - start)
+        device.launch(max(seconds - (time.perf_counter() - start), 1e-5))
+
     def fake_pass(self, stages):
         for stage in stages:
             stage.x.grad = torch.ones_like(stage.x)
-        device.launch((a + b * len(stages)) / 1e3)
+        seconds = (a + b * len(stages)) / 1e3
+        key = tuple(id(stage) for stage in stages)
+        lead = stages[0]
+        if launches and lead.steps < 2:
+            eager(seconds)
+        elif launches and getattr(lead, "stand_in_recorded", None) != key:
+            lead.stand_in_recorded = key
+            eager(seconds)  # on the side stream, before the capture
+            device.wait()  # the capture begins with a synchronisation
+            with graphs.gate.alone():
+                start = time.perf_counter()
+                launching(launches)
+                clock.add("launching passes", time.perf_counter() - start)
+            device.launch(seconds)  # the replay
+        else:
+            device.launch(seconds)
         return torch.ones(len(stages), len(transfer.shared.TERMS))
 
     def evaluate(self, stages, graphs=None):  # the engine's, with its read waiting (Adam only)
@@ -218,8 +265,9 @@ def instrument(clock: Clock) -> contextlib.ExitStack:
     return stack
 
 
-PARTS = ("waiting for the device", "waiting for the interpreter", "preparing jobs", "stages",
-         "optimiser steps", "events", "results", "the rest of the worker's loop")  # fmt: skip
+PARTS = ("waiting for the device", "waiting for the interpreter", "launching passes",
+         "preparing jobs", "stages", "optimiser steps", "events", "results",
+         "the rest of the worker's loop")  # fmt: skip
 
 
 def measure(
@@ -262,6 +310,25 @@ def measure(
     )  # fmt: skip
 
 
+@contextlib.contextmanager
+def staggering(how: str):
+    """The server's scheduler with staggered starts forced on or off (``how`` "server": as the
+    server makes it)."""
+    if how == "server":
+        yield
+        return
+    init = scheduler.Scheduler.__init__
+
+    def forced(self, *args, **kwargs):
+        init(self, *args, **{**kwargs, "stagger": how == "on"})
+
+    scheduler.Scheduler.__init__ = forced
+    try:
+        yield
+    finally:
+        scheduler.Scheduler.__init__ = init
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--clients", type=int, nargs="+", default=[1, 4, 16])
@@ -293,6 +360,12 @@ def main() -> None:
                         "way) with where each stage begins")  # fmt: skip
     parser.add_argument("--max-running", type=int, default=1,
                         help="the server's --max-running where clients are batched")  # fmt: skip
+    parser.add_argument("--stagger", choices=("server", "on", "off"), default="server",
+                        help="staggered batch starts with --max-running above 1: as the "
+                        "server has them (on since they were added), or forced on or off")  # fmt: skip
+    parser.add_argument("--launches", type=int, default=0,
+                        help="torch calls the host makes to launch an eager pass (see "
+                        "stand_in; 0: every pass a replay, which costs the host nothing)")  # fmt: skip
     parser.add_argument("--switch-intervals-ms", type=float, nargs="+", default=[5.0],
                         help="the interpreter's switch intervals to compare (sys."
                         "setswitchinterval; Python's default is 5 ms)")  # fmt: skip
@@ -305,8 +378,11 @@ def main() -> None:
         f"ms, a forward {args.forward_ms:g} ms; {args.size} px Adam jobs of "
         f"{args.iterations} iterations from {args.input_side} px content, {args.jobs} a client, "
         f"batches of up to {args.batch}, {args.max_running} at once"
+        + (f" (staggered: {args.stagger})" if args.max_running > 1 else "")
+        + (f"; eager passes and recordings {args.launches} launches each" if args.launches
+           else "")
         + (f"; each job its own {args.style_side} px style" if args.style_side else "")
-    )
+    )  # fmt: skip
     header = (
         "clients", "switch interval ms", "progress rate", "overlap", "prepare ahead",
         "styles ahead", "jobs/min",
@@ -323,9 +399,9 @@ def main() -> None:
             ):
                 engine.overlap = overlap == "on"
                 clock = Clock()
-                undo = stand_in(engine, clock, pass_ms, args.forward_ms)
+                undo = stand_in(engine, clock, pass_ms, args.forward_ms, args.launches)
                 try:
-                    with switch_interval(interval / 1e3):
+                    with switch_interval(interval / 1e3), staggering(args.stagger):
                         row = measure(engine, clock, clients, args.jobs, args.size,
                                       args.iterations, args.batch, rate, pass_ms, ahead == "on",
                                       args.input_side, args.style_side, styles == "on",
