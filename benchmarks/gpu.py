@@ -912,13 +912,14 @@ def engine_batch_ms(engine: Engine, runs: int, size: int, iterations: int) -> tu
 
 def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
     """The goal's ratio with its noise: one client's Adam jobs alone and 16 clients' batched
-    (up to GPU_MAX_BATCH), one batch at a time and two at once (--max-running 2: the server
-    staggers their starts), in turn, twice, one client sending four times the jobs of one of the
-    16 (six jobs of one client lasted under a second); then the same four rows with the
-    interpreter's switch interval at 0.5 ms (sys.setswitchinterval; Python's default is 5 ms:
-    a thread that wants the interpreter lock back, as the job worker does after every torch
-    call and every wait for the GPU, may wait that long while another thread runs Python);
-    then the job worker's time (the default interval). First, the device's share: a batch of
+    (up to GPU_MAX_BATCH), one batch at a time, two at once and three at once (--max-running 2
+    and 3: the server staggers their starts; three ran 1.08 and 1.05x two on server_host.py's
+    stand-in with the host's launches), in turn, twice, one client sending four times the jobs
+    of one of the 16 (six jobs of one client lasted under a second); then the rows of one
+    client, one batch and two at once with the interpreter's switch interval at 0.5 ms
+    (sys.setswitchinterval; Python's default is 5 ms: a thread that wants the interpreter lock
+    back, as the job worker does after every torch call and every wait for the GPU, may wait
+    that long while another thread runs Python); then the job worker's time (the default interval). First, the device's share: a batch of
     one and of GPU_MAX_BATCH of those jobs through the engine alone, wall and GPU kernel ms."""
     from impasto_server.app import GPU_MAX_BATCH
 
@@ -934,21 +935,21 @@ def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
         server_throughput(engine, many, 1, size, its, GPU_MAX_BATCH)
     for interval in (None, 0.0005):
         how = "" if interval is None else f", switch interval {interval * 1e3:g} ms"
-        label = (f"server-ratio{how}: 1 client ({4 * jobs_each} jobs) / {many} batched / "
-                 f"{many} batched, two batches at once (--max-running 2), jobs/min")  # fmt: skip
-        turns: list[tuple[float, float, float]] = []
+        at_once = (1, 2, 3) if interval is None else (1, 2)
+        label = (f"server-ratio{how}: 1 client ({4 * jobs_each} jobs) / {many} batched, "
+                 + " / ".join(f"{n} at once" for n in at_once) + ", jobs/min")  # fmt: skip
+        turns: list[tuple[float, ...]] = []
         with rows.section(label), switch_interval(interval):
             for _ in range(2):
                 turns.append((
                     server_throughput(engine, 1, 4 * jobs_each, size, its, 1)[0],
-                    server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH)[0],
-                    server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH,
-                                      max_running=2)[0],
+                    *(server_throughput(engine, many, jobs_each, size, its, GPU_MAX_BATCH,
+                                        max_running=n)[0] for n in at_once),
                 ))  # fmt: skip
             text = ", ".join(" / ".join(f"{jpm:.1f}" for jpm in turn) for turn in turns)
-            one, batched, two = (sum(column) for column in zip(*turns))
-            ratios = f"{batched / one:.2f}x / {two / one:.2f}x ({len(turns)} turns)"
-            rows.append((label, f"{text}: {ratios}"))
+            one, *batched = (sum(column) for column in zip(*turns))
+            ratios = " / ".join(f"{b / one:.2f}x" for b in batched)
+            rows.append((label, f"{text}: {ratios} ({len(turns)} turns)"))
     label = f"server-ratio: {many} clients batched (up to {GPU_MAX_BATCH}), the worker's time"
     with rows.section(label):
         rows.append((label, worker_time(engine, many, jobs_each, size, its, GPU_MAX_BATCH)))

@@ -9,7 +9,7 @@
 #   every part, those that explain the goals' rows too:  bash benchmarks/gpu_device.sh --only all
 #   with a base tree (BASE=<commit> bash benchmarks/gpu_wheels.sh): the same parts again on
 #   it, the table to $OUT/gpu-base.txt, e.g. the goal's ratio before and after a change:
-#     BATCHING=0 GPU_BENCH_SECONDS=230 bash benchmarks/gpu_device.sh --only server-ratio
+#     BATCHING=0 GPU_BENCH_SECONDS=260 bash benchmarks/gpu_device.sh --only server-ratio
 #   the server with --compile against without, once compiled and while compiling new shapes:
 #     BATCHING=0 GPU_BENCH_SECONDS=400 bash benchmarks/gpu_device.sh --only server,server-compiled
 #     BATCHING=0 GPU_BENCH_SECONDS=185 bash benchmarks/gpu_device.sh --only server-shapes

@@ -115,11 +115,14 @@ def test_gpu_benchmark_runs_at_toy_sizes_on_the_cpu():
     for runs in (1, 8):
         alone = table[f"engine alone, a batch of {runs} of the server rows' jobs"]
         assert re.fullmatch(r"[0-9.]+ ms, GPU kernels 0\.0 ms", alone), alone
-    for how in ("", ", switch interval 0.5 ms"):
-        label = (f"server-ratio{how}: 1 client (8 jobs) / 2 batched / 2 batched, two batches "
-                 "at once (--max-running 2), jobs/min")  # fmt: skip
-        turn = r"[0-9.]+ / [0-9.]+ / [0-9.]+"
-        ratios = r": [0-9.]+x / [0-9.]+x \(2 turns\)"
+    for how, at_once in (("", 3), (", switch interval 0.5 ms", 2)):
+        label = (
+            f"server-ratio{how}: 1 client (8 jobs) / 2 batched, "
+            + " / ".join(f"{n} at once" for n in range(1, at_once + 1))
+            + ", jobs/min"
+        )
+        turn = " / ".join([r"[0-9.]+"] * (1 + at_once))
+        ratios = ": " + " / ".join([r"[0-9.]+x"] * at_once) + r" \(2 turns\)"
         assert re.fullmatch(f"{turn}, {turn}{ratios}", table[label]), table[label]
     worker = table["server-ratio: 2 clients batched (up to 8), the worker's time"]
     assert "mean 2.0 jobs" in worker and "stages " in worker, worker
