@@ -919,8 +919,9 @@ def server_ratio_part(engine: Engine, rows: Rows, toy: bool) -> None:
     client, one batch and two at once with the interpreter's switch interval at 0.5 ms
     (sys.setswitchinterval; Python's default is 5 ms: a thread that wants the interpreter lock
     back, as the job worker does after every torch call and every wait for the GPU, may wait
-    that long while another thread runs Python); then the job worker's time (the default interval). First, the device's share: a batch of
-    one and of GPU_MAX_BATCH of those jobs through the engine alone, wall and GPU kernel ms."""
+    that long while another thread runs Python); then the job worker's time (the default
+    interval). First, the device's share: a batch of one and of GPU_MAX_BATCH of those jobs
+    through the engine alone, wall and GPU kernel ms."""
     from impasto_server.app import GPU_MAX_BATCH
 
     size, its, jobs_each = server_job(toy)

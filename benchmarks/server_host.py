@@ -42,10 +42,11 @@ prepares waiting jobs ahead: --prepare-ahead's default, or 0, and whether a job'
 resized when it is prepared, the engine's way, or where each stage begins, as before): jobs
 per minute; the ideal, from the device's time alone at the mean batch size; the worker's time
 per batch iteration: waiting for the device, waiting to take the interpreter back after it,
-launching eager passes and recordings (--launches), preparing jobs (or waiting for what the server prepared ahead), starting and ending stages,
-optimiser steps, handing events to the streams, results, and the rest of the worker's loop;
-and the CPU time a job of the server's process and of the clients'. Only ratios within one run mean
-much: this machine is noisy, and its cores are shared with the clients.
+launching eager passes and recordings (--launches), preparing jobs (or waiting for what the
+server prepared ahead), starting and ending stages, optimiser steps, handing events to the
+streams, results, and the rest of the worker's loop; and the CPU time a job of the server's
+process and of the clients'. Only ratios within one run mean much: this machine is noisy, and
+its cores are shared with the clients.
 """
 
 from __future__ import annotations
@@ -362,10 +363,10 @@ def main() -> None:
                         help="the server's --max-running where clients are batched")  # fmt: skip
     parser.add_argument("--stagger", choices=("server", "on", "off"), default="server",
                         help="staggered batch starts with --max-running above 1: as the "
-                        "server has them (on since they were added), or forced on or off")  # fmt: skip
+                        "server has them, or forced on or off")  # fmt: skip
     parser.add_argument("--launches", type=int, default=0,
                         help="torch calls the host makes to launch an eager pass (see "
-                        "stand_in; 0: every pass a replay, which costs the host nothing)")  # fmt: skip
+                        "stand_in; 0: every pass a replay)")  # fmt: skip
     parser.add_argument("--switch-intervals-ms", type=float, nargs="+", default=[5.0],
                         help="the interpreter's switch intervals to compare (sys."
                         "setswitchinterval; Python's default is 5 ms)")  # fmt: skip

@@ -175,12 +175,13 @@ def _capture(graph: torch.cuda.CUDAGraph, stream: torch.cuda.Stream, keep_cache:
     (``Engine._upload``) come from that cache, so each stage's recording would free the pinned
     blocks of the batch's uploads (freeing pinned memory waits for the device) and the next
     stage start would pin them anew (the driver locks each page: slow). The pinned cache
-    holds at most a few blocks of up to PINNED_UPLOAD bytes (32 MiB) each: the sizes of the
-    copies. The device's cache is emptied as torch does unless
-    ``keep_cache``: the allocator then keeps the blocks cached by the eager passes before it,
-    so the passes after it need no new device allocations, but the graph's own memory cannot
-    take those blocks (nothing is freed during a capture), so a job near the memory limit may
-    fail to record (it then runs eagerly)."""
+    holds a few blocks of the copies' sizes, each at most PINNED_UPLOAD bytes (32 MiB).
+
+    The device's cache is emptied as torch does, unless ``keep_cache``: the allocator then
+    keeps the blocks cached by the eager passes before it, so the passes after it need no new
+    device allocations, but the graph's own memory cannot take those blocks (nothing is freed
+    during a capture), so a job near the memory limit may fail to record (it then runs
+    eagerly)."""
     torch.cuda.synchronize()
     if not keep_cache:
         torch.cuda.empty_cache()
