@@ -56,9 +56,9 @@
    compiled from cold, then again once the shapes met are compiled (the compiles awaited).
 10. (server-ratio *) The goal's ratio with its noise: a batch of one and of eight of the server
    rows' jobs through the engine alone (wall and GPU kernel ms); then one client alone and 16
-   batched (one batch at a time, and two at once) in turn, twice, one client sending 24 jobs;
-   then the same with the interpreter's switch interval at 0.5 ms (Python's default: 5 ms);
-   then the job worker's parts timed.
+   batched (one batch at a time, two and three at once, staggered) in turn, twice, one client
+   sending 24 jobs; then one client, one batch and two at once with the interpreter's switch
+   interval at 0.5 ms (Python's default: 5 ms); then the job worker's parts timed.
 11. (compile) torch.compile of the feature network (default and reduce-overhead modes), and a
    CUDA graph of one forward and backward pass: ms per iteration (or per pass) with and without.
 12. (autotune *) The default 512 px job on new shapes with cuDNN autotuning on and off.

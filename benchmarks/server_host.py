@@ -185,11 +185,16 @@ def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward
                 for name in layers
             }
 
-    def eager(seconds: float) -> None:  # the device runs the kernels as they are launched
+    def launch() -> float:
+        """A pass's launches, timed as the worker's "launching passes"; their seconds."""
         start = time.perf_counter()
         launching(launches)
-        clock.add("launching passes", time.perf_counter() - start)
-        device.launch(max(seconds - (time.perf_counter() - start), 1e-5))
+        spent = time.perf_counter() - start
+        clock.add("launching passes", spent)
+        return spent
+
+    def eager(seconds: float) -> None:  # the device runs the kernels as they are launched
+        device.launch(max(seconds - launch(), 1e-5))
 
     def fake_pass(self, stages):
         for stage in stages:
@@ -204,9 +209,7 @@ def stand_in(engine: Engine, clock: Clock, pass_ms: tuple[float, float], forward
             eager(seconds)  # on the side stream, before the capture
             device.wait()  # the capture begins with a synchronisation
             with graphs.gate.alone():
-                start = time.perf_counter()
-                launching(launches)
-                clock.add("launching passes", time.perf_counter() - start)
+                launch()  # the capture
             device.launch(seconds)  # the replay
         else:
             device.launch(seconds)
